@@ -1,0 +1,135 @@
+"""Typed result records and the one JSON reader/writer; the only thing that passes between stages.
+
+Contract of report/<run-id>/results/<stage>.json:
+  stage, title, status (passed | failed | error | skipped), seconds, metrics (object),
+  checks (list of {name, value, threshold, passed, source, detail}), error (object or null).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("passed", "failed", "error", "skipped")
+_OPS = {
+    "<": lambda v, t: v < t,
+    "<=": lambda v, t: v <= t,
+    ">": lambda v, t: v > t,
+    ">=": lambda v, t: v >= t,
+    "==": lambda v, t: v == t,
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verdict: a measured value held against a threshold that names its source.
+
+    passed is None for an informational row (measured, not judged).
+    """
+
+    name: str
+    value: Any
+    threshold: str
+    passed: bool | None
+    source: str
+    detail: str = ""
+
+    @classmethod
+    def judge(cls, name: str, value: float | int | bool, op: str, limit: Any, source: str,
+              detail: str = "", unit: str = "") -> Check:
+        """Compare value `op` limit; a NaN or missing value never passes."""
+        if op not in _OPS:
+            raise ValueError(f"unknown comparison {op!r}; use one of {', '.join(_OPS)}")
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            passed = False
+        else:
+            passed = bool(_OPS[op](value, limit))
+        return cls(name, value, f"{op} {limit}{unit}", passed, source, detail)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str
+    seconds: float
+    title: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    figures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+        self.checks = [c if isinstance(c, Check) else Check(**c) for c in self.checks]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageResult:
+        missing = {"stage", "status", "seconds"} - set(data)
+        if missing:
+            raise ValueError(f"stage result lacks {', '.join(sorted(missing))}")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def status_from_checks(checks: list[Check]) -> str:
+    return "failed" if any(c.passed is False for c in checks) else "passed"
+
+
+def _default(obj: Any) -> Any:
+    # numpy / torch scalars and paths reach here; keep them as plain JSON values
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (temp file + rename): a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False, default=_default)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def write_result(results_dir: str | Path, result: StageResult) -> Path:
+    return write_json(Path(results_dir) / f"{result.stage}.json", result.to_dict())
+
+
+def read_result(path: str | Path) -> StageResult:
+    return StageResult.from_dict(read_json(path))
+
+
+def read_results(results_dir: str | Path) -> dict[str, StageResult]:
+    """All stage results of a run, keyed by stage name."""
+    out: dict[str, StageResult] = {}
+    for p in sorted(Path(results_dir).glob("*.json")):
+        res = read_result(p)
+        out[res.stage] = res
+    return out
