@@ -1,0 +1,60 @@
+"""Figure helpers: one visual style for every stage (matplotlib, CJK-capable fonts)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+# matplotlib caches its font list; a fresh cache folder lets it see fonts installed later
+# (Noto CJK for Chinese prompts and texts).
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "helpers-mpl"))
+
+import matplotlib  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+
+STATUS_COLORS = {
+    "passed": "#2e7d32", "ok": "#2e7d32",
+    "failed": "#c62828", "mismatch": "#ef6c00", "fallback": "#f9a825",
+    "error": "#6a1b9a", "unsupported": "#c62828", "crashed": "#4e342e", "timeout": "#546e7a",
+    "skipped": "#9e9e9e",
+}
+PALETTE = ["#1565c0", "#ef6c00", "#2e7d32", "#c62828", "#6a1b9a", "#00838f", "#5d4037"]
+
+_STYLE = {
+    "figure.figsize": (7.5, 3.6),
+    "figure.dpi": 100,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "font.family": ["DejaVu Sans", "Noto Sans CJK JP", "Noto Sans CJK SC", "sans-serif"],
+}
+plt.rcParams.update(_STYLE)
+
+
+def figure(ncols: int = 1, nrows: int = 1, width: float = 7.5, height: float = 3.6,
+           **kw: Any) -> tuple[Any, Any]:
+    """A figure in the report's style: (fig, ax) or (fig, axes) for a grid."""
+    return plt.subplots(nrows, ncols, figsize=(width, height), constrained_layout=True, **kw)
+
+
+def bars(labels: Sequence[str], values: Sequence[float], title: str, ylabel: str,
+         log: bool = False, colors: Sequence[str] | None = None) -> tuple[Any, Any]:
+    """Horizontal-label bar chart with the value printed above each bar."""
+    fig, ax = figure(width=max(5.0, 0.7 * len(labels) + 2))
+    ax.bar(range(len(labels)), values, color=colors or PALETTE[0])
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0, ha="right"
+                  if len(labels) > 4 else "center")
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    for i, v in enumerate(values):
+        ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
+    return fig, ax
