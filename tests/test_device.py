@@ -1,0 +1,335 @@
+"""Device selection, dtypes, timer, memory, properties, versions and fallback capture.
+
+No GPU/NPU here: "no torch_npu", "one CUDA device" etc. are simulated by monkeypatching the
+module's probe functions (_import_torch_npu, _probe_npu, _probe_cuda), never torch itself.
+"""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import time
+import types
+import warnings
+
+import pytest
+import torch
+
+from helpers import device
+from helpers.device import DeviceError, NpuImport, Selection
+
+MIB = 1024 * 1024
+TORCH_BASE = torch.__version__.split("+")[0]
+NPU_LINE = (
+    "[W610 18:26:03.055846726 VariableFallbackKernel.cpp:250] Warning: CAUTION: The operator "
+    "'aten::{op}' is not currently supported on the NPU backend and will fall back to run on "
+    "the CPU. This may have performance implications. (function npu_cpu_fallback)"
+)
+
+
+# ---- simulated machines -----------------------------------------------------------------
+
+
+@pytest.fixture
+def no_npu(monkeypatch):
+    monkeypatch.setattr(device, "_import_torch_npu",
+                        lambda: NpuImport(None, installed=False, error="torch_npu not installed"))
+
+
+@pytest.fixture
+def broken_npu(monkeypatch):
+    err = "torch_npu failed to import (OSError: libascendcl.so: cannot open shared object file)"
+    monkeypatch.setattr(device, "_import_torch_npu",
+                        lambda: NpuImport(None, installed=True, error=err))
+
+
+@pytest.fixture
+def one_npu(monkeypatch):
+    # a module object stands for the imported torch_npu; only the count probe is consulted
+    monkeypatch.setattr(device, "_import_torch_npu",
+                        lambda: NpuImport(types.ModuleType("torch_npu"), installed=True))
+    monkeypatch.setattr(device, "_probe_npu", lambda: (1, ""))
+
+
+def _cuda(monkeypatch, count: int) -> None:
+    why = "" if count else "CUDA not available (no GPU or driver visible to torch)"
+    monkeypatch.setattr(device, "_probe_cuda", lambda: (count, why))
+
+
+def _sel(backend: str) -> Selection:
+    idx = None if backend == "cpu" else 0
+    return Selection(backend, torch.device("cpu"), backend, idx, "test")
+
+
+# ---- selection --------------------------------------------------------------------------
+
+
+def test_auto_without_accelerators_picks_cpu_and_says_why(no_npu, monkeypatch):
+    _cuda(monkeypatch, 0)
+    sel = device.select("auto")
+    assert (sel.backend, sel.device, sel.index) == ("cpu", torch.device("cpu"), None)
+    assert sel.reason == ("torch_npu not installed; CUDA not available (no GPU or driver visible "
+                          "to torch); using cpu")
+
+
+def test_auto_on_this_machine_reports_what_it_saw():
+    sel = device.select("auto")
+    assert sel.requested == "auto"
+    assert sel.backend in device.BACKENDS
+    assert "using" in sel.reason
+
+
+def test_auto_prefers_cuda_when_no_npu(no_npu, monkeypatch):
+    _cuda(monkeypatch, 2)
+    sel = device.select("auto")
+    assert (sel.backend, sel.index, str(sel.device)) == ("cuda", 0, "cuda:0")
+    assert "torch_npu not installed" in sel.reason and "2 device(s)" in sel.reason
+
+
+def test_auto_reports_a_broken_torch_npu_instead_of_raising(broken_npu, monkeypatch):
+    _cuda(monkeypatch, 0)
+    sel = device.select("auto")
+    assert sel.backend == "cpu"
+    assert "libascendcl.so" in sel.reason
+
+
+def test_explicit_cpu_and_case_and_spaces():
+    assert device.select(" CPU ").backend == "cpu"
+    assert device.select("cpu:0").device == torch.device("cpu")
+    with pytest.raises(DeviceError, match="use DEVICE=cpu"):
+        device.select("cpu:1")
+
+
+def test_npu_without_torch_npu_says_how_to_install(no_npu):
+    with pytest.raises(DeviceError) as err:
+        device.select("npu:0")
+    msg = str(err.value)
+    assert "torch_npu is not installed" in msg
+    assert f"matches torch {TORCH_BASE}" in msg and f"torch-npu=={TORCH_BASE}" in msg
+    assert "set_env.sh" in msg
+
+
+def test_npu_with_broken_install_names_the_import_error(broken_npu):
+    with pytest.raises(DeviceError, match="libascendcl.so.*set_env.sh"):
+        device.select("npu")
+
+
+def test_npu_index_past_the_count_names_the_count(one_npu):
+    with pytest.raises(DeviceError, match=r"1 NPU\(s\) \(valid: npu:0 \.\. npu:0\)"):
+        device.select("npu:3")
+
+
+def test_cuda_index_past_the_count_names_the_count(monkeypatch):
+    _cuda(monkeypatch, 1)
+    with pytest.raises(DeviceError) as err:
+        device.select("cuda:3")
+    assert "1 CUDA device(s)" in str(err.value) and "cuda:0 .. cuda:0" in str(err.value)
+    sel = device.select("cuda")
+    assert (sel.backend, sel.index, str(sel.device)) == ("cuda", 0, "cuda:0")
+
+
+def test_cuda_on_a_machine_without_cuda_suggests_auto_or_cpu(monkeypatch):
+    _cuda(monkeypatch, 0)
+    with pytest.raises(DeviceError) as err:
+        device.select("cuda")
+    assert "CUDA not available" in str(err.value)
+    assert "DEVICE=auto" in str(err.value) and "DEVICE=cpu" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:", "npu:-1", "cuda:x", "", "cuda:0:1", "mps"])
+def test_bad_syntax_lists_the_valid_forms(bad):
+    with pytest.raises(DeviceError) as err:
+        device.select(bad)
+    assert "auto, cpu, cuda, cuda:N, npu, npu:N" in str(err.value)
+
+
+def test_device_error_is_a_value_error():
+    assert issubclass(DeviceError, ValueError)
+
+
+def test_device_count(no_npu, monkeypatch):
+    _cuda(monkeypatch, 4)
+    assert device.device_count("cpu") == 1
+    assert device.device_count("cuda") == 4
+    assert device.device_count("npu") == 0
+    with pytest.raises(DeviceError, match="unknown backend"):
+        device.device_count("tpu")
+
+
+def test_npu_backend_without_torch_npu_is_a_clear_error(no_npu):
+    with pytest.raises(DeviceError, match="torch_npu not installed"):
+        device.backend(_sel("npu"))
+
+
+# ---- dtypes -----------------------------------------------------------------------------
+
+
+def test_auto_dtype_is_bfloat16_on_cpu_and_float32_on_accelerators(monkeypatch):
+    monkeypatch.setattr(device, "_cuda_bf16_supported", lambda: True)
+    assert device.resolve_dtype(_sel("cpu"), "auto") is torch.bfloat16
+    assert device.resolve_dtype(_sel("cuda"), "auto") is torch.float32
+    assert device.resolve_dtype(_sel("npu"), "auto") is torch.float32
+    assert device.resolve_dtype(_sel("cpu"), "float16") is torch.float16
+    assert device.resolve_dtype(_sel("npu"), "BFloat16") is torch.bfloat16
+
+
+def test_dtype_the_device_cannot_run_names_the_supported_ones(monkeypatch):
+    monkeypatch.setattr(device, "_cuda_bf16_supported", lambda: False)
+    with pytest.raises(DeviceError) as err:
+        device.resolve_dtype(_sel("cuda"), "bfloat16")
+    assert "supported dtypes there: float32, float16, float64" in str(err.value)
+    with pytest.raises(DeviceError, match="float32, bfloat16, float16, float64"):
+        device.resolve_dtype(_sel("cpu"), "fp8")
+
+
+def test_dtype_support_per_backend(monkeypatch):
+    monkeypatch.setattr(device, "_cuda_bf16_supported", lambda: True)
+    assert device.dtype_support("npu")["float64"] == "limited"
+    assert set(device.supported_dtypes("cuda")) == {"float32", "float16", "float64", "bfloat16"}
+    assert device.backend(_sel("cpu")).supported_dtypes() == [
+        "float32", "bfloat16", "float16", "float64"]
+
+
+# ---- timer, memory, properties on cpu ---------------------------------------------------
+
+
+def test_timer_measures_a_sleep_within_5_percent():
+    be = device.backend(device.select("cpu"))
+    with be.timer() as t:
+        time.sleep(0.2)
+    assert t.seconds == pytest.approx(0.2, rel=0.05)
+    assert t.host_seconds == t.seconds
+    assert "perf_counter" in t.protocol
+
+
+def test_timer_records_even_when_the_block_raises():
+    be = device.backend(device.select("cpu"))
+    with pytest.raises(RuntimeError), be.timer() as t:
+        time.sleep(0.05)
+        raise RuntimeError("boom")
+    assert t.seconds == pytest.approx(0.05, rel=0.5)
+
+
+def test_cpu_memory_tracks_a_256_mib_tensor():
+    be = device.backend(device.select("cpu"))
+    gc.collect()
+    before = be.memory()
+    assert before["allocated"] is None and before["peak_allocated"] is None
+    x = torch.ones(256 * MIB // 4, dtype=torch.float32)  # [64Mi] float32 = 256 MiB, written
+    after = be.memory()
+    grew = after["host_rss"] - before["host_rss"]
+    assert grew == pytest.approx(256 * MIB, rel=0.10)
+    assert after["peak_rss"] >= after["host_rss"] * 0.99
+    del x
+
+
+@pytest.mark.skipif(device._vm_hwm() is None, reason="VmHWM is Linux-only")
+def test_reset_peak_rewinds_the_host_peak_on_linux():
+    be = device.backend(device.select("cpu"))
+    x = torch.ones(128 * MIB // 4)  # 128 MiB
+    del x
+    gc.collect()
+    high = be.memory()["peak_rss_since_reset"]
+    be.reset_peak()
+    low = be.memory()
+    assert low["peak_rss_since_reset"] < high - 64 * MIB
+    assert low["peak_rss_since_reset"] >= low["host_rss"] * 0.9
+
+
+def test_cpu_properties():
+    props = device.backend(device.select("cpu")).properties()
+    assert props["name"] and props["name"] != "unknown cpu"
+    assert props["logical_cores"] >= 1 and props["physical_cores"] >= 1
+    assert props["total_memory"] > 256 * MIB
+
+
+# ---- versions and numeric settings ------------------------------------------------------
+
+
+def test_stack_versions_are_strings_and_never_raise(no_npu, monkeypatch):
+    for key in ("ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    v = device.stack_versions()
+    assert set(v) == {"torch", "torch_npu", "cann", "cuda_runtime", "cudnn"}
+    assert all(isinstance(s, str) and s for s in v.values())
+    assert v["torch"] == torch.__version__
+    if torch.version.cuda is None:
+        assert v["cuda_runtime"] == v["cudnn"] == "not installed"
+
+
+def test_cann_version_read_from_the_toolkit_install_info(no_npu, monkeypatch, tmp_path):
+    info = tmp_path / "x86_64-linux" / "ascend_toolkit_install.info"
+    info.parent.mkdir()
+    info.write_text("package_name=Ascend-cann-toolkit\nversion=8.5.1\narch=x86_64\n")
+    monkeypatch.setenv("ASCEND_TOOLKIT_HOME", str(tmp_path))
+    assert device.stack_versions()["cann"] == "8.5.1"
+
+
+@pytest.mark.parametrize("raw, text", [(90100, "9.1.0"), (8902, "8.9.2"), (7605, "7.6.5")])
+def test_cudnn_version_format(raw, text):
+    assert device.format_cudnn_version(raw) == text
+
+
+def test_numeric_settings_reports_the_live_switches():
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        s = device.numeric_settings(device.select("cpu"))
+    finally:
+        torch.set_float32_matmul_precision(old)
+    assert s["float32_matmul_precision"] == "high"
+    assert s["intra_op_threads"] == torch.get_num_threads() >= 1
+    assert isinstance(s["deterministic_algorithms"], bool)
+    assert isinstance(s["cuda_matmul_allow_tf32"], bool) and isinstance(s["cudnn_allow_tf32"], bool)
+    assert s["npu_matmul_allow_hf32"] is None  # no NPU selected
+
+
+# ---- fallback capture -------------------------------------------------------------------
+
+
+def test_parse_fallback_variants():
+    text = "\n".join([
+        NPU_LINE.format(op="isin.Tensor_Tensor"),
+        # the bare message, without the c10 log prefix or the CAUTION word
+        "The operator 'aten::_fft_r2c' is not currently supported on the NPU backend and "
+        "will fall back to run on the CPU",
+        # the same operator again (torch_npu warns once per operator, but two runs may repeat)
+        NPU_LINE.format(op="isin.Tensor_Tensor"),
+        # as a Python warning, wrapped over two lines
+        "UserWarning: The operator 'aten::bitwise_left_shift.Tensor_out' is not currently\n"
+        "  supported on the NPU backend and will fall back to run on the CPU.",
+        # not a fallback: a hard error for a missing kernel
+        "NotImplementedError: Could not run 'aten::foo' with arguments from the 'NPU' backend.",
+    ])
+    assert device.parse_fallbacks(text) == [
+        "aten::isin.Tensor_Tensor", "aten::_fft_r2c", "aten::bitwise_left_shift.Tensor_out"]
+    assert device.parse_fallbacks("no warnings here") == []
+
+
+def test_capture_fallbacks_from_a_real_child_process(capfd):
+    script = (
+        "import os\n"
+        f"line = {NPU_LINE!r}\n"
+        "os.write(2, (line.format(op='angle') + '\\n').encode())\n"
+        "os.write(2, b'some other C++ log line\\n')\n"
+        "os.write(2, (line.format(op='polar.out') + '\\n').encode())\n"
+    )
+    with device.capture_fallbacks() as fb:
+        subprocess.run([sys.executable, "-c", script], check=True)  # inherits our fd 2
+    assert fb.operators == ["aten::angle", "aten::polar.out"]
+    assert "some other C++ log line" in fb.text
+    # the captured text is written again to the real stderr once the block ends
+    assert "some other C++ log line" in capfd.readouterr().err
+
+
+def test_capture_fallbacks_sees_python_warnings_and_restores_fd2_on_error(capfd, recwarn):
+    msg = ("The operator 'aten::complex_abs' is not currently supported on the NPU backend "
+           "and will fall back to run on the CPU.")
+    with pytest.raises(KeyError), device.capture_fallbacks() as fb:
+        warnings.warn(msg, UserWarning, stacklevel=1)
+        raise KeyError("inside")
+    assert fb.operators == ["aten::complex_abs"]
+    assert [str(w.message) for w in recwarn] == [msg]  # shown again after the block
+    subprocess.run([sys.executable, "-c", "import os; os.write(2, b'after-block')"], check=True)
+    assert "after-block" in capfd.readouterr().err  # fd 2 is the real stderr again
