@@ -6,8 +6,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from helpers import paths
 from helpers.records import Check, StageResult, status_from_checks, write_result
+
+# A report shows values whole: no "..." in table cells, no row/column elision.
+pd.set_option("display.max_colwidth", None)
+pd.set_option("display.max_rows", 500)
+pd.set_option("display.max_columns", 50)
+
+
+def table(df: pd.DataFrame, precision: int = 4) -> Any:
+    """A DataFrame as the report shows it: no index column, floats to `precision` digits."""
+    return df.style.hide(axis="index").format(precision=precision, thousands=",")
 
 
 def run_dir_or_lab(run_dir: str) -> Path:

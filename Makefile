@@ -1,0 +1,35 @@
+# Entry points: setup, report, test, lab, clean (see README).
+# Run parameters are make variables, passed to `python -m helpers.report` unchanged:
+#   make report MODEL=gpa MODEL_DIR=/path/to/GPA DEVICE=npu:0 DTYPE=bfloat16
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+# Command-line variables except this Makefile's own; the CLI rejects unknown names.
+PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=%,$(MAKEOVERRIDES))
+
+.PHONY: setup report test lint lab clean data
+.DEFAULT_GOAL := report
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	PYTHON="$(PYTHON)" TORCH_SPEC="$(TORCH_SPEC)" scripts/setup.sh "$(VENV)"
+	touch $@
+
+report: $(STAMP)
+	$(PY) -m helpers.report $(PARAMS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests notebooks scripts
+
+test: lint
+	$(PY) -m pytest -q
+
+lab: $(STAMP)
+	$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install -q "jupyterlab>=4"
+	$(PY) -m jupyter lab --notebook-dir=notebooks
+
+clean:
+	rm -rf report/[0-9]* report/latest report/lab figures/*.png .cache .pytest_cache .ruff_cache

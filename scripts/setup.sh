@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Idempotent setup: a virtual environment with torch installed first (explicitly, so pip never
+# pulls a multi-GB CUDA build by accident), then this package with its dependencies, then the
+# Debian packages the PDF needs when this machine allows it.
+set -euo pipefail
+VENV="${1:-.venv}"
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+say() { echo "[setup] $*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  # A torch already importable here (a CUDA build, or torch + torch_npu on an Ascend host) is
+  # kept: the venv then sees the system site-packages instead of installing its own torch.
+  if "$PYTHON" -c "import torch" 2>/dev/null; then
+    say "torch is importable from $PYTHON: creating $VENV with system site-packages"
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+  else
+    say "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+fi
+PY="$VENV/bin/python"
+"$PY" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+if "$PY" -c "import torch" 2>/dev/null; then
+  say "torch $("$PY" -c 'import torch; print(torch.__version__)') already importable: not reinstalling"
+else
+  say "installing $TORCH_SPEC"
+  "$PY" -m pip install -q "$TORCH_SPEC" 2>&1 | grep -v "^WARNING: Location" || true
+  "$PY" -c "import torch" || { say "torch did not install ($TORCH_SPEC); set TORCH_SPEC"; exit 1; }
+fi
+say "installing the helpers package and its dependencies"
+"$PY" -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+"$PY" -c "import helpers.pipeline, papermill, nbconvert, transformers" \
+  || { say "the package did not install; see the pip output above"; exit 1; }
+# The report's notebooks run in the kernel of this environment's Python.
+"$PY" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (report)" >/dev/null
+
+need=()
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+  || command -v google-chrome >/dev/null 2>&1 || need+=(chromium)
+fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || need+=(fonts-noto-cjk)
+command -v pdftotext >/dev/null 2>&1 || need+=(poppler-utils)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian packages for the PDF: ${need[*]}"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; }; then
+      say "apt-get failed: the report will be HTML only until ${need[*]} are installed"
+    fi
+  else
+    say "not root or no apt-get: install ${need[*]} yourself for the PDF (the HTML needs nothing more)"
+  fi
+fi
+say "done"

@@ -1,0 +1,120 @@
+"""Stage 1: what machine and software stack produced the report's numbers."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import re
+import sys
+from typing import Any
+
+import psutil
+
+from helpers import device as dev
+from helpers.config import RunConfig
+from helpers.pipeline import git_state
+from helpers.records import Check
+
+NOT_INSTALLED = "not installed"
+PACKAGES = ("torch", "torch_npu", "transformers", "tokenizers", "safetensors", "accelerate",
+            "numpy", "scipy", "soundfile", "soxr", "papermill", "nbconvert", "nbclient",
+            "ipykernel", "matplotlib", "pandas")
+# Variables that change what an NPU/GPU run computes or how it is scheduled.
+ENV_PATTERNS = (r"^ASCEND_", r"^TASK_QUEUE_ENABLE$", r"^TORCH_NPU_", r"^PYTORCH_NPU_",
+                r"^HCCL_", r"^CUDA_VISIBLE_DEVICES$", r"^CUDA_LAUNCH_BLOCKING$",
+                r"^PYTORCH_CUDA_ALLOC_CONF$", r"^CUBLAS_WORKSPACE_CONFIG$", r"^NVIDIA_",
+                r"^OMP_NUM_THREADS$", r"^MKL_NUM_THREADS$", r"^HF_HUB_OFFLINE$",
+                r"^TRANSFORMERS_OFFLINE$", r"^HF_HOME$", r"^LD_PRELOAD$")
+# Shown even when unset, so a reader sees they were looked at.
+ENV_ALWAYS = ("ASCEND_RT_VISIBLE_DEVICES", "TASK_QUEUE_ENABLE", "TORCH_NPU_WARNING_DISABLE",
+              "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = md.version(name.replace("_", "-"))
+        except md.PackageNotFoundError:
+            out[name] = NOT_INSTALLED
+    return out
+
+
+def platform_info() -> dict[str, Any]:
+    vm = psutil.virtual_memory()
+    return {
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": _cpu_name(),
+        "cpu_logical_cores": psutil.cpu_count(logical=True),
+        "cpu_physical_cores": psutil.cpu_count(logical=False),
+        "memory_total_gib": round(vm.total / 2**30, 2),
+        "memory_available_gib": round(vm.available / 2**30, 2),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def env_vars() -> dict[str, str]:
+    found = {k: v for k, v in os.environ.items() if any(re.match(p, k) for p in ENV_PATTERNS)}
+    for k in ENV_ALWAYS:
+        found.setdefault(k, "(unset)")
+    return dict(sorted(found.items()))
+
+
+def collect(cfg: RunConfig) -> dict[str, Any]:
+    """Every fact of the environment record, grouped by section."""
+    sel = dev.select(cfg.device)
+    backend = dev.backend(sel)
+    try:
+        dtype = str(dev.resolve_dtype(sel, cfg.dtype)).replace("torch.", "")
+        dtype_error = ""
+    except dev.DeviceError as exc:
+        dtype, dtype_error = "unsupported", str(exc)
+    return {
+        "versions": {**package_versions(), **dev.stack_versions()},
+        "platform": platform_info(),
+        "device": {"requested": sel.requested, "selected": str(sel.device),
+                   "backend": sel.backend, "reason": sel.reason, "dtype": dtype,
+                   "dtype_error": dtype_error,
+                   "supported_dtypes": ", ".join(backend.supported_dtypes()),
+                   **{f"property.{k}": v for k, v in backend.properties().items()}},
+        "numerics": dev.numeric_settings(sel),
+        "env": env_vars(),
+        "git": git_state(),
+    }
+
+
+def checks(env: dict[str, Any]) -> list[Check]:
+    """Verdicts on the environment: the target dtype runs here; torch_npu pairs with torch."""
+    out = [Check("target dtype is supported on the device", env["device"]["dtype"],
+                 "in supported dtypes", not env["device"]["dtype_error"],
+                 "device backend dtype table", env["device"]["dtype_error"])]
+    v = env["versions"]
+    if v.get("torch_npu", NOT_INSTALLED) != NOT_INSTALLED:
+        base = lambda s: ".".join(s.split("+")[0].split(".")[:2])  # noqa: E731 - major.minor
+        out.append(Check("torch_npu release matches torch", f"{v['torch_npu']} / {v['torch']}",
+                         "same major.minor", base(v["torch_npu"]) == base(v["torch"]),
+                         "torch_npu release notes: each torch_npu release pairs with one torch release"))
+    out.append(Check("project tree is committed", not env["git"].get("dirty"), "True", None,
+                     "reproducibility: the commit identifies the code",
+                     "informational: a dirty tree means the commit alone does not reproduce the run"))
+    return out
+
+
+def table(section: dict[str, Any], key: str = "item") -> Any:
+    import pandas as pd
+
+    from helpers.stage import table as show
+
+    return show(pd.DataFrame({key: list(section), "value": [str(v) for v in section.values()]}))

@@ -1,0 +1,127 @@
+"""The summary shown first in the report: one verdict table over every check of every stage,
+stage durations and statuses, and the run's parameters."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from helpers import paths
+from helpers.pipeline import load_run
+from helpers.records import StageResult
+from helpers.stage import table
+
+VERDICT = {True: "PASS", False: "FAIL", None: "info"}
+_VERDICT_CLASS = {"PASS": "verdict-pass", "FAIL": "verdict-fail", "info": "verdict-info"}
+
+
+@dataclass
+class Run:
+    dir: Path
+    manifest: dict[str, Any]
+    results: dict[str, StageResult]
+
+
+def load(run_dir: str = "") -> Run:
+    """A finished (or running) run; "" = the newest one under report/latest."""
+    path = Path(run_dir) if run_dir else paths.REPORT / "latest"
+    if not (path / "run.json").is_file():
+        raise FileNotFoundError(
+            f"no run.json in {path}: run `make report` first, or set run_dir to a run folder"
+        )
+    manifest, results = load_run(path)
+    return Run(path.resolve(), manifest, results)
+
+
+def fmt(value: Any) -> str:
+    """Short, faithful text for a measured value (4 significant digits for floats)."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.4g}"
+    return str(value)
+
+
+def headline(run: Run) -> str:
+    """One markdown paragraph: what ran, where, and the overall verdict."""
+    res = list(run.results.values())
+    counts = {s: sum(r.status == s for r in res) for s in ("passed", "failed", "error", "skipped")}
+    checks = [c for r in res for c in r.checks if c.passed is not None]
+    ok = sum(c.passed for c in checks)
+    cfg = run.manifest.get("config", {})
+    lines = [
+        f"**{len(res)} stages**: {counts['passed']} passed, {counts['failed']} with failed checks, "
+        f"{counts['error']} raised, {counts['skipped']} skipped. "
+        f"**{ok} of {len(checks)} checks pass.**",
+        "",
+        f"Model `{cfg.get('model')}`, profile `{cfg.get('profile')}`, device `{cfg.get('device')}`, "
+        f"dtype `{cfg.get('dtype')}`.",
+    ]
+    if cfg.get("profile") in ("tiny", "full-shape"):
+        lines += ["", '<div class="report-note">Profile <b>' + str(cfg.get("profile")) + "</b>: "
+                  "random weights built from the real architecture classes. The numbers show "
+                  "numerical agreement between devices and speed, not task quality; outputs "
+                  "(text, audio) are meaningless by design.</div>"]
+    reason = run.manifest.get("pdf_missing_reason")
+    if reason:
+        lines += ["", f'<div class="report-note"><b>No PDF</b>: {reason}</div>']
+    return "\n".join(lines)
+
+
+def verdict_table(run: Run) -> pd.DataFrame:
+    rows = []
+    for res in run.results.values():
+        for c in res.checks:
+            rows.append({"stage": res.title or res.stage, "check": c.name, "value": fmt(c.value),
+                         "threshold": c.threshold, "verdict": VERDICT[c.passed],
+                         "source": c.source})
+        if res.status == "error":
+            err = res.error or {}
+            rows.append({"stage": res.title or res.stage, "check": "stage runs to the end",
+                         "value": f"{err.get('type', 'error')}: {str(err.get('message', ''))[:120]}",
+                         "threshold": "no exception", "verdict": "FAIL", "source": "pipeline"})
+    return pd.DataFrame(rows, columns=["stage", "check", "value", "threshold", "verdict", "source"])
+
+
+def stage_table(run: Run) -> pd.DataFrame:
+    rows = []
+    for i, res in enumerate(run.results.values(), 1):
+        judged = [c for c in res.checks if c.passed is not None]
+        rows.append({"#": i, "stage": res.title or res.stage, "status": res.status,
+                     "seconds": round(float(res.seconds), 2),
+                     "checks passed": f"{sum(c.passed for c in judged)}/{len(judged)}",
+                     "note": _note(res)})
+    return pd.DataFrame(rows)
+
+
+def _note(res: StageResult) -> str:
+    if res.error:
+        cell = res.error.get("cell")
+        return f"{res.error.get('type')}" + (f" in cell {cell}" if cell is not None else "")
+    return str(res.metrics.get("skipped_reason", ""))
+
+
+def params_table(run: Run) -> pd.DataFrame:
+    cfg = dict(run.manifest.get("config", {}))
+    git = run.manifest.get("git", {})
+    cfg["run_id"] = run.manifest.get("run_id")
+    cfg["started"] = run.manifest.get("started")
+    cfg["commit"] = f"{git.get('commit', 'unknown')}" + (" (dirty)" if git.get("dirty") else "")
+    cfg["total seconds"] = run.manifest.get("seconds")
+    return pd.DataFrame({"parameter": list(cfg), "value": [fmt(v) for v in cfg.values()]})
+
+
+def styled(df: pd.DataFrame) -> Any:
+    """The verdict table with PASS/FAIL coloured through the report's CSS classes."""
+    sty = table(df)
+    if "verdict" in df.columns:
+        sty = sty.set_td_classes(pd.DataFrame(
+            [[_VERDICT_CLASS.get(v, "") if col == "verdict" else "" for col in df.columns]
+             for v in df["verdict"]], index=df.index, columns=df.columns))
+    return sty
