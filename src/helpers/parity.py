@@ -1,0 +1,191 @@
+"""Comparison metrics (float64, each inside its mathematical range), dtype-aware tolerances
+and verdicts. Thresholds come from data/thresholds.json, each with its named source."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from helpers import paths
+from helpers.records import read_json
+
+
+@lru_cache(maxsize=1)
+def thresholds() -> dict[str, Any]:
+    return read_json(paths.DATA / "thresholds.json")
+
+
+def source(key: str) -> str:
+    """The full citation for a source key of thresholds.json."""
+    return thresholds()["sources"].get(key, key)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    dtype: str
+    rtol: float
+    small_value: float
+    source: str
+
+
+def tolerance(dtype: str) -> Tolerance:
+    """msprobe's per-dtype tolerance; float64 and integer dtypes use float32's (the strictest)."""
+    name = str(dtype).replace("torch.", "")
+    table = thresholds()["tolerance"]
+    row = table.get(name, table["float32"])
+    return Tolerance(name, row["rtol"], row["small_value"], source(row["source"]))
+
+
+def to64(x: Any) -> np.ndarray:
+    """Any tensor/array as a float64 numpy array on the host (complex -> real view)."""
+    if hasattr(x, "detach"):
+        import torch
+
+        x = x.detach()
+        if x.is_complex():
+            x = torch.view_as_real(x)
+        x = x.to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def cosine(a: Any, b: Any) -> float:
+    """Cosine similarity of the flattened arrays, computed on max-abs-scaled vectors (so
+    large magnitudes cannot overflow) and clipped to [-1, 1]. Two all-zero vectors are
+    identical (1.0); one all-zero vector against a non-zero one scores 0.0."""
+    a, b = to64(a).ravel(), to64(b).ravel()
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")
+    sa, sb = np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0)
+    if sa == 0.0 and sb == 0.0:
+        return 1.0
+    if sa == 0.0 or sb == 0.0:
+        return 0.0
+    a, b = a / sa, b / sb
+    c = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+    return min(1.0, max(-1.0, c))
+
+
+def rel_l2(target: Any, reference: Any) -> float:
+    """||target - reference||_2 / ||reference||_2 (0 when both are zero, inf if only ref is)."""
+    t, r = to64(target).ravel(), to64(reference).ravel()
+    num, den = float(np.linalg.norm(t - r)), float(np.linalg.norm(r))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return num / den
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Target versus reference, elementwise, all in float64."""
+
+    n: int
+    cosine: float
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    mean_rel: float
+    rel_l2: float
+    rmse: float
+    within_tol: float  # share of elements within the dtype's msprobe tolerance, in [0, 1]
+    nonfinite: int  # NaN/Inf elements in the target that the reference does not have
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare(target: Any, reference: Any, dtype: str = "float32") -> Comparison:
+    """Elementwise comparison. Relative errors use msprobe's small-value rule: where
+    |reference| < small_value, the error is judged absolutely against small_value instead of
+    being divided by a near-zero number."""
+    t, r = to64(target).ravel(), to64(reference).ravel()
+    if t.shape != r.shape:
+        raise ValueError(f"shapes differ: target {to64(target).shape} vs reference {to64(reference).shape}")
+    tol = tolerance(dtype)
+    bad = ~np.isfinite(t) & np.isfinite(r)
+    finite = np.isfinite(t) & np.isfinite(r)
+    if t.size == 0:
+        return Comparison(0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0, tol.dtype)
+    tf, rf = t[finite], r[finite]
+    err = np.abs(tf - rf)
+    small = np.abs(rf) < tol.small_value
+    rel = np.where(small, 0.0, err / np.where(small, 1.0, np.abs(rf)))
+    ok = np.where(small, err <= tol.small_value, err <= tol.rtol * np.abs(rf))
+    nan = float("nan")
+    return Comparison(
+        n=int(t.size),
+        cosine=cosine(t, r) if not bad.any() else nan,
+        max_abs=float(err.max(initial=0.0)) if not bad.any() else math.inf,
+        mean_abs=float(err.mean()) if err.size else 0.0,
+        max_rel=float(rel.max(initial=0.0)),
+        mean_rel=float(rel.mean()) if rel.size else 0.0,
+        rel_l2=rel_l2(np.where(finite, t, 0.0), np.where(finite, r, 0.0)) if not bad.any() else math.inf,
+        rmse=float(math.sqrt(np.mean(err**2))) if err.size else 0.0,
+        within_tol=float(ok.sum()) / float(t.size),
+        nonfinite=int(bad.sum()),
+        dtype=tol.dtype,
+    )
+
+
+def network_verdict(cmp: Comparison) -> tuple[bool, str]:
+    """msprobe's whole-network rule: not reached if (cosine < 0.99 and max abs > 0.001), or
+    cosine < 0.9, or max abs > 1, or any NaN/Inf in the target."""
+    th = thresholds()["network"]
+    if cmp.nonfinite:
+        return False, f"{cmp.nonfinite} NaN/Inf values in the target"
+    if cmp.cosine < th["cosine_hard"]:
+        return False, f"cosine {cmp.cosine:.6f} < {th['cosine_hard']}"
+    if cmp.max_abs > th["max_abs_hard"]:
+        return False, f"max abs error {cmp.max_abs:.3g} > {th['max_abs_hard']}"
+    if cmp.cosine < th["cosine_soft"] and cmp.max_abs > th["max_abs_soft"]:
+        return False, (f"cosine {cmp.cosine:.6f} < {th['cosine_soft']} and max abs "
+                       f"{cmp.max_abs:.3g} > {th['max_abs_soft']}")
+    return True, "within msprobe's whole-network rule"
+
+
+def _ratio(num: float, den: float) -> float:
+    if den == 0.0:
+        return 1.0 if num == 0.0 else math.inf
+    return num / den
+
+
+def error_ratios(target: Any, reference: Any, golden: Any, dtype: str) -> dict[str, float]:
+    """msprobe 'benchmark' standard: the target's error against a float64 golden divided by
+    the reference's error (same dtype, other device) against the same golden. A ratio of 1
+    means the device is exactly as accurate as the reference device."""
+    dev, ref = compare(target, golden, dtype), compare(reference, golden, dtype)
+    return {"rmse": _ratio(dev.rmse, ref.rmse), "mean_rel": _ratio(dev.mean_rel, ref.mean_rel),
+            "max_rel": _ratio(dev.max_rel, ref.max_rel)}
+
+
+def ratios_pass(ratios: dict[str, float]) -> bool:
+    limits = thresholds()["error_ratio"]
+    return all(ratios[k] <= limits[k]["max"] for k in limits)
+
+
+def topk_agreement(target_logits: Any, ref_logits: Any, k: int = 5) -> tuple[float, float]:
+    """(top-1 agreement in [0, 1], mean top-k overlap in [0, k]) over the last axis."""
+    t, r = to64(target_logits), to64(ref_logits)
+    t, r = t.reshape(-1, t.shape[-1]), r.reshape(-1, r.shape[-1])
+    top1 = float(np.mean(t.argmax(-1) == r.argmax(-1)))
+    tk, rk = np.argsort(-t, -1)[:, :k], np.argsort(-r, -1)[:, :k]
+    overlap = float(np.mean([len(set(a) & set(b)) for a, b in zip(tk, rk, strict=True)]))
+    return top1, overlap
+
+
+def kl_divergence(ref_logits: Any, target_logits: Any) -> float:
+    """Mean KL(reference || target) in nats over the rows of the last axis; >= 0."""
+    r, t = to64(ref_logits), to64(target_logits)
+    r, t = r.reshape(-1, r.shape[-1]), t.reshape(-1, t.shape[-1])
+
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lr, lt = log_softmax(r), log_softmax(t)
+    kl = (np.exp(lr) * (lr - lt)).sum(-1)
+    return float(max(0.0, kl.mean()))
