@@ -7,6 +7,7 @@ module's probe functions (_import_torch_npu, _probe_npu, _probe_cuda), never tor
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import time
@@ -142,6 +143,12 @@ def test_bad_syntax_lists_the_valid_forms(bad):
     with pytest.raises(DeviceError) as err:
         device.select(bad)
     assert "auto, cpu, cuda, cuda:N, npu, npu:N" in str(err.value)
+
+
+def test_selection_as_plain_json_values():
+    d = device.select("cpu").as_dict()
+    assert d == {"requested": "cpu", "device": "cpu", "backend": "cpu", "index": None,
+                 "reason": "requested cpu"}
 
 
 def test_device_error_is_a_value_error():
@@ -333,3 +340,19 @@ def test_capture_fallbacks_sees_python_warnings_and_restores_fd2_on_error(capfd,
     assert [str(w.message) for w in recwarn] == [msg]  # shown again after the block
     subprocess.run([sys.executable, "-c", "import os; os.write(2, b'after-block')"], check=True)
     assert "after-block" in capfd.readouterr().err  # fd 2 is the real stderr again
+
+
+def test_capture_flushes_python_level_stderr_into_the_capture():
+    # a fresh interpreter, where sys.stderr is a buffered stream on fd 2 (pytest replaces it)
+    script = (
+        "import json, sys\n"
+        "from helpers import device\n"
+        "with device.capture_fallbacks() as fb:\n"
+        f"    sys.stderr.write({NPU_LINE.format(op='stft')!r})  # no newline: stays buffered\n"
+        "print(json.dumps(fb.operators))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # keep it buffered
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, env=env)
+    assert out.stdout.strip() == '["aten::stft"]'
+    assert "aten::stft" in out.stderr  # re-emitted to the real stderr

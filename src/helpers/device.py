@@ -68,6 +68,11 @@ class Selection:
     index: int | None  # None on cpu
     reason: str
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON values, for results files."""
+        return {"requested": self.requested, "device": str(self.device), "backend": self.backend,
+                "index": self.index, "reason": self.reason}
+
 
 # ---- probes: small functions that look at the machine (tests monkeypatch these) ------------
 
