@@ -27,6 +27,10 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
+# Regenerate the shipped speech fixtures in data/audio/ (needs espeak-ng; the report does not).
+data: $(STAMP)
+	$(PY) scripts/make_audio_fixtures.py
+
 lab: $(STAMP)
 	$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install -q "jupyterlab>=4"
 	$(PY) -m jupyter lab --notebook-dir=notebooks
