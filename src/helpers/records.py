@@ -52,6 +52,33 @@ class Check:
         return cls(name, value, f"{op} {limit}{unit}", passed, source, detail)
 
 
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of timing samples (float64): count, mean, p50, p90, p99, min, max, stdev.
+
+    Percentiles interpolate linearly between order statistics (numpy's default); stdev is the
+    sample standard deviation (ddof=1), None with fewer than two samples. Built by
+    helpers.bench.stats; here only the record and its JSON round trip.
+    """
+
+    count: int
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    min: float
+    max: float
+    stdev: float | None
+    unit: str = "s"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyStats:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
 @dataclass
 class StageResult:
     stage: str

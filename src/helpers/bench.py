@@ -1,0 +1,186 @@
+"""The timing protocol and its statistics: the one implementation every measurement uses.
+
+Protocol (one `measure` call):
+  1. warmup runs, each timed on its own and kept apart: the first call (which pays for lazy
+     initialisation, kernel selection and any graph compilation) is reported separately and
+     never enters the statistics;
+  2. timed runs until BOTH `min_iters` runs and `min_seconds` of timed work are reached (or
+     `max_iters` / `max_seconds` stop it first, which the result says);
+  3. every run is bracketed by the device backend's timer (helpers.device: synchronize before
+     and after, device events where the backend has them), so no queued device work leaks
+     from one sample into the next;
+  4. raw samples are kept; statistics in float64 (helpers.records.LatencyStats).
+
+Nothing here knows cpu / cuda / npu: the backend's timer does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from helpers.records import LatencyStats
+
+PERCENTILES = (50, 90, 99)
+
+
+class BenchError(ValueError):
+    """A protocol parameter or a sample list is unusable; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How many runs to make. Every field is a stage parameter of the performance notebook."""
+
+    warmup: int = 1  # runs before timing; the first one is reported as first_call_s
+    min_iters: int = 5  # at least this many timed runs ...
+    min_seconds: float = 1.0  # ... and at least this much timed work (seconds)
+    max_iters: int = 1000  # hard stop on the number of timed runs
+    max_seconds: float = 120.0  # hard stop on timed work, for slow runs on slow devices
+
+    def __post_init__(self) -> None:
+        _check_int("warmup", self.warmup, 0)
+        _check_int("min_iters", self.min_iters, 1)
+        _check_int("max_iters", self.max_iters, 1)
+        _check_number("min_seconds", self.min_seconds)
+        _check_number("max_seconds", self.max_seconds)
+        if self.max_iters < self.min_iters:
+            raise BenchError(f"max_iters ({self.max_iters}) must be >= min_iters "
+                             f"({self.min_iters}); raise max_iters or lower min_iters")
+
+    def with_(self, **changes: Any) -> Protocol:
+        """A copy with some fields changed (validated again)."""
+        return Protocol(**{**asdict(self), **changes})
+
+    def describe(self) -> str:
+        return (f"{self.warmup} warmup run(s) kept apart, then timed runs until >= "
+                f"{self.min_iters} runs and >= {self.min_seconds:g} s of timed work "
+                f"(stop at {self.max_iters} runs or {self.max_seconds:g} s)")
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise BenchError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+            or math.isinf(value):
+        raise BenchError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+
+
+# ---- statistics -------------------------------------------------------------------------
+
+
+def stats(samples: Sequence[float], unit: str = "s") -> LatencyStats:
+    """count, mean, p50, p90, p99, min, max and sample stdev (ddof=1) of `samples`, in float64."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise BenchError(f"statistics need a non-empty list of numbers, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise BenchError(f"samples contain NaN or Inf: {x.tolist()}; the timer did not run")
+    p50, p90, p99 = (float(v) for v in np.percentile(x, PERCENTILES))
+    return LatencyStats(
+        count=int(x.size), mean=float(x.mean()), p50=p50, p90=p90, p99=p99,
+        min=float(x.min()), max=float(x.max()),
+        stdev=float(x.std(ddof=1)) if x.size > 1 else None, unit=unit,
+    )
+
+
+# ---- measurement ------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """Result of one protocol run: warmup times apart, raw timed samples, their statistics."""
+
+    name: str
+    protocol: Protocol
+    timer: str  # how the backend timed each run (device events, perf_counter ...)
+    warmup_s: list[float]  # one entry per warmup run; warmup_s[0] is the first call
+    samples: list[float]  # timed runs, seconds
+    host_samples: list[float]  # the same runs by perf_counter on the host
+    stopped_by: str  # "min_iters+min_seconds" | "max_iters" | "max_seconds"
+    stats: LatencyStats = field(init=False)
+    output: Any = field(default=None, repr=False)  # what the last timed run returned
+
+    def __post_init__(self) -> None:
+        self.stats = stats(self.samples)
+
+    @property
+    def first_call_s(self) -> float | None:
+        return self.warmup_s[0] if self.warmup_s else None
+
+    def rate(self, units_per_run: float) -> float:
+        """Units per second over the timed runs (total units / total time, not a mean of rates)."""
+        return units_per_run / self.stats.mean
+
+    def describe(self) -> str:
+        """The protocol as it actually ran, in one sentence for the report."""
+        first = (f"first call {self.first_call_s:.4g} s" if self.warmup_s
+                 else "no warmup: the first call is among the samples")
+        return (f"{len(self.warmup_s)} warmup run(s) kept apart ({first}); "
+                f"{self.stats.count} timed runs, {sum(self.samples):.3g} s of timed work, "
+                f"stopped by {self.stopped_by}; each run: {self.timer}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "protocol": asdict(self.protocol), "timer": self.timer,
+            "first_call_s": self.first_call_s, "warmup_s": self.warmup_s,
+            "stats": self.stats.to_dict(), "samples": self.samples,
+            "host_samples": self.host_samples, "stopped_by": self.stopped_by,
+            "described": self.describe(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        return cls(name=data["name"], protocol=Protocol(**data["protocol"]), timer=data["timer"],
+                   warmup_s=list(data["warmup_s"]), samples=list(data["samples"]),
+                   host_samples=list(data["host_samples"]), stopped_by=data["stopped_by"])
+
+
+def timed(be: Any, fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """Run fn once under the backend's synchronized timer: (result, seconds, host seconds)."""
+    with be.timer() as t:
+        out = fn()
+    return out, float(t.seconds), float(t.host_seconds)
+
+
+def measure(fn: Callable[[], Any], be: Any, protocol: Protocol | None = None,
+            name: str = "") -> Measurement:
+    """Time fn() by the protocol on backend `be` (a helpers.device.Backend)."""
+    protocol = protocol or Protocol()
+    warm: list[float] = []
+    for _ in range(protocol.warmup):
+        _, seconds, _ = timed(be, fn)
+        warm.append(seconds)
+    samples: list[float] = []
+    host: list[float] = []
+    out: Any = None
+    total = 0.0
+    while True:
+        out, seconds, host_seconds = timed(be, fn)
+        samples.append(seconds)
+        host.append(host_seconds)
+        total += seconds
+        stop = _stop_reason(protocol, len(samples), total)
+        if stop:
+            break
+    return Measurement(name=name or getattr(fn, "__name__", "run"), protocol=protocol,
+                       timer=be.timer_protocol, warmup_s=warm, samples=samples,
+                       host_samples=host, stopped_by=stop, output=out)
+
+
+def _stop_reason(p: Protocol, count: int, total: float) -> str:
+    if count >= p.min_iters and total >= p.min_seconds:
+        return "min_iters+min_seconds"
+    if count >= p.max_iters:
+        return "max_iters"
+    if total >= p.max_seconds:
+        return "max_seconds"
+    return ""
+

@@ -1,0 +1,134 @@
+"""The timing protocol: statistics against numpy, stopping rules, physical sanity on the CPU."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from helpers import bench, device
+from helpers.bench import BenchError, Measurement, Protocol
+from helpers.records import LatencyStats
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return device.backend(device.select("cpu"))
+
+
+# ---- statistics -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed,n", [(0, 1), (1, 2), (2, 7), (3, 100), (4, 1001)])
+def test_stats_match_numpy(seed, n):
+    x = np.random.default_rng(seed).lognormal(-3.0, 0.5, size=n)
+    s = bench.stats(x.tolist())
+    assert s.count == n
+    assert s.mean == pytest.approx(np.mean(x), rel=1e-12)
+    for q, got in zip((50, 90, 99), (s.p50, s.p90, s.p99), strict=True):
+        assert got == pytest.approx(np.percentile(x, q), rel=1e-12)
+    assert s.min == x.min() and s.max == x.max()
+    if n > 1:
+        assert s.stdev == pytest.approx(np.std(x, ddof=1), rel=1e-12)
+    else:
+        assert s.stdev is None
+    assert s.min <= s.p50 <= s.p90 <= s.p99 <= s.max
+
+
+def test_stats_known_values():
+    s = bench.stats([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (s.mean, s.p50, s.min, s.max) == (3.0, 3.0, 1.0, 5.0)
+    assert s.p90 == pytest.approx(4.6)  # linear interpolation: 4 + 0.6 * (5 - 4)
+    assert s.p99 == pytest.approx(4.96)
+    assert s.stdev == pytest.approx(math.sqrt(2.5))
+
+
+def test_stats_are_float64_not_float32():
+    # 1 + 1e-9 is lost in float32; a float64 mean keeps it
+    s = bench.stats([1.0, 1.0 + 2e-9])
+    assert s.mean - 1.0 == pytest.approx(1e-9, rel=1e-6)
+    assert isinstance(s.mean, float)
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, float("nan")], [float("inf")]])
+def test_stats_reject_empty_and_non_finite(bad):
+    with pytest.raises(BenchError, match="non-empty|NaN"):
+        bench.stats(bad)
+
+
+def test_latency_stats_json_round_trip():
+    s = bench.stats([0.1, 0.2, 0.4])
+    back = LatencyStats.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert back == s
+
+
+# ---- protocol ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"warmup": -1}, "warmup"),
+    ({"min_iters": 0}, "min_iters"),
+    ({"min_iters": 2.5}, "min_iters"),
+    ({"min_seconds": -1}, "min_seconds"),
+    ({"max_seconds": float("nan")}, "max_seconds"),
+    ({"min_iters": 10, "max_iters": 5}, "max_iters"),
+])
+def test_protocol_rejects_bad_values(kw, match):
+    with pytest.raises(BenchError, match=match):
+        Protocol(**kw)
+
+
+def test_warmup_kept_apart_and_min_iters(cpu):
+    calls = itertools.count()
+    m = bench.measure(lambda: next(calls), cpu, Protocol(warmup=2, min_iters=4, min_seconds=0))
+    assert len(m.warmup_s) == 2 and m.first_call_s == m.warmup_s[0]
+    assert m.stats.count == 4 == len(m.samples) == len(m.host_samples)
+    assert m.output == 5  # calls 0,1 were warmup; 2..5 timed; the last output is kept
+    assert m.stopped_by == "min_iters+min_seconds"
+
+
+def test_min_seconds_extends_the_run(cpu):
+    m = bench.measure(lambda: time.sleep(0.01), cpu,
+                      Protocol(warmup=0, min_iters=2, min_seconds=0.1))
+    assert sum(m.samples) >= 0.1
+    assert m.stats.count >= 9  # ~0.1 s / 0.01 s; far more than min_iters
+    assert m.first_call_s is None
+
+
+def test_max_iters_stops_and_says_so(cpu):
+    m = bench.measure(lambda: None, cpu,
+                      Protocol(warmup=0, min_iters=3, min_seconds=60, max_iters=3))
+    assert m.stats.count == 3 and m.stopped_by == "max_iters"
+
+
+def test_first_call_reported_apart_from_steady_state(cpu):
+    state = {"first": True}
+
+    def slow_first():
+        if state.pop("first", False):
+            time.sleep(0.1)  # e.g. a compilation on the first call
+
+    m = bench.measure(slow_first, cpu, Protocol(warmup=1, min_iters=3, min_seconds=0))
+    assert m.first_call_s >= 0.1
+    assert m.stats.max < 0.05  # the slow first call is not among the samples
+
+
+def test_measurement_json_round_trip(cpu):
+    m = bench.measure(lambda: None, cpu, Protocol(warmup=1, min_iters=3, min_seconds=0))
+    data = json.loads(json.dumps(m.to_dict()))
+    back = Measurement.from_dict(data)
+    assert back.stats == m.stats and back.samples == m.samples
+    assert "warmup" in data["described"] and "perf_counter" in data["described"]
+
+
+# ---- physical sanity ----------------------------------------------------------------------
+
+
+def test_sleep_of_0_2_s_measures_within_5_percent(cpu):
+    m = bench.measure(lambda: time.sleep(0.2), cpu, Protocol(warmup=1, min_iters=3, min_seconds=0))
+    assert m.stats.mean == pytest.approx(0.2, rel=0.05)
+    assert m.stats.min >= 0.2  # sleep never returns early
