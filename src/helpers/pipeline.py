@@ -176,12 +176,16 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
     t_run = time.perf_counter()
     for i, spec in enumerate(specs, 1):
         _print(f"[{i}/{len(specs)}] {spec.name} ...")
+        t_stage = time.perf_counter()
         res = run_stage(spec, cfg, run_dir)
         results[spec.name] = res
+        manifest.setdefault("wall_seconds", {})[spec.name] = round(time.perf_counter() - t_stage, 3)
+        write_json(run_dir / "run.json", manifest)
         passed = sum(c.passed is True for c in res.checks)
         judged = sum(c.passed is not None for c in res.checks)
         extra = f": {res.error['type']}: {res.error['message'][:200]}" if res.error else ""
         _print(f"[{i}/{len(specs)}] {spec.name}: {res.status} in {res.seconds:.1f} s "
+               f"({manifest['wall_seconds'][spec.name]:.1f} s with kernel start) "
                f"({passed}/{judged} checks passed){extra}")
 
     summary_nb = notebooks_dir / SUMMARY_NOTEBOOK

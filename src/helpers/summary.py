@@ -55,13 +55,19 @@ def headline(run: Run) -> str:
     checks = [c for r in res for c in r.checks if c.passed is not None]
     ok = sum(c.passed for c in checks)
     cfg = run.manifest.get("config", {})
+    env = run.results.get("environment")
+    dev = env.metrics.get("device", {}) if env else {}
+    device = f"`{dev['selected']}` (requested `{cfg.get('device')}`)" if dev.get("selected") \
+        else f"`{cfg.get('device')}`"
+    dtype = f"`{dev['dtype']}` (requested `{cfg.get('dtype')}`)" if dev.get("dtype") \
+        else f"`{cfg.get('dtype')}`"
     lines = [
         f"**{len(res)} stages**: {counts['passed']} passed, {counts['failed']} with failed checks, "
         f"{counts['error']} raised, {counts['skipped']} skipped. "
         f"**{ok} of {len(checks)} checks pass.**",
         "",
-        f"Model `{cfg.get('model')}`, profile `{cfg.get('profile')}`, device `{cfg.get('device')}`, "
-        f"dtype `{cfg.get('dtype')}`.",
+        f"Model `{cfg.get('model')}`, profile `{cfg.get('profile')}`, device {device}, "
+        f"dtype {dtype}.",
     ]
     if cfg.get("profile") in ("tiny", "full-shape"):
         lines += ["", '<div class="report-note">Profile <b>' + str(cfg.get("profile")) + "</b>: "
@@ -90,11 +96,15 @@ def verdict_table(run: Run) -> pd.DataFrame:
 
 
 def stage_table(run: Run) -> pd.DataFrame:
+    """One row per stage: status, the stage's own seconds and the runner's wall seconds
+    (which add the notebook kernel's start and the torch import)."""
     rows = []
+    wall = run.manifest.get("wall_seconds", {})
     for i, res in enumerate(run.results.values(), 1):
         judged = [c for c in res.checks if c.passed is not None]
         rows.append({"#": i, "stage": res.title or res.stage, "status": res.status,
                      "seconds": round(float(res.seconds), 2),
+                     "wall seconds": wall.get(res.stage),
                      "checks passed": f"{sum(c.passed for c in judged)}/{len(judged)}",
                      "note": _note(res)})
     return pd.DataFrame(rows)
