@@ -1,0 +1,187 @@
+"""Reading weights from a model directory, and materializing random weights, with clear errors.
+
+A model directory is what `save_pretrained` writes: config.json plus model.safetensors (or a
+sharded model.safetensors.index.json with its shards; pytorch_model.bin is accepted too).
+Before transformers reads it, `check_dir` verifies that it exists, that config.json parses,
+that the weight files are all there and that every safetensors header covers its file, so a
+missing or truncated file is reported with its path and what was expected instead of a deep
+traceback. `read` then calls the class's from_pretrained and re-raises any failure with the
+path and the component.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH_BIN = "pytorch_model.bin"
+PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
+SAVE_PRETRAINED = "a save_pretrained folder: config.json + model.safetensors (or sharded model-*.safetensors with model.safetensors.index.json)"
+
+
+class ModelLoadError(ValueError):
+    """A model directory or its weights cannot be used; the message names the path and the fix."""
+
+
+def check_dir(path: Path, what: str, check_weights: bool = True, layout: str = "") -> list[Path]:
+    """Validate a component directory before loading; returns its weight files.
+
+    `what` names the component for the message, e.g. "covo-audio-chat audio_encoder";
+    `layout` (the recipe's MODEL_DIR layout) is added to the message when something is missing.
+    """
+    expected = f"expected {SAVE_PRETRAINED}" + (f"; layout: {layout}" if layout else "")
+    if not path.exists():
+        raise ModelLoadError(f"{what}: MODEL_DIR path {path} does not exist; {expected}")
+    if not path.is_dir():
+        raise ModelLoadError(f"{what}: {path} is a file, not a directory; {expected}")
+    config = path / "config.json"
+    if not config.is_file():
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
+        raise ModelLoadError(f"{what}: {path} has no config.json (found: {found}); {expected}")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{what}: {config} is not valid JSON ({exc}); re-copy the model's config.json") from exc
+    if not check_weights:
+        return []
+    files = weight_files(path, what)
+    for file in files:
+        if file.suffix == ".safetensors":
+            check_safetensors(file, what)
+    return files
+
+
+def weight_files(path: Path, what: str) -> list[Path]:
+    """The weight files of a directory, resolved through an index when the weights are sharded."""
+    for index_name in (SAFETENSORS_INDEX, PYTORCH_BIN_INDEX):
+        index = path / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            except (ValueError, KeyError, AttributeError) as exc:
+                raise ModelLoadError(
+                    f"{what}: {index} is not a valid weight index (needs a 'weight_map' object): {exc}"
+                ) from exc
+            missing = [s for s in shards if not (path / s).is_file()]
+            if missing:
+                raise ModelLoadError(
+                    f"{what}: {index} lists {len(shards)} shard(s) but {len(missing)} are missing "
+                    f"from {path}: {', '.join(missing[:5])}"
+                )
+            return [path / s for s in shards]
+    for name in (SAFETENSORS, PYTORCH_BIN):
+        if (path / name).is_file():
+            return [path / name]
+    found = ", ".join(sorted(p.name for p in path.iterdir())[:12])
+    raise ModelLoadError(
+        f"{what}: {path} has config.json but no weights (found: {found}); expected {SAVE_PRETRAINED}"
+    )
+
+
+def check_safetensors(file: Path, what: str) -> None:
+    """Open the header: safetensors verifies that its tensors cover the file exactly."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            fh.keys()
+    except SafetensorError as exc:
+        size = file.stat().st_size
+        raise ModelLoadError(
+            f"{what}: weights file {file} ({size:,} bytes) is corrupt or truncated: {exc}; "
+            "expected a complete safetensors file as written by save_pretrained: copy it again"
+        ) from exc
+
+
+def read(cls: Any, path: Path, what: str, config: Any, dtype: torch.dtype,
+         device_map: dict[str, str] | None, **kwargs: Any) -> nn.Module:
+    """cls.from_pretrained(path) with the given config; any failure names the path.
+
+    Missing tensors are an error too (transformers would initialize them randomly and only warn,
+    which would make every later number meaningless for real weights).
+    """
+    from safetensors import SafetensorError
+
+    try:
+        model, info = cls.from_pretrained(
+            str(path), config=config, dtype=dtype, device_map=device_map,
+            output_loading_info=True, **kwargs,
+        )
+    except SafetensorError as exc:
+        raise ModelLoadError(
+            f"{what}: cannot read the weights in {path}: {exc}; expected complete safetensors "
+            "files as written by save_pretrained: copy them again"
+        ) from exc
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise ModelLoadError(
+            f"{what}: loading {path} with {getattr(cls, '__name__', cls)}.from_pretrained failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        bad = missing or mismatched
+        kind = "lack" if missing else "have wrong shapes for"
+        raise ModelLoadError(
+            f"{what}: the weights in {path} {kind} {len(bad)} tensor(s) that "
+            f"{type(model).__name__} expects (e.g. {', '.join(bad[:4])}); the checkpoint does not "
+            "match its config.json"
+        )
+    return model.eval()
+
+
+def construct(cls: Any, config: Any, dtype: torch.dtype) -> nn.Module:
+    """An instance of cls for config, under the current default device (meta for skeletons)."""
+    if hasattr(cls, "from_config"):  # Auto* classes pick the architecture from config
+        return cls.from_config(config, dtype=dtype, trust_remote_code=True)
+    return cls._from_config(config, dtype=dtype)
+
+
+def skeleton(cls: Any, config: Any, dtype: torch.dtype) -> nn.Module:
+    """The module tree on the meta device: shapes and counts without allocating memory."""
+    with torch.device("meta"):
+        return construct(cls, config, dtype)
+
+
+def materialize(module: nn.Module, device_map: dict[str, str], seed: int) -> nn.Module:
+    """Give a meta skeleton real storage where device_map says, then random-initialize it.
+
+    to_empty allocates without copying; initialize_weights then runs the model's own init
+    (normal(0, initializer_range), ones for norms, sinusoids for Whisper positions, rotary
+    frequencies) under torch.manual_seed(seed), and tie_weights restores shared matrices.
+    """
+    for name, dev in device_map.items():
+        (module.get_submodule(name) if name else module).to_empty(device=dev)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise ModelLoadError(f"device map left {len(left)} tensor(s) unplaced, e.g. {left[:3]}")
+    torch.manual_seed(seed)
+    module.initialize_weights()
+    module.tie_weights()
+    return module.eval()
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence transformers' progress bars and info/warning chatter while loading."""
+    from transformers.utils import logging as tlog
+
+    bars = tlog.is_progress_bar_enabled()
+    level = tlog.get_verbosity()
+    tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(level)
+        if bars:
+            tlog.enable_progress_bar()
+
