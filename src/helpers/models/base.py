@@ -185,7 +185,13 @@ class Recipe:
         for name in self.component_names():
             weights.check_dir(self.component_dir(root, name), f"{self.name} {name}",
                               check_weights=check_weights, layout=self.layout)
-        return self.read_configs(root)
+        try:
+            return self.read_configs(root)
+        except Exception as exc:  # transformers' config validation raises several kinds
+            raise ModelLoadError(
+                f"{self.name}: cannot read the config.json files in {root}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def skeletons(self, configs: dict[str, Any], dtype: torch.dtype = torch.float32,
                   ) -> dict[str, nn.Module]:
@@ -281,10 +287,13 @@ class Recipe:
         if not device_map:
             return placement.single(skel, device)
         maps = placement.plan_auto(skel, dtype, device.type)
-        if placement.devices_of(maps) == ["cpu"]:
+        used = placement.devices_of(maps)
+        if used == ["cpu"]:
             notes.append(placement.CPU_ONLY_NOTE)
-        else:
-            notes.append(f"DEVICE_MAP=auto placed modules on {', '.join(placement.devices_of(maps))}")
+            return maps
+        notes.append(f"DEVICE_MAP=auto placed modules on {', '.join(used)}")
+        if "cpu" in used:
+            notes.append(placement.OFFLOAD_NOTE)
         return maps
 
     def _load_dir(self, root: Path, device: torch.device, dtype: torch.dtype, device_map: str,
@@ -304,12 +313,13 @@ class Recipe:
                     configs[name], dtype, maps[name] if device_map else None,
                     **self.read_kwargs(name))
         timings["weights_read_s"] = t.seconds
-        with be.timer() as t:
-            if not device_map:
+        timings["to_device_s"] = 0.0
+        if not device_map:
+            with be.timer() as t:
                 for m in modules.values():
                     m.to(device)
-        timings["to_device_s"] = t.seconds
-        if device_map:
+            timings["to_device_s"] = t.seconds
+        else:
             notes.append("DEVICE_MAP=auto: weights go straight to their planned devices while "
                          "read, so to_device_s is 0")
         return modules, tok, maps

@@ -18,9 +18,11 @@ from torch import nn
 from helpers.models.weights import ModelLoadError
 
 CPU_ONLY_NOTE = (
-    "DEVICE_MAP=auto with no accelerator visible: accelerate placed every module on cpu "
-    "(the map degenerates to a single device)"
+    "DEVICE_MAP=auto without an accelerator (none visible, or DEVICE=cpu): accelerate placed "
+    "every module on cpu, so the map degenerates to a single device"
 )
+OFFLOAD_NOTE = ("DEVICE_MAP=auto: the model did not fit on the accelerators; the modules mapped "
+                "to cpu run there (accelerate moves their activations), which is slow")
 
 
 def single(components: dict[str, nn.Module], device: torch.device) -> dict[str, dict[str, str]]:
@@ -32,14 +34,17 @@ def plan_auto(components: dict[str, nn.Module], dtype: torch.dtype,
               kind: str) -> dict[str, dict[str, str]]:
     """Spread meta skeletons over every visible device; component -> {module: device}.
 
-    kind is the accelerator type ("cuda" or "npu") that accelerate's integer indices mean.
+    kind is the selected device type: "cuda" or "npu" (what accelerate's integer indices
+    mean), or "cpu", which keeps the plan on the host even when accelerators are visible.
     """
-    from accelerate.utils import get_balanced_memory, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory, get_max_memory, infer_auto_device_map
 
     whole = nn.ModuleDict(components)
     no_split = sorted({cls for m in components.values()
                        for cls in (getattr(m, "_no_split_modules", None) or [])})
-    budget = get_balanced_memory(whole, no_split_module_classes=no_split, dtype=dtype)
+    limit = {"cpu": get_max_memory()["cpu"]} if kind == "cpu" else None
+    budget = get_balanced_memory(whole, max_memory=limit, no_split_module_classes=no_split,
+                                 dtype=dtype)
     plan = infer_auto_device_map(whole, max_memory=budget, no_split_module_classes=no_split,
                                  dtype=dtype)
     if "disk" in plan.values():

@@ -1,0 +1,58 @@
+"""Stage 2 notebook, executed with papermill: its results record, and a bad MODEL_DIR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import models, paths
+from helpers.models import cache
+from helpers.records import read_result
+
+NOTEBOOK = paths.NOTEBOOKS / "02_model_loading.ipynb"
+
+
+def _execute(tmp_path: Path, **params: object) -> Path:
+    import papermill
+
+    run_dir = tmp_path / "run"
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters={"run_dir": str(run_dir), **params},
+        kernel_name="python3", cwd=str(paths.NOTEBOOKS), progress_bar=False,
+    )
+    return run_dir
+
+
+def test_stage_records_covo_load_with_device_map(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "cache"))  # the kernel inherits it
+    run_dir = _execute(tmp_path, model="covo-audio-chat", device="cpu", dtype="float32",
+                       device_map="auto")
+    res = read_result(run_dir / "results" / "model_loading.json")
+    assert res.status == "passed" and res.title == "Model loading"
+    m = res.metrics
+    tiny = sum(r["parameters"] for r in models.get("covo-audio-chat").describe("tiny"))
+    assert m["parameters_total"] == tiny == sum(m["parameters"].values())
+    assert set(m["parameters"]) == {"audio_encoder", "adapter", "lm"}
+    assert m["profile"] == "tiny" and m["dtype"] == "float32" and m["device_map"] == "auto"
+    assert set(m["placement"].values()) == {"cpu"}
+    assert any("placed every module on cpu" in n for n in m["notes"])
+    assert 0 < m["load_seconds"] < 5.0
+    assert m["memory_host_rss"] > 0 and m["memory_allocated"] is None  # cpu: no device allocator
+    names = {c.name: c for c in res.checks}
+    assert names["parameter count matches the recipe's shape"].passed
+    assert names["full-shape total parameters match the published 8.40B"].value == 8_402_029_312
+    assert all(c.passed for c in res.checks), [c for c in res.checks if not c.passed]
+    assert res.figures == ["model_loading-components.png"]
+    assert (run_dir / "figures" / "model_loading-components.png").stat().st_size > 10_000
+
+
+def test_stage_fails_clearly_on_a_missing_model_dir(tmp_path: Path) -> None:
+    from papermill.exceptions import PapermillExecutionError
+
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(PapermillExecutionError) as err:
+        _execute(tmp_path, model="gpa", model_dir=str(missing), device="cpu")
+    assert err.value.ename == "ModelLoadError"
+    assert f"{missing} does not exist" in err.value.evalue
