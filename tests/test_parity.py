@@ -25,6 +25,11 @@ def test_cosine_analytic(b: np.ndarray, expected: float) -> None:
     assert parity.cosine(b, A) == pytest.approx(expected, abs=1e-15)
 
 
+def test_cosine_of_identical_vectors_is_exactly_one() -> None:
+    x = np.random.default_rng(0).standard_normal(1000)
+    assert parity.cosine(x, x.copy()) == 1.0
+
+
 def test_cosine_stays_in_range_for_near_parallel_vectors() -> None:
     # many near-identical large values: the naive formula can round above 1
     x = np.full(10_000, 1.0e6) + np.arange(10_000) * 1e-9

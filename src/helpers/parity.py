@@ -59,6 +59,8 @@ def cosine(a: Any, b: Any) -> float:
     a, b = to64(a).ravel(), to64(b).ravel()
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return float("nan")
+    if np.array_equal(a, b):  # exactly 1, not 1 - 2e-16 from rounding in the norms
+        return 1.0
     sa, sb = np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0)
     if sa == 0.0 and sb == 0.0:
         return 1.0
