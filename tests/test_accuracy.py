@@ -110,10 +110,11 @@ def test_covo_parity_compares_each_audio_component(covo_runs: accuracy.Runs) -> 
     assert covo_runs.errors().empty
     sec = accuracy.components_section(covo_runs)
     rows = sec.table.set_index("component")
-    assert list(rows.index) == ["audio_encoder", "adapter"]
+    assert {"audio_encoder", "adapter"} <= set(rows.index)  # (+ the vocoder where the recipe has one)
     assert "fixture en_fox" in rows.loc["audio_encoder", "inputs"]
     assert rows.loc["audio_encoder", "shape"] == "1x1500x48"
-    assert (rows["rel_l2_pct"] > 0.01).all() and (rows["rel_l2_pct"] < 5).all()
+    floats = rows.loc[["audio_encoder", "adapter"], "rel_l2_pct"]
+    assert (floats > 0.01).all() and (floats < 5).all()
     assert all(_verdicts(sec.checks).values())
 
 
@@ -122,7 +123,8 @@ def test_covo_parity_lm_and_golden(covo_runs: accuracy.Runs) -> None:
     assert len(logits.table) == 8 and logits.metrics["positions"] > 8
     assert all(v is not False for v in _verdicts(logits.checks).values())
     gold = accuracy.golden_section(covo_runs)
-    assert list(gold.table["output"]) == ["logits", "last hidden state", "audio_encoder", "adapter"]
+    assert list(gold.table["output"])[:4] == ["logits", "last hidden state", "audio_encoder",
+                                               "adapter"]
     gen = accuracy.generation_section(covo_runs)
     assert gen.metrics["new_tokens"] == 4 and 0 <= gen.metrics["match_pct"] <= 100
 
@@ -244,3 +246,32 @@ def test_a_side_that_fails_to_load_is_a_failed_check(tmp_path: Path) -> None:
         assert "load" in section.checks[0].detail
     fig = accuracy.layer_figure(accuracy.layers_section(runs).table)
     assert fig is not None
+
+
+def test_a_float64_reference_needs_no_separate_golden() -> None:
+    cfg = RunConfig.from_params(model="gpa", dtype="float32")
+    p = accuracy.plan(cfg, reference_dtype="float64", new_tokens=0, languages="en")
+    runs = accuracy.run_all(cfg, p)
+    assert runs.golden is None and "itself runs in float64" in runs.golden_note
+    logits = accuracy.logits_section(runs)
+    # float32 against float64: tiny but non-zero, and within the GPA report's thresholds
+    assert 0 < logits.metrics["rel_l2_pct"] < 1e-3
+    assert all(v is not False for v in _verdicts(logits.checks).values())
+
+
+def test_token_agreement_counts_only_the_tokens_that_cover_the_audio() -> None:
+    t, r = torch.tensor([[1, 2, 3, 0, 0]]), torch.tensor([[1, 2, 4, 9, 9]])
+    assert accuracy.agreement(t, r) == 40.0
+    assert accuracy.agreement(t, r, torch.tensor([3])) == pytest.approx(200 / 3)
+    assert accuracy.agreement(t, r[:, :4]) == 0.0  # shapes differ: nothing agrees
+
+
+def test_divergence_position() -> None:
+    assert accuracy.divergence(torch.tensor([5, 6, 7]), torch.tensor([5, 6, 7])) == (3, None)
+    assert accuracy.divergence(torch.tensor([5, 6, 7]), torch.tensor([5, 1, 7])) == (2, 1)
+
+
+def test_notebook_declares_every_run_parameter_and_knob() -> None:
+    declared = set(papermill.inspect_notebook(str(NOTEBOOK)))
+    assert set(RunConfig.field_names()) - {"stages", "out", "strict"} <= declared
+    assert {"run_dir", "reference_dtype", "golden", "new_tokens", "languages"} <= declared

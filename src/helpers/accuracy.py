@@ -278,7 +278,10 @@ def component_inputs(loaded: Any) -> tuple[dict[str, dict[str, torch.Tensor]], d
     for name in audio_components(loaded):
         kwargs = {k: v.detach().cpu() for k, v in loaded.example_inputs(name).items()}
         notes[name] = "recipe example inputs"
-        if _audio_part(name) is not None:
+        typed = _audio_part(name)
+        if typed is not None:
+            fixture = getattr(typed, "DEFAULT_FIXTURE", "")
+            notes[name] += f" (made from fixture {fixture})" if fixture else ""
             inputs[name] = kwargs
             continue
         mel = _fixture_features(loaded.components[name], kwargs)
@@ -453,6 +456,8 @@ def run_all(cfg: Any, p: Plan) -> Runs:
                   reference=ref)
     tgt.inputs_note = ref.inputs_note
     use, note = golden_decision(p.golden, ref.parameters)
+    if p.reference.dtype == torch.float64:
+        use, note = False, "no separate golden: the reference itself runs in float64"
     gold = (collect(cfg, p.golden_side, prompts, 0, inputs=ref.inputs, reference=ref)
             if use else None)
     return Runs(p, prompts, ref, tgt, gold, note)
@@ -488,7 +493,10 @@ def record(st: Any, sec: Section) -> Any:
         st.add(c)
     if sec.metrics:
         st.metric(sec.name, sec.metrics)
-    return table(sec.table if not sec.table.empty else checks_table(sec.checks), precision=6)
+    frame = sec.table if not sec.table.empty else checks_table(sec.checks)
+    floats = frame.select_dtypes("float").columns
+    # 6 significant digits: a KL of 5.6e-07 must not print as 0.000001
+    return table(frame).format("{:.6g}", subset=floats, na_rep="")
 
 
 def _show(v: Any) -> Any:
@@ -789,7 +797,7 @@ def determinism_section(runs: Runs) -> Section:
                                 "stage contract: failures are data", tok_why))
         else:
             same = (t.tokens == t.again_tokens)  # [P, N]
-            pct = 100 * float(same.float().mean())
+            pct = 100 * float(same.double().mean())
             rows.append({"output": f"greedy tokens ({runs.plan.new_tokens} per prompt)",
                          "identical": f"{int(same.all(1).sum())}/{len(same)} prompts",
                          "bitwise_equal": bool(same.all()), "max_abs_difference": None})
@@ -891,7 +899,7 @@ def components_section(runs: Runs) -> Section:
             continue
         t, r = runs.target.components[name], runs.reference.components[name]
         for key in r:
-            row, check = _component_row(name, key, t[key], r[key], runs)
+            row, check = _component_row(name, key, t[key], r[key], runs, r.get("lengths"))
             rows.append(row)
             checks.append(check)
     metrics = {f"{row['component']}.{row['output']}": {
@@ -903,13 +911,25 @@ def components_section(runs: Runs) -> Section:
     return Section("audio_components", pd.DataFrame(rows), checks, metrics, note)
 
 
+def agreement(t: torch.Tensor, r: torch.Tensor, lengths: torch.Tensor | None = None) -> float:
+    """Share (%) of equal elements; for [B, N] ids with per-row lengths [B], only the first
+    lengths[b] of row b (the tokens that cover real audio, not the zero padding)."""
+    if t.shape != r.shape:
+        return 0.0
+    same = t == r
+    if lengths is not None and same.dim() == 2 and lengths.shape == same.shape[:1]:
+        keep = torch.arange(same.shape[1])[None, :] < lengths[:, None].cpu()  # [B, N]
+        return 100 * float(same[keep].double().mean()) if keep.any() else 100.0
+    return 100 * float(same.double().mean())
+
+
 def _component_row(name: str, key: str, t: torch.Tensor, r: torch.Tensor, runs: Runs,
-                   ) -> tuple[dict[str, Any], Check]:
+                   lengths: torch.Tensor | None = None) -> tuple[dict[str, Any], Check]:
     base = {"component": name, "output": key, "inputs": runs.reference.inputs_note.get(name, ""),
             "shape": "x".join(map(str, r.shape))}
     label = f"audio component {name}" + ("" if key == "output" else f" {key}")
     if not r.is_floating_point():  # token ids / codes: share of equal elements
-        pct = 100 * float((t == r).float().mean()) if t.shape == r.shape else 0.0
+        pct = agreement(t, r, lengths if key != "lengths" else None)
         rule, dtype = parity.thresholds()["logits_float32"]["top1_agreement_pct"], runs.plan.target.dtype_name
         name_ = f"{label}: agreement (%)"
         src = parity.source(rule["source"]) + " (top-1 agreement rule)"
