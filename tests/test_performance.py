@@ -1,0 +1,324 @@
+"""The performance stage: settings, forced-length generation, derived rates, weight bytes,
+audio durations, the compile time cap, and the sections on the tiny GPA recipe (CPU).
+
+Models are real transformers classes at tiny sizes; timings only assert what physics allows.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from helpers import paths
+from helpers import performance as perf
+from helpers.bench import Measurement, Protocol
+from helpers.config import RunConfig
+from helpers.performance import Settings
+from helpers.stage import Stage
+
+QUICK = dict(new_tokens=8, warmup=1, min_iters=2, min_seconds=0.0, sweep_min_iters=2,
+             sweep_min_seconds=0.0, sweep_batches=(1, 2), sweep_prompt_lengths=(8, 32),
+             sweep_new_tokens=4, copy_mib=8)
+
+
+def _tiny_qwen3(tied: bool = True) -> Qwen3ForCausalLM:
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                      max_position_embeddings=256, tie_word_embeddings=tied,
+                      eos_token_id=None, pad_token_id=0)
+    return Qwen3ForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def run():
+    cfg = RunConfig.from_params(model="gpa", profile="tiny", device="cpu")
+    return perf.setup(cfg, Settings(**QUICK))
+
+
+# ---- settings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"new_tokens": 1}, "new_tokens"),
+    ({"sweep_batches": []}, "sweep_batches"),
+    ({"sweep_prompt_lengths": [16, 0]}, "sweep_prompt_lengths"),
+    ({"copy_mib": 0}, "copy_mib"),
+    ({"graph_cap_s": -1}, "graph_cap_s"),
+    ({"min_iters": 0}, "min_iters"),
+])
+def test_settings_reject_bad_knobs(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Settings(**kw)
+
+
+def test_settings_accept_notebook_lists():
+    s = Settings(sweep_batches=[1, 2], sweep_prompt_lengths=[4])
+    assert s.sweep_batches == (1, 2) and s.protocol().min_iters == s.min_iters
+    assert s.sweep_protocol().min_iters == s.sweep_min_iters
+
+
+# ---- generation and derived rates -----------------------------------------------------------
+
+
+def test_generate_makes_exactly_n_tokens_even_when_eos_comes_first():
+    lm = _tiny_qwen3()
+    ids = torch.tensor([[5, 6, 7, 8]])  # [1, 4]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    first = lm.generate(**inputs, do_sample=False, max_new_tokens=1, pad_token_id=0)[0, -1]
+    lm.generation_config.eos_token_id = int(first)  # greedy's first token is now EOS
+    plain = lm.generate(**inputs, do_sample=False, max_new_tokens=12, pad_token_id=0)
+    assert plain.shape[1] == 5  # plain generate stops at EOS after one token
+    out = perf.generate_fn(lm, inputs, 12, pad=0)()
+    assert out.shape == (1, 16)  # forced: 12 new tokens
+    assert out[0, 4] != first  # EOS was masked until the 12th token
+
+
+def _measurement(samples: list[float]) -> Measurement:
+    return Measurement("m", Protocol(), "test", warmup_s=[1.0], samples=samples,
+                       host_samples=samples, stopped_by="min_iters+min_seconds")
+
+
+def test_decode_rates_arithmetic():
+    ttft = _measurement([0.1, 0.1])
+    e2e = _measurement([1.37, 1.37])  # 128 tokens: 0.1 s first + 127 x 0.01 s
+    r = perf.decode_rates(ttft, e2e, 128)
+    assert r["tpot_s"] == pytest.approx(0.01)
+    assert r["decode_tokens_per_s"] == pytest.approx(100.0)
+    assert r["e2e_tokens_per_s"] == pytest.approx(128 / 1.37)
+    r4 = perf.decode_rates(ttft, e2e, 128, batch=4)
+    assert r4["decode_tokens_per_s"] == pytest.approx(400.0)
+
+
+def test_same_tokens():
+    a = torch.tensor([[1, 2, 3, 4]])
+    assert perf._same_tokens(a, a.clone())["fraction"] == 1.0
+    diff = perf._same_tokens(a, torch.tensor([[1, 2, 9, 4]]))
+    assert diff["fraction"] == 0.75 and "position 2" in diff["detail"]
+    assert perf._same_tokens(a, a[:, :3])["fraction"] == 0.0
+
+
+# ---- weights, audio durations ----------------------------------------------------------------
+
+
+def test_weight_bytes_tied_counts_the_shared_table_once():
+    lm = _tiny_qwen3(tied=True).to(torch.bfloat16)
+    nbytes, elems, how = perf.decode_weight_bytes(lm)
+    assert elems == sum(p.numel() for p in lm.parameters())
+    assert nbytes == 2 * elems and "tied" in how
+
+
+def test_weight_bytes_untied_leaves_out_the_input_table():
+    cfg = Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    lm = Qwen2ForCausalLM(cfg)
+    nbytes, elems, how = perf.decode_weight_bytes(lm)
+    all_elems = sum(p.numel() for p in lm.parameters())
+    assert elems == all_elems - 300 * 32  # lm_head stays, embed_tokens goes
+    assert nbytes == 4 * elems and "untied" in how
+
+
+class _Recipe:
+    name = "stated"
+
+    @staticmethod
+    def audio_seconds(loaded, component, inputs):
+        return 2.5 if component == "codec" else None
+
+
+class _Loaded:
+    recipe = _Recipe()
+
+
+def test_audio_seconds_from_input_rates():
+    loaded = type("L", (), {"recipe": object()})()
+    mel = {"input_features": torch.zeros(1, 128, 3000)}  # 30 s of Whisper frames
+    assert perf.audio_seconds(loaded, "enc", mel)[0] == pytest.approx(30.0)
+    states = {"audio_states": torch.zeros(1, 1500, 8)}  # 30 s of encoder positions
+    assert perf.audio_seconds(loaded, "adapter", states)[0] == pytest.approx(30.0)
+    wav = {"input_values": torch.zeros(1, 1, 8000)}  # no module config: 16 kHz
+    assert perf.audio_seconds(loaded, "codec", wav)[0] == pytest.approx(0.5)
+    assert perf.audio_seconds(loaded, "lm", {"input_ids": torch.zeros(1, 4)}) is None
+
+
+def test_audio_seconds_stated_by_recipe_wins():
+    got = perf.audio_seconds(_Loaded(), "codec", {"input_values": torch.zeros(1, 8000)})
+    assert got == (2.5, "stated by the recipe")
+
+
+# ---- time cap ---------------------------------------------------------------------------------
+
+
+def test_time_cap_interrupts_a_long_call():
+    t0 = time.perf_counter()
+    with pytest.raises(perf.CapReached), perf.time_cap(0.2) as enforced:
+        assert enforced
+        time.sleep(5)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_time_cap_not_enforced_off_the_main_thread():
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(perf.time_cap(0.1).__enter__()))
+    t.start()
+    t.join()
+    assert seen == [False]
+
+
+# ---- sections on the tiny recipe ----------------------------------------------------------------
+
+
+def test_sanity_passes_on_cpu(run):
+    sec = perf.sanity(run)
+    assert [c.passed for c in sec.checks] == [True, True], [c.detail for c in sec.checks]
+
+
+def test_latency_bandwidth_and_sweeps(run):
+    lat = perf.latency(run)
+    m = lat.metrics
+    assert m["ttft_s"] > 0 and m["e2e_s"] > m["ttft_s"]
+    assert m["decode_tokens_per_s"] > 0 and m["memory"]["host_rss"] > 0
+    assert lat.data["e2e"].output.shape[1] == perf.lm_inputs(run)["input_ids"].shape[1] + 8
+    bw = perf.bandwidth(run, lat)
+    assert bw.metrics["weight_bytes_per_token"] == perf.decode_weight_bytes(run.lm)[0]
+    assert bw.metrics["utilization"] == pytest.approx(
+        bw.metrics["achieved_bytes_per_s"] / bw.metrics["copy_bytes_per_s"])
+    assert any("caches" in n for n in bw.notes)  # tiny weights fit in cache: said so
+    bs = perf.batch_sweep(run)
+    assert list(bs.table["batch"]) == [1, 2] and "status" not in bs.table
+    ps = perf.prompt_sweep(run)
+    assert list(ps.table["prompt tokens"]) == [8, 32]
+    rf = perf.roofline(run, bw, bs)
+    assert [p["intensity FLOP/B"] for p in rf.metrics["points"]] == pytest.approx([1.0, 2.0])
+    json.dumps([lat.metrics, bw.metrics, bs.metrics, ps.metrics, rf.metrics], default=str)
+
+
+def test_prompt_sweep_skips_lengths_past_the_model_limit(run, monkeypatch):
+    monkeypatch.setattr(run.lm.config, "max_position_embeddings", 16)
+    ps = perf.prompt_sweep(run)
+    assert ps.table.loc[ps.table["prompt tokens"] == 32, "status"].item() == "skipped"
+
+
+def test_rtf_says_when_there_is_no_audio_component(run, monkeypatch):
+    monkeypatch.setattr(run.loaded, "components", {"lm": run.lm})
+    sec = perf.rtf(run)
+    assert sec.table["status"].tolist() == ["not applicable"]
+
+
+def test_audio_seconds_of_the_gpa_components(run):
+    # durations follow from the inputs the recipe feeds and the module's own rates
+    for name, expect in (("speech_tokenizer", "log-mel"), ("codec", "samples at 16000 Hz")):
+        module = run.loaded.components[name]
+        inputs = run.loaded.example_inputs(name)
+        seconds, how = perf.audio_seconds(run.loaded, name, inputs, module)
+        assert expect in how and seconds > 0
+    assert perf.audio_seconds(run.loaded, "lm", perf.lm_inputs(run), run.lm) is None
+
+
+def test_audio_seconds_of_a_vocoder_from_its_upsampling():
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    cfg = SpeechT5HifiGanConfig(model_in_dim=100, sampling_rate=24_000, upsample_rates=[8, 8, 4],
+                                upsample_kernel_sizes=[16, 16, 8], upsample_initial_channel=16,
+                                resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]])
+    voc = SpeechT5HifiGan(cfg)
+    spec = {"spectrogram": torch.zeros(1, 375, 100)}  # 375 frames x 256 samples = 4 s at 24 kHz
+    seconds, how = perf.audio_seconds(type("L", (), {"recipe": object()})(), "vocoder", spec, voc)
+    assert seconds == pytest.approx(4.0) and "hop 256" in how
+
+
+def test_rtf_of_covo_encoder_and_adapter(monkeypatch):
+    cfg = RunConfig.from_params(model="covo-audio-chat", profile="tiny", device="cpu")
+    r = perf.setup(cfg, Settings(**QUICK))
+    keep = {k: r.loaded.components[k] for k in ("audio_encoder", "adapter", "lm")}
+    monkeypatch.setattr(r.loaded, "components", keep)
+    sec = perf.rtf(r)
+    rows = {row["component"]: row for row in sec.table.to_dict("records")}
+    assert set(rows) == {"audio_encoder", "adapter"}  # the LM takes no audio
+    enc = r.loaded.components["audio_encoder"].config
+    assert rows["audio_encoder"]["audio s"] == pytest.approx(2 * enc.max_source_positions / 100)
+    for row in rows.values():
+        assert row["RTF"] == pytest.approx(row["mean s"] / row["audio s"])
+        assert row["runs"] >= r.settings.rtf_min_iters
+
+
+def test_graph_mode_past_the_cap_is_a_row(run, monkeypatch):
+    # tracing the tiny LM alone takes seconds, so a 0.5 s cap always stops the first call
+    monkeypatch.setattr(run, "settings", Settings(**{**QUICK, "graph_cap_s": 0.5}))
+    lat = perf.latency(run)
+    sec = perf.modes(run, lat)
+    assert sec.table["status"].tolist() == ["measured", "not measured"]
+    assert "0.5 s cap" in sec.metrics["graph_problem"]
+    assert sec.checks == []
+    again = perf.generate_fn(run.lm, perf.lm_inputs(run), 4, pad=0)()  # eager still works
+    assert again.shape[1] == perf.lm_inputs(run)["input_ids"].shape[1] + 4
+
+
+def test_graph_mode_measured_with_a_fast_compiler(run, monkeypatch):
+    from transformers import CompileConfig
+
+    def eager_backend(backend):
+        cc = CompileConfig(backend="eager", mode="default")  # dynamo capture, no codegen
+        cc._compile_all_devices = True
+        return cc, "torch.compile(backend='eager')"
+
+    monkeypatch.setattr(perf, "graph_config", eager_backend)
+    lat = perf.latency(run)
+    sec = perf.modes(run, lat)
+    assert sec.table["status"].tolist() == ["measured", "measured"], sec.metrics.get("graph_problem")
+    same = next(c for c in sec.checks if "same greedy tokens" in c.name)
+    assert same.passed, same.detail
+    assert sec.metrics["speedup"] > 0 and sec.metrics["compile_s"] > 0
+    assert not hasattr(run.lm, "_compiled_call")  # eager runs afterwards are untouched
+
+
+def test_attempt_turns_an_exception_into_a_failed_row(tmp_path):
+    st = Stage("performance", str(tmp_path), "Performance")
+
+    def broken(x):
+        raise RuntimeError("device lost")
+
+    sec = perf.attempt(st, "latency", broken, None)
+    assert sec.table["status"].tolist() == ["failed"]
+    assert "device lost" in sec.table["error"].item()
+    assert st.checks[0].passed is False
+    assert perf.figure(st, "x", lambda s: None, sec) is None
+
+
+def test_notebook_declares_the_stage_knobs():
+    import nbformat
+
+    nb = nbformat.read(paths.NOTEBOOKS / "05_performance.ipynb", as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    names = {line.split("=")[0].strip() for line in params.source.splitlines() if "=" in line}
+    knobs = set(Settings.__dataclass_fields__)
+    assert knobs <= names, knobs - names
+    assert {"model", "model_dir", "profile", "device", "dtype", "device_map", "seed",
+            "run_dir"} <= names
+
+
+def test_notebook_runs_with_papermill_and_writes_results(tmp_path):
+    import papermill as pm
+
+    from helpers.records import read_result
+
+    params = {**QUICK, "sweep_batches": [1, 2], "sweep_prompt_lengths": [8, 32],
+              "graph_cap_s": 1.0, "rtf_min_iters": 1, "warmup": 0, "device": "cpu",
+              "run_dir": str(tmp_path)}
+    pm.execute_notebook(str(paths.NOTEBOOKS / "05_performance.ipynb"),
+                        str(tmp_path / "05_performance.ipynb"), parameters=params,
+                        progress_bar=False, kernel_name="python3")
+    res = read_result(tmp_path / "results" / "performance.json")
+    assert res.status == "passed", [c for c in res.checks if c.passed is False]
+    assert res.metrics["latency"]["new_tokens"] == 8
+    assert res.metrics["decode_tokens_per_s"] > 0
+    assert "1 s cap" in res.metrics["modes"]["graph_problem"]
+    assert {"performance-sweeps.png", "performance-roofline.png",
+            "performance-bandwidth.png"} <= set(res.figures)
+    for name in res.figures:
+        assert (tmp_path / "figures" / name).stat().st_size > 1000
