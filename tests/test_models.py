@@ -54,11 +54,15 @@ def covo_tiny(model_cache: Path):
 
 
 def _first(out: object) -> torch.Tensor:
-    """The main tensor of a component's output: a tensor, logits or last_hidden_state."""
+    """The main tensor of a component's output: a tensor, logits or last_hidden_state (the
+    audio components: a codec's audio_values, a speech tokenizer's pooled states)."""
     if torch.is_tensor(out):
         return out
-    logits = getattr(out, "logits", None)
-    return logits if logits is not None else out.last_hidden_state
+    for key in ("logits", "last_hidden_state", "audio_values", "pooled"):
+        value = getattr(out, key, None)
+        if value is not None:
+            return value
+    raise AssertionError(f"no main tensor in {type(out).__name__}")
 
 
 # ---- tiny profile: every component builds and runs ---------------------------------------
@@ -91,7 +95,7 @@ def test_covo_tiny_every_component_forward(covo_tiny) -> None:
     assert shapes["adapter"] == (2, tokens, covo_tiny.lm.config.hidden_size)
     assert shapes["chat"][0] == 2 and shapes["chat"][2] == len(shipped_tokenizer())
     assert [type(m).__name__ for m in covo_tiny.components.values()] == [
-        "WhisperEncoder", "AudioAdapter", "Qwen2ForCausalLM"]
+        "WhisperEncoder", "AudioAdapter", "Qwen2ForCausalLM", "SpeechT5HifiGan"]
 
 
 def test_chat_places_audio_embeddings_at_placeholders(covo_tiny) -> None:
@@ -125,7 +129,7 @@ def test_chat_rejects_wrong_placeholder_count(covo_tiny) -> None:
 
 
 def test_example_inputs_unknown_component(gpa_tiny) -> None:
-    with pytest.raises(KeyError, match="no component 'vocoder'; known: \\['lm'\\]"):
+    with pytest.raises(KeyError, match="no component 'vocoder'; known: \\['lm', 'speech_tokenizer', 'codec'\\]"):
         gpa_tiny.example_inputs("vocoder")
 
 
@@ -135,7 +139,8 @@ def test_example_inputs_unknown_component(gpa_tiny) -> None:
 def test_gpa_full_shape_count_on_meta() -> None:
     rss = psutil.Process().memory_info().rss
     rows = models.get("gpa").describe("full-shape")
-    (lm,) = rows
+    lm = rows[0]
+    assert [r["component"] for r in rows] == ["lm", "speech_tokenizer", "codec"]
     # REFERENCE_REPORTS.md: 312.6M; asserted to 0.1M
     assert abs(lm["parameters"] - 312.6e6) <= 0.1e6
     assert lm["tied"] and lm["input_embeddings"] == 180_445 * 512
@@ -147,7 +152,7 @@ def test_covo_full_shape_counts_on_meta() -> None:
     rss = psutil.Process().memory_info().rss
     rows = models.get("covo-audio-chat").describe("full-shape")
     by = {r["component"]: r for r in rows}
-    total = total_row(rows)["parameters"]
+    total = total_row([by[n] for n in ("audio_encoder", "adapter", "lm")])["parameters"]
     # Tolerances: half a unit of the last digit of each published figure
     # (8.40B, 7.73B, 602.3M, 0.64B; the adapter's "about 35M" to 0.5M).
     assert abs(total - 8.40e9) <= 0.005e9
@@ -424,7 +429,8 @@ def test_describe_cli() -> None:
     run = subprocess.run([sys.executable, "-m", "helpers.models", "describe", "covo-audio-chat",
                           "--profile", "full-shape"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "8,402,029,312 (8.40B)" in run.stdout and "GB bfloat16" in run.stdout
+    # 8,402,029,312 encoder + adapter + LM, plus the 112,360,033 vocoder
+    assert "8,514,389,345 (8.51B)" in run.stdout and "GB bfloat16" in run.stdout
     lines = {ln.split()[0]: ln for ln in run.stdout.splitlines()[2:]}
     assert lines["lm"].split()[-2] == "15.460"  # 7.73B x 2 bytes
 
@@ -438,7 +444,9 @@ def test_describe_cli_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "profile real reads MODEL_DIR" in capsys.readouterr().err
     assert main(["describe", "gpa", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[-1]["component"] == "total" and rows[-1]["parameters"] == 312_625_152
+    assert rows[0]["component"] == "lm" and rows[0]["parameters"] == 312_625_152
+    assert rows[-1]["component"] == "total"
+    assert rows[-1]["parameters"] == sum(r["parameters"] for r in rows[:-1])
 
 
 def test_placement_plan_split_per_component() -> None:

@@ -466,34 +466,39 @@ def _listening_copy(x: np.ndarray, normalize: bool) -> tuple[np.ndarray, str]:
 
 
 def player_html(x: np.ndarray, sr: int, caption: str, fig: Any = None,
-                normalize: bool = False) -> str:
+                normalize: bool = False, figure_on_screen: bool = False) -> str:
     """HTML for one clip: an embedded <audio> player on screen, its figure in print.
 
     The WAV is a base64 data URI (no file links, no network). `fig` defaults to
     waveform_mel_figure(x, sr); the report's CSS hides .print-only on screen and
-    .screen-only in print.
+    .screen-only in print. figure_on_screen=True shows the figure in both media (the player
+    above it on screen only), for a figure the reader needs next to the sound.
     """
     x = np.asarray(x, dtype=np.float32)
     audio, note = _listening_copy(x, normalize)
     fig = fig if fig is not None else waveform_mel_figure(x, sr, caption)[0]
     text = html.escape(caption + note)
+    img = f'<img alt="{text}" src="data:image/png;base64,{png_base64(fig)}">'
+    sound = (f'<audio controls preload="metadata" '
+             f'src="data:audio/wav;base64,{wav_base64(audio, sr)}"></audio>')
+    if figure_on_screen:
+        return (f'<figure class="audio-clip"><div class="screen-only">{sound}</div>{img}'
+                f'<figcaption>{text}</figcaption></figure>')
     return (
         '<figure class="audio-clip">'
-        f'<div class="screen-only"><audio controls preload="metadata" '
-        f'src="data:audio/wav;base64,{wav_base64(audio, sr)}"></audio>'
-        f'<figcaption>{text}</figcaption></div>'
-        f'<div class="print-only"><img alt="{text}" src="data:image/png;base64,{png_base64(fig)}">'
-        f'<figcaption>{text}</figcaption></div>'
+        f'<div class="screen-only">{sound}<figcaption>{text}</figcaption></div>'
+        f'<div class="print-only">{img}<figcaption>{text}</figcaption></div>'
         '</figure>'
     )
 
 
 def player(x: np.ndarray, sr: int, caption: str, fig: Any = None,
-           normalize: bool = False) -> Any:
+           normalize: bool = False, figure_on_screen: bool = False) -> Any:
     """An IPython display object of player_html(...) for a notebook cell."""
     from IPython.display import HTML
 
-    return HTML(player_html(x, sr, caption, fig=fig, normalize=normalize))
+    return HTML(player_html(x, sr, caption, fig=fig, normalize=normalize,
+                            figure_on_screen=figure_on_screen))
 
 
 def players(clips: Sequence[tuple[np.ndarray, int, str]], normalize: bool = False) -> Any:

@@ -84,6 +84,52 @@ def rel_l2(target: Any, reference: Any) -> float:
     return num / den
 
 
+def snr_db(target: Any, reference: Any) -> float:
+    """Signal-to-noise ratio of target against reference in dB, float64:
+    10 log10(sum(reference^2) / sum((target - reference)^2)).
+
+    Range (-inf, +inf]: +inf when the arrays are identical, -inf when the reference is all
+    zero and the target is not; NaN when either side holds NaN/Inf. Both arrays are scaled by
+    one common factor first, so squares of large values cannot overflow.
+    """
+    t, r = to64(target).ravel(), to64(reference).ravel()
+    if t.shape != r.shape:
+        raise ValueError(f"shapes differ: target {t.shape} vs reference {r.shape}")
+    if not (np.isfinite(t).all() and np.isfinite(r).all()):
+        return float("nan")
+    scale = max(np.abs(t).max(initial=0.0), np.abs(r).max(initial=0.0))
+    if scale > 0.0:
+        t, r = t / scale, r / scale
+    noise, signal = float(np.sum((t - r) ** 2)), float(np.sum(r**2))
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def mel_distance(target_log_mel: Any, reference_log_mel: Any) -> float:
+    """Mean absolute difference of two log-mel spectrograms in their own log unit, float64,
+    range [0, +inf) (NaN when either holds NaN/Inf). For natural-log magnitude mels (the codec
+    / vocoder front end, helpers.audio.codec_spec) multiply by 20 / ln 10 = 8.686 for dB."""
+    t, r = to64(target_log_mel), to64(reference_log_mel)
+    if t.shape != r.shape:
+        raise ValueError(f"shapes differ: target {t.shape} vs reference {r.shape}")
+    if not (np.isfinite(t).all() and np.isfinite(r).all()):
+        return float("nan")
+    return float(np.mean(np.abs(t - r))) if t.size else 0.0
+
+
+def snr_for_cosine(cosine_value: float) -> float:
+    """The SNR (dB) an error orthogonal to the signal gives at this cosine similarity:
+    cos = 1 / sqrt(1 + N/S), so SNR = -10 log10(1 / cos^2 - 1) (cosine 0.99 -> 17.0 dB)."""
+    if not 0.0 < cosine_value <= 1.0:
+        raise ValueError(f"cosine must be in (0, 1], got {cosine_value}")
+    if cosine_value == 1.0:
+        return math.inf
+    return -10.0 * math.log10(1.0 / cosine_value**2 - 1.0)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Target versus reference, elementwise, all in float64."""

@@ -114,6 +114,9 @@ class Recipe:
     profiles: tuple[str, ...] = PROFILES
     references: tuple[Reference, ...] = ()
     entry: str = "lm"  # name of the end-to-end module for example_inputs
+    # components with built-in shapes that a model directory may lack (a release keeps them in
+    # its own formats): read only where their folder holds a save of the recipe's class
+    builtin_only: tuple[str, ...] = ()
     layout: str = ""  # the MODEL_DIR layout the real profile reads
 
     # ---- what a recipe defines ------------------------------------------------------------
@@ -158,6 +161,15 @@ class Recipe:
     def component_names(self) -> list[str]:
         return [c.name for c in self.components]
 
+    def saved_here(self, root: Path, name: str) -> bool:
+        """Whether a built-in-only component's folder in `root` holds a save of its class."""
+        return False
+
+    def dir_components(self, root: Path) -> list[str]:
+        """The components read from a model directory (see builtin_only)."""
+        return [n for n in self.component_names()
+                if n not in self.builtin_only or self.saved_here(root, n)]
+
     def component_dir(self, root: Path, name: str) -> Path:
         sub = next(c.subfolder for c in self.components if c.name == name)
         return root / sub if sub else root
@@ -182,7 +194,7 @@ class Recipe:
         if not model_dir:
             raise ModelLoadError(f"{self.name}: profile real reads MODEL_DIR; give model_dir")
         root = Path(model_dir).expanduser()
-        for name in self.component_names():
+        for name in self.dir_components(root):
             weights.check_dir(self.component_dir(root, name), f"{self.name} {name}",
                               check_weights=check_weights, layout=self.layout)
         try:
@@ -196,7 +208,8 @@ class Recipe:
     def skeletons(self, configs: dict[str, Any], dtype: torch.dtype = torch.float32,
                   ) -> dict[str, nn.Module]:
         """Every component on the meta device (no memory allocated)."""
-        return {n: weights.skeleton(self.loader(n), configs[n], dtype) for n in self.component_names()}
+        return {n: weights.skeleton(self.loader(n), configs[n], dtype)
+                for n in self.component_names() if n in configs}
 
     def describe(self, profile: str, model_dir: str | Path = "") -> list[dict[str, Any]]:
         """Per component: class, parameters and bytes per dtype, counted on the meta device."""
@@ -307,12 +320,16 @@ class Recipe:
         timings["tokenizer_s"] = t.seconds
         modules: dict[str, nn.Module] = {}
         with be.timer() as t:
-            for name in self.component_names():
+            for name in configs:
                 modules[name] = weights.read(
                     self.loader(name), self.component_dir(root, name), f"{self.name} {name}",
                     configs[name], dtype, maps[name] if device_map else None,
                     **self.read_kwargs(name))
         timings["weights_read_s"] = t.seconds
+        left = [n for n in self.component_names() if n not in configs]
+        if left:
+            notes.append(f"{', '.join(left)}: built-in shapes only; {root} holds no save of "
+                         "their classes, so they are not loaded")
         timings["to_device_s"] = 0.0
         if not device_map:
             with be.timer() as t:

@@ -15,6 +15,11 @@ Written from the published description (REFERENCE_REPORTS.md, Covo-Audio-Chat on
   chat           AudioChat, the end-to-end module: the adapter's audio embeddings replace the
                  <|audio|> placeholder positions of the text embeddings (masked_scatter), then
                  the LM runs. Total 8,402,029,312 parameters (8.40B).
+  vocoder        helpers.models.audio_components: a HiFi-GAN generator (transformers'
+                 SpeechT5HifiGan) at the BigVGAN-v2 24 kHz / 100-band / 256x shape that speaks
+                 the token2wav mels at 24 kHz: 112,360,033 parameters (~112M). Built-in shapes
+                 only (tiny, full-shape): the real profile does not read it. The published
+                 8.40B counts encoder + adapter + LM, so the vocoder is outside that figure.
 
 Adapter block layout (block i = 1, 2, 3):
   Conv1d(c_in, c_out, kernel 3, stride 2, padding 1) -> LayerNorm(c_out) -> GELU (not after
@@ -40,6 +45,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
+from helpers.models import audio_components as ac
 from helpers.models.base import (
     Component,
     LoadedModel,
@@ -185,14 +191,18 @@ class CovoRecipe(Recipe):
         Component("audio_encoder", "Whisper-large-v3 encoder, log-mel -> 50 Hz states", "audio_encoder"),
         Component("adapter", "3 stride-2 Conv1d blocks, 50 Hz -> 6.25 Hz, to LM width", "adapter"),
         Component("lm", "Qwen2 causal LM (untied)"),
+        *(Component(n, ac.part(n).role, ac.part(n).subfolder)
+          for n in ac.names_for("covo-audio-chat")),
     )
+    builtin_only = ac.names_for("covo-audio-chat")
     references = (
-        Reference("total", 8.40e9, 0.005e9, "8.40B", COVO_REPORT),
+        Reference("audio_encoder+adapter+lm", 8.40e9, 0.005e9, "8.40B", COVO_REPORT),
         Reference("lm", 7.73e9, 0.005e9, "7.73B", COVO_REPORT),
         Reference("lm.input_embeddings", 602.3e6, 0.05e6, "602.3M", COVO_REPORT),
         Reference("lm.output_embeddings", 602.3e6, 0.05e6, "602.3M", COVO_REPORT),
         Reference("audio_encoder", 0.64e9, 0.005e9, "0.64B", COVO_REPORT),
         Reference("adapter", 35e6, 0.5e6, "35M", ISSUE),
+        Reference("vocoder", 112e6, 0.5e6, "112M", ac.BIGVGAN),
     )
     entry = "chat"
     layout = ("MODEL_DIR/{config.json, model*.safetensors, tokenizer files} for the Qwen2 LM; "
@@ -211,7 +221,7 @@ class CovoRecipe(Recipe):
         else:
             return super().configs(profile)
         return {"audio_encoder": WhisperConfig(**enc), "adapter": AudioAdapterConfig(**ada),
-                "lm": Qwen2Config(**lm)}
+                "lm": Qwen2Config(**lm), **ac.configs(self.name, profile)}
 
     def read_configs(self, root: Path) -> dict[str, Any]:
         from transformers import AutoConfig, WhisperConfig
@@ -220,12 +230,15 @@ class CovoRecipe(Recipe):
             "audio_encoder": WhisperConfig.from_pretrained(str(root / "audio_encoder")),
             "adapter": AudioAdapterConfig.from_pretrained(str(root / "adapter")),
             "lm": AutoConfig.from_pretrained(str(root), trust_remote_code=True),
+            **ac.read_configs(self, root),
         }
 
     def loader(self, component: str) -> Any:
         from transformers import AutoModelForCausalLM
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+        if component in self.builtin_only:
+            return ac.loader(component)
         return {"audio_encoder": WhisperEncoder, "adapter": AudioAdapter,
                 "lm": AutoModelForCausalLM}[component]
 
@@ -289,6 +302,8 @@ class CovoRecipe(Recipe):
             return text_inputs(loaded.tokenizer, batch, loaded.input_device("lm"))
         if component == "chat":
             return self.chat_inputs(loaded, self.random_features(loaded, batch))
+        if component in self.builtin_only and component in loaded.components:
+            return ac.example_inputs(component, loaded.components[component], batch)
         raise KeyError(f"{self.name} has no component {component!r}; known: {loaded.input_names()}")
 
 

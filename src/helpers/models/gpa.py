@@ -6,8 +6,14 @@ embeddings, max positions 32,768: 312,625,152 parameters (312.6M).
 
 Real profile: the GPA release directory (config.json, model.safetensors, modeling_qwen3.py and
 configuration_qwen3.py, tokenizer files) read with AutoModelForCausalLM.from_pretrained(MODEL_DIR,
-trust_remote_code=True) and AutoTokenizer, as the release is loaded. Its audio sub-models
-(BiCodec/, glm-4-voice-tokenizer/) join as components when the audio work adds them.
+trust_remote_code=True) and AutoTokenizer, as the release is loaded.
+
+Audio components (helpers.models.audio_components), at the tiny and full-shape profiles:
+speech_tokenizer (Whisper-large-v3-shape encoder, 4x pooling to 12.5 Hz, 16,384 codes; folder
+glm-4-voice-tokenizer/ as in the release) and codec (DAC-style, 50 Hz codes from 8,192, x320 to
+16 kHz; folder BiCodec/). The release's own audio sub-models use their projects' code and
+formats, so at profile real they are read only from folders that hold saves of these classes
+(helpers.models.audio_components.saved_in); otherwise the LM alone is loaded.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from helpers.models.base import Component, Recipe, Reference, shipped_tokenizer
+from helpers.models import audio_components as ac
+from helpers.models.base import Component, LoadedModel, Recipe, Reference, shipped_tokenizer
 
 GPA_REPORT = "REFERENCE_REPORTS.md: GPA on Ascend 910 (Qwen3 shape, head_dim 128, tied: 312.6M)"
 
@@ -31,9 +38,13 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 class GpaRecipe(Recipe):
     name = "gpa"
     title = "GPA (Qwen3 0.31B speech LM)"
-    components = (Component("lm", "Qwen3 causal LM over text and audio tokens"),)
+    components = (
+        Component("lm", "Qwen3 causal LM over text and audio tokens"),
+        *(Component(n, ac.part(n).role, ac.part(n).subfolder) for n in ac.names_for("gpa")),
+    )
+    builtin_only = ac.names_for("gpa")
     references = (
-        Reference("total", 312.6e6, 0.05e6, "312.6M", GPA_REPORT),
+        Reference("lm", 312.6e6, 0.05e6, "312.6M", GPA_REPORT),
     )
     layout = ("MODEL_DIR/config.json + model.safetensors (+ modeling_qwen3.py, "
               "configuration_qwen3.py for trust_remote_code) + tokenizer files")
@@ -44,23 +55,33 @@ class GpaRecipe(Recipe):
         tok = shipped_tokenizer()
         ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
         if profile == "full-shape":
-            return {"lm": Qwen3Config(**FULL, **ids)}
+            return {"lm": Qwen3Config(**FULL, **ids), **ac.configs(self.name, profile)}
         if profile == "tiny":
-            return {"lm": Qwen3Config(vocab_size=len(tok), **TINY, **ids)}
+            return {"lm": Qwen3Config(vocab_size=len(tok), **TINY, **ids),
+                    **ac.configs(self.name, profile)}
         return super().configs(profile)
 
     def read_configs(self, root: Path) -> dict[str, Any]:
         from transformers import AutoConfig
 
-        return {"lm": AutoConfig.from_pretrained(str(root), trust_remote_code=True)}
+        return {"lm": AutoConfig.from_pretrained(str(root), trust_remote_code=True),
+                **ac.read_configs(self, root)}
 
     def loader(self, component: str) -> Any:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM
+        return ac.loader(component) if component in self.builtin_only else AutoModelForCausalLM
 
     def read_kwargs(self, component: str) -> dict[str, Any]:
-        return {"trust_remote_code": True}
+        return {} if component in self.builtin_only else {"trust_remote_code": True}
+
+    def saved_here(self, root: Path, name: str) -> bool:
+        return ac.saved_in(self.component_dir(root, name), name)
+
+    def example_inputs(self, loaded: LoadedModel, component: str, batch: int) -> dict[str, Any]:
+        if component in self.builtin_only and component in loaded.components:
+            return ac.example_inputs(component, loaded.components[component], batch)
+        return super().example_inputs(loaded, component, batch)
 
 
 RECIPE = GpaRecipe()

@@ -149,7 +149,7 @@ def reference_checks(recipe: Recipe) -> list[Check]:
                 counts[f"{name}.{side}"] = r[side]
     out = []
     for ref in recipe.references:
-        n = counts[ref.key]
+        n = counts[ref.key] if ref.key in counts else sum(counts[k] for k in ref.key.split("+"))
         diff = abs(n - ref.value)
         out.append(Check(
             name=f"full-shape {ref.key} parameters match the published {ref.label}",
