@@ -1,0 +1,171 @@
+"""Stage 6 (audio samples): the SNR and mel metrics, failures as rows, the notebook end to end
+with papermill on the tiny recipes, and the covo vocoder path."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import papermill as pm
+import pytest
+import torch
+
+from helpers import audio, audio_stage, parity, paths
+from helpers.config import RunConfig
+from helpers.models import cache
+
+NOTEBOOK = paths.NOTEBOOKS / "06_audio_samples.ipynb"
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("model-cache")
+    old = os.environ.get(cache.ENV)
+    os.environ[cache.ENV] = str(root)  # the papermill kernel inherits it
+    yield root
+    if old is None:
+        os.environ.pop(cache.ENV, None)
+    else:
+        os.environ[cache.ENV] = old
+
+
+# ---- metrics -------------------------------------------------------------------------------
+
+
+def test_snr_db_known_value() -> None:
+    ref = np.ones(1000)
+    noise = np.where(np.arange(1000) % 2 == 0, 0.1, -0.1)  # power 0.01 of a power-1 signal
+    assert parity.snr_db(ref + noise, ref) == pytest.approx(20.0, abs=1e-9)
+    assert parity.snr_db(1e200 * (ref + noise), 1e200 * ref) == pytest.approx(20.0, abs=1e-9)
+    assert parity.snr_db(torch.tensor(ref + noise, dtype=torch.bfloat16), ref) < 20.1
+
+
+def test_snr_db_edges() -> None:
+    x = np.linspace(-1, 1, 64)
+    assert parity.snr_db(x, x) == math.inf
+    assert parity.snr_db(x, np.zeros(64)) == -math.inf
+    assert math.isnan(parity.snr_db(np.full(64, np.nan), x))
+    with pytest.raises(ValueError, match="shapes differ"):
+        parity.snr_db(x, x[:10])
+
+
+def test_snr_matches_cosine_for_orthogonal_error() -> None:
+    """snr_for_cosine is exact when the error is orthogonal to the signal."""
+    t = np.arange(4000) / 4000
+    ref = np.sin(2 * np.pi * 5 * t)
+    err = 0.05 * np.cos(2 * np.pi * 5 * t)  # orthogonal over whole periods
+    assert np.dot(ref, err) == pytest.approx(0.0, abs=1e-9)
+    target = ref + err
+    assert parity.snr_for_cosine(parity.cosine(target, ref)) == pytest.approx(
+        parity.snr_db(target, ref), abs=1e-6)
+    assert parity.snr_for_cosine(0.99) == pytest.approx(16.92, abs=0.01)
+    with pytest.raises(ValueError, match="cosine must be in"):
+        parity.snr_for_cosine(0.0)
+
+
+def test_mel_distance() -> None:
+    a = np.random.default_rng(0).normal(size=(128, 50))
+    assert parity.mel_distance(a + 0.5, a) == pytest.approx(0.5)
+    assert parity.mel_distance(a, a) == 0.0
+    assert math.isnan(parity.mel_distance(np.full_like(a, np.inf), a))
+
+
+# ---- failures are rows ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpa_run(model_cache: Path) -> audio_stage.AudioRun:
+    return audio_stage.prepare(RunConfig.from_params(model="gpa", device="cpu"))
+
+
+def test_prepare_gives_both_sides_the_same_weights(gpa_run) -> None:
+    assert gpa_run.parts == ["speech_tokenizer", "codec"]
+    assert gpa_run.dev.dtype == torch.bfloat16 and gpa_run.ref.dtype == torch.float32
+    ref = gpa_run.ref.modules["codec"].quantizer.quantizers[0].codebook.weight
+    dev = gpa_run.dev.modules["codec"].quantizer.quantizers[0].codebook.weight
+    assert torch.equal(ref.to(torch.bfloat16), dev)
+
+
+def test_unreadable_fixture_is_a_row(gpa_run, tmp_path: Path) -> None:
+    bad = tmp_path / "empty.wav"
+    bad.write_bytes(b"")
+    fx = audio.Fixture("empty", str(bad), "en", "", "", 16000, 1, "PCM_16", "WAV", 0, 0.0)
+    res = audio_stage.run_fixture(fx, gpa_run)
+    assert not res.ok and "0 bytes" in res.error and not res.components
+    checks = audio_stage.checks(gpa_run, [res], [])
+    assert checks[0].name == "all fixtures load without errors" and checks[0].passed is False
+
+
+def test_component_failure_is_a_row(gpa_run) -> None:
+    codec = gpa_run.dev.modules.pop("codec")
+    try:
+        res = audio_stage.run_fixture(audio.fixture("en_paris"), gpa_run)
+    finally:
+        gpa_run.dev.modules["codec"] = codec
+    assert res.ok and res.components["speech_tokenizer"].ok
+    assert not res.components["codec"].ok and "KeyError" in res.components["codec"].error
+    table = audio_stage.parity_table([res], "codec")
+    assert "KeyError" in table.loc[0, "error"]
+    names = {c.name: c for c in audio_stage.checks(gpa_run, [res], [])}
+    assert names["codec: runs on every loaded fixture on both sides"].passed is False
+
+
+def test_covo_vocoder_parity(model_cache: Path) -> None:
+    run = audio_stage.prepare(RunConfig.from_params(model="covo-audio-chat", device="cpu",
+                                                    dtype="float32"))
+    assert run.parts == ["vocoder"]
+    res = audio_stage.run_fixture(audio.fixture("zh_ai"), run)
+    m = res.components["vocoder"].metrics
+    # the same CPU in float32 on both sides: bit-identical
+    assert m["snr_db"] == math.inf and m["cosine"] == 1.0 and m["mel_distance_db"] == 0.0
+    wave = res.components["vocoder"].outputs["wave_dev"]
+    assert wave.shape[0] == ac_frames("zh_ai") * 256
+
+
+def ac_frames(name: str) -> int:
+    from helpers.models import audio_components as ac
+
+    return ac.VOCODER_SPEC.frames(audio.load_fixture(name, 24_000).shape[0])
+
+
+# ---- the notebook, end to end ---------------------------------------------------------------
+
+
+def test_stage_notebook_on_tiny_gpa(model_cache: Path, tmp_path: Path) -> None:
+    out_nb = tmp_path / "06_audio_samples.ipynb"
+    t0 = time.perf_counter()
+    pm.execute_notebook(str(NOTEBOOK), str(out_nb), kernel_name="python3", progress_bar=False,
+                        parameters={"run_dir": str(tmp_path), "device": "cpu"})
+    wall = time.perf_counter() - t0
+    res = json.loads((tmp_path / "results" / "audio_samples.json").read_text())
+    assert res["status"] == "passed", [c for c in res["checks"] if c["passed"] is False]
+    assert res["metrics"]["dtype"] == "bfloat16" and res["metrics"]["reference"] == "cpu float32"
+    fixtures = res["metrics"]["fixtures"]
+    assert len(fixtures) == len(audio.fixtures()) and all(f["ok"] for f in fixtures)
+    comps = res["metrics"]["components"]
+    assert set(comps) == {"speech_tokenizer", "codec"}
+    for c in comps.values():
+        assert c["fixtures_ok"] == len(fixtures) and c["rtf_device"] > 0 and c["rtf_cpu"] > 0
+        assert c["x_real_time_device"] == pytest.approx(1 / c["rtf_device"])
+    assert 0 <= comps["speech_tokenizer"]["agreement_pct_min"] <= 100
+    assert comps["codec"]["snr_db_min"] >= audio_stage.snr_limit()[0]
+    names = [c["name"] for c in res["checks"]]
+    assert "speech_tokenizer: tokens agree device vs CPU (%, lowest fixture)" in names
+    assert "codec: decoded waveform (CPU codes) SNR device vs CPU (dB, lowest fixture)" in names
+    assert all(c["source"] for c in res["checks"])
+    assert sorted(res["figures"]) == sorted(f"audio_samples-{n}.png" for n in
+                                            audio_stage.PLAYERS_DEFAULT)
+    # players: 3 inputs and 2 outputs each, embedded; every one has its print figure
+    text = out_nb.read_text()
+    assert text.count("data:audio/wav;base64,") == 9
+    assert text.count("data:image/png;base64,") >= 9 and "print-only" in text
+    assert "random weights" in text
+    nb = nbformat.read(str(out_nb), 4)
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert out_nb.stat().st_size < 3e6  # the HTML the stage adds stays small
+    assert res["seconds"] < 45, f"stage took {res['seconds']} s (wall {wall:.1f} s)"
