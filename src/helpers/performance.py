@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import signal
 import threading
 import time
@@ -328,8 +329,13 @@ def latency(run: Run) -> Section:
     checks = [Check("decode throughput (tokens/s)", round(rates["decode_tokens_per_s"], 3), "",
                     None, GPA_REPORT, detail=f"GPA on Ascend 910 reported 26.1 tok/s "
                     f"({s.new_tokens}-token end-to-end here: {rates['e2e_tokens_per_s']:.2f} tok/s)")]
-    return Section("latency", pd.DataFrame(rows), metrics, checks,
-                   notes=[f"protocol: {e2e.describe()}"], data={"ttft": ttft, "e2e": e2e})
+    load = host_load()
+    metrics["host"] = load
+    notes = [f"protocol: {e2e.describe()}"]
+    if run.sel.backend == "cpu" and load.get("host_note", "host quiet") != "host quiet":
+        notes.append(load["host_note"])
+    return Section("latency", pd.DataFrame(rows), metrics, checks, notes=notes,
+                   data={"ttft": ttft, "e2e": e2e})
 
 
 def _stats_row(what: str, m: Measurement) -> dict[str, Any]:
@@ -653,7 +659,8 @@ def modes(run: Run, lat: Section) -> Section:
         rows.append({"mode": "graph: static cache + torch.compile", "status": "not measured",
                      "note": problem})
         metrics["graph_problem"] = problem
-        return Section("modes", pd.DataFrame(rows), metrics, checks)
+        return Section("modes", pd.DataFrame(rows), metrics, checks,
+                       notes=[f"graph mode not measured: {problem}"])
     rows.append(_mode_row("graph: static cache + torch.compile", graph, s.new_tokens, how))
     ratio = graph.rate(s.new_tokens) / eager.rate(s.new_tokens)
     same = _same_tokens(eager.output, graph.output)
@@ -857,10 +864,28 @@ def headline(st: Any, run: Run, sections: Sequence[Section]) -> pd.DataFrame:
         rows.update(eager_tokens_per_s=md.metrics.get("eager_tokens_per_s"),
                     graph_tokens_per_s=md.metrics.get("graph_tokens_per_s"),
                     graph_speedup=md.metrics.get("speedup"))
+    rows.update(host_load())
     for k, v in rows.items():
         st.metric(k, v)
     st.metric("settings", asdict(run.settings))
     return pd.DataFrame([{"quantity": k, "value": v} for k, v in rows.items()])
+
+
+def host_load() -> dict[str, Any]:
+    """The host's 1-minute load average against its logical cores, and what that means here.
+
+    CPU timings need an otherwise idle host: when other processes keep the cores busy, the
+    intra-op threads of small operators wait for each other and latencies grow many-fold.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        return {"host_load_1min": None, "host_logical_cores": cores}
+    busy = load > 0.5 * cores
+    return {"host_load_1min": round(load, 2), "host_logical_cores": cores,
+            "host_note": (f"host busy (load {load:.1f} on {cores} cores): CPU timings are "
+                          "inflated and noisy" if busy else "host quiet")}
 
 
 def checks_table(result: Any) -> pd.DataFrame:
