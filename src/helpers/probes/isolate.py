@@ -161,7 +161,11 @@ class Worker:
         if not self.alive:
             self.start()
         t0 = time.perf_counter()
-        self._conn.send((fn, args))
+        try:
+            self._conn.send((fn, args))
+        except (BrokenPipeError, ConnectionResetError):  # it died while idle: start afresh
+            self.start()
+            self._conn.send((fn, args))
         deadline = t0 + timeout_s
         while True:
             left = deadline - time.perf_counter()
