@@ -229,7 +229,8 @@ def forward_prompts(run: SideRun, loaded: Any, prompts: list[Prompt], hidden: bo
             states = torch.stack([_host(h[0], run.side) for h in out.hidden_states])  # [L+1, S, H]
             run.hidden.append(states)
     if hidden:
-        run.layer_names = layer_names(len(run.hidden[0]), lm.config.num_hidden_layers)
+        n = len(run.hidden[0])
+        run.layer_names = layer_names(n, getattr(lm.config, "num_hidden_layers", n - 1))
     return out_logits
 
 
@@ -485,18 +486,48 @@ def checks_table(checks: list[Check]) -> pd.DataFrame:
                         columns=["check", "value", "threshold", "verdict", "source", "detail"])
 
 
-def record(st: Any, sec: Section) -> Any:
-    """Add a section's checks and metrics to the stage; return its table styled for display."""
+# Column headings as the report prints them (the frames keep their snake_case keys)
+HEADINGS = {
+    "rel_l2_pct": "rel L2 (%)", "max_abs": "max abs", "mean_abs": "mean abs",
+    "mean_rel": "mean rel", "top1_pct": "top-1 (%)", "top5_overlap": "top-5 (of 5)",
+    "kl": "KL (nats)", "within_tol_pct": "within tol (%)", "nonfinite": "NaN/Inf",
+    "msprobe_rule": "msprobe rule", "increase_pct": "increase (points)",
+    "target_vs_golden_pct": "target vs f64 (%)", "reference_vs_golden_pct": "reference vs f64 (%)",
+    "target_rel_l2_pct": "target rel L2 (%)", "reference_rel_l2_pct": "reference rel L2 (%)",
+    "target_rmse": "target RMSE", "reference_rmse": "reference RMSE", "rmse_ratio": "RMSE ratio",
+    "mean_rel_ratio": "mean rel ratio", "max_rel_ratio": "max rel ratio",
+    "agreement_pct": "agreement (%)", "match_pct": "match (%)",
+    "first_divergence": "first divergence", "max_abs_difference": "max abs difference",
+    "bitwise_equal": "bitwise equal",
+}
+RULE_NAMES = {"logits_float32": "the GPA report's float32 thresholds",
+              "network": "msprobe's whole-network rule"}
+HIDDEN = {"logits": ("mean_abs", "within_tol_pct", "nonfinite")}  # in the summary instead
+
+
+def display_frame(sec: Section) -> Any:
+    """A section's table as the report shows it: readable headings, 4 significant digits
+    (a KL of 5.6e-07 must not print as 0.000001), cosines to 7, empty cells for NaN."""
     from helpers.stage import table
 
+    frame = sec.table if not sec.table.empty else checks_table(sec.checks)
+    frame = frame.drop(columns=[c for c in HIDDEN.get(sec.name, ()) if c in frame])
+    floats = [c for c in frame.select_dtypes("float").columns if c != "cosine"]
+    frame = frame.rename(columns=HEADINGS)
+    styled = table(frame).format("{:.4g}", subset=[HEADINGS.get(c, c) for c in floats],
+                                 na_rep="")
+    if "cosine" in frame:
+        styled = styled.format("{:.7g}", subset=["cosine"], na_rep="")
+    return styled
+
+
+def record(st: Any, sec: Section) -> Any:
+    """Add a section's checks and metrics to the stage; return its table styled for display."""
     for c in sec.checks:
         st.add(c)
     if sec.metrics:
         st.metric(sec.name, sec.metrics)
-    frame = sec.table if not sec.table.empty else checks_table(sec.checks)
-    floats = frame.select_dtypes("float").columns
-    # 6 significant digits: a KL of 5.6e-07 must not print as 0.000001
-    return table(frame).format("{:.6g}", subset=floats, na_rep="")
+    return display_frame(sec)
 
 
 def _show(v: Any) -> Any:
@@ -522,7 +553,7 @@ def _verdict(cmp: parity.Comparison) -> str:
 def _network_check(name: str, cmp: parity.Comparison) -> Check:
     ok, why = parity.network_verdict(cmp)
     th = parity.thresholds()["network"]
-    return Check(name, f"cosine {cmp.cosine:.6f}, max abs {cmp.max_abs:.3g}", th["rule"], ok,
+    return Check(name, f"cosine {cmp.cosine:.8f}, max abs {cmp.max_abs:.3g}", th["rule"], ok,
                  parity.source(th["source"]), why)
 
 
@@ -563,7 +594,8 @@ def logits_section(runs: Runs) -> Section:
     checks = _logit_checks(summary, cmp, rows, dtype)
     note = (f"{len(rows)} prompts, {summary['positions']} positions, vocabulary "
             f"{tc.shape[-1]:,}: target `{runs.plan.target.label}` vs reference "
-            f"`{runs.plan.reference.label}`. Judged by: {', '.join(_rules(dtype))}.")
+            f"`{runs.plan.reference.label}`. Judged by "
+            f"{' and '.join(RULE_NAMES[r] for r in _rules(dtype) if r in RULE_NAMES)}.")
     return Section("logits", pd.DataFrame(rows), checks, summary, note)
 
 
