@@ -77,6 +77,9 @@ def test_notebook_runs_the_tiny_gpa_parity_and_passes(gpa_stage: dict) -> None:
     assert m["determinism"]["logits_bitwise_equal"] is True
     assert m["determinism"]["tokens_identical_pct"] == 100.0
     assert m["audio_frontend"]["rows"] == 14  # 7 fixtures, as computed and as bf16 input
+    comps = m["audio_components"]  # gpa's speech tokenizer and codec, by their typed outputs
+    assert 50 < comps["speech_tokenizer.tokens"]["agreement_pct"] <= 100
+    assert comps["codec.waveform"]["cosine"] > 0.999 and comps["codec.waveform"]["rel_l2_pct"] > 0
     names = {c["name"] for c in gpa_stage["checks"]}
     assert {"logits: msprobe whole-network rule", "logits: relative L2 (%)",
             "determinism: greedy tokens identical across two runs (%)"} <= names
@@ -110,7 +113,8 @@ def test_covo_parity_compares_each_audio_component(covo_runs: accuracy.Runs) -> 
     assert covo_runs.errors().empty
     sec = accuracy.components_section(covo_runs)
     rows = sec.table.set_index("component")
-    assert {"audio_encoder", "adapter"} <= set(rows.index)  # (+ the vocoder where the recipe has one)
+    assert set(rows.index) == {"audio_encoder", "adapter", "vocoder"}
+    assert rows.loc["vocoder", "output"] == "waveform"
     assert "fixture en_fox" in rows.loc["audio_encoder", "inputs"]
     assert rows.loc["audio_encoder", "shape"] == "1x1500x48"
     floats = rows.loc[["audio_encoder", "adapter"], "rel_l2_pct"]

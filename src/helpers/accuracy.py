@@ -315,10 +315,8 @@ def _fixture_features(module: Any, kwargs: dict[str, torch.Tensor]) -> torch.Ten
 def _audio_part(name: str) -> Any:
     """helpers.models.audio_components when it knows this component (typed outputs: tokens,
     codes, waveforms), else None: the component's first output tensor is compared."""
-    try:
-        from helpers.models import audio_components
-    except ImportError:
-        return None
+    from helpers.models import audio_components
+
     return audio_components if name in audio_components.PARTS else None
 
 
