@@ -427,6 +427,11 @@ class Runs:
                 for r in self.sides for part, s in r.seconds.items()]
         return pd.DataFrame(rows)
 
+    def timing_protocol(self) -> str:
+        be = devices.backend(devices.select(str(self.plan.target.device)))
+        return ("each part once, no warmup (what the stage costs, not a benchmark); target: "
+                f"{be.timer_protocol}; CPU sides: time.perf_counter around the part")
+
     def errors(self) -> pd.DataFrame:
         rows = [{"side": r.side.role, "config": r.side.label, "part": part, "error": e}
                 for r in self.sides for part, e in r.errors.items()]
