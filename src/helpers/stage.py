@@ -22,6 +22,18 @@ def table(df: pd.DataFrame, precision: int = 4) -> Any:
     return df.style.hide(axis="index").format(precision=precision, thousands=",")
 
 
+def collapsible(df: pd.DataFrame, summary: str, precision: int = 4) -> Any:
+    """A long table folded under a one-line summary: open on screen with a click; the PDF
+    prints the summary line only (the full rows stay in the results JSON / CSV)."""
+    from html import escape
+
+    from IPython.display import HTML
+
+    inner = table(df, precision).to_html()
+    return HTML(f'<details class="report-details"><summary>{escape(summary)} '
+                f"({len(df)} rows; click to open)</summary>{inner}</details>")
+
+
 def run_dir_or_lab(run_dir: str) -> Path:
     """The run folder given by the runner, or report/lab when a notebook runs on its own."""
     return Path(run_dir) if run_dir else paths.REPORT / "lab"
