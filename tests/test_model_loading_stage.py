@@ -38,7 +38,7 @@ def test_stage_records_covo_load_with_device_map(tmp_path: Path,
     assert m["profile"] == "tiny" and m["dtype"] == "float32" and m["device_map"] == "auto"
     assert set(m["placement"].values()) == {"cpu"}
     assert any("placed every module on cpu" in n for n in m["notes"])
-    assert 0 < m["load_seconds"] < 5.0
+    assert m["load_seconds"] > 0
     assert m["memory_host_rss"] > 0 and m["memory_allocated"] is None  # cpu: no device allocator
     names = {c.name: c for c in res.checks}
     assert names["parameter count matches the recipe's shape"].passed

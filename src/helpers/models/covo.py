@@ -1,7 +1,7 @@
 """Covo-Audio-Chat: Whisper-large-v3 encoder -> conv adapter -> Qwen2 7B LM (8.40B end to end).
 
-Written from the published description (REFERENCE_REPORTS.md, Covo-Audio-Chat on 2x Ascend
-910), with our own code:
+Written from the published description (the Covo-Audio-Chat on 2x Ascend 910 adaptation
+report), with our own code:
 
   audio_encoder  transformers' WhisperEncoder at whisper-large-v3 shape: 128 mel bins, 1500
                  source positions (30 s at 50 Hz after its stride-2 conv), d_model 1280,
@@ -56,8 +56,8 @@ from helpers.models.base import (
 )
 from helpers.models.weights import ModelLoadError
 
-COVO_REPORT = "REFERENCE_REPORTS.md: Covo-Audio-Chat on 2x Ascend 910"
-ISSUE = "issue 3 (adapter about 35M)"
+COVO_REPORT = "Covo-Audio-Chat on 2x Ascend 910 adaptation report (published component sizes)"
+ADAPTER_SIZE = "Covo-Audio-Chat published component sizes (adapter about 35M)"
 AUDIO_TOKEN = "<|audio|>"
 QUESTION = "Please transcribe the audio."
 
@@ -201,7 +201,7 @@ class CovoRecipe(Recipe):
         Reference("lm.input_embeddings", 602.3e6, 0.05e6, "602.3M", COVO_REPORT),
         Reference("lm.output_embeddings", 602.3e6, 0.05e6, "602.3M", COVO_REPORT),
         Reference("audio_encoder", 0.64e9, 0.005e9, "0.64B", COVO_REPORT),
-        Reference("adapter", 35e6, 0.5e6, "35M", ISSUE),
+        Reference("adapter", 35e6, 0.5e6, "35M", ADAPTER_SIZE),
         Reference("vocoder", 112e6, 0.5e6, "112M", ac.BIGVGAN),
     )
     entry = "chat"

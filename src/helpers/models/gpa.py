@@ -1,6 +1,6 @@
 """GPA: a 0.31B Qwen3 causal LM for ASR, TTS and voice conversion (en, zh).
 
-Shape (REFERENCE_REPORTS.md, GPA on Ascend 910): Qwen3ForCausalLM, 28 layers, hidden 512,
+Shape (GPA on Ascend 910 adaptation report): Qwen3ForCausalLM, 28 layers, hidden 512,
 intermediate 3072, 16 attention heads / 8 KV heads (GQA), head_dim 128, vocab 180,445, tied
 embeddings, max positions 32,768: 312,625,152 parameters (312.6M).
 
@@ -24,7 +24,7 @@ from typing import Any
 from helpers.models import audio_components as ac
 from helpers.models.base import Component, LoadedModel, Recipe, Reference, shipped_tokenizer
 
-GPA_REPORT = "REFERENCE_REPORTS.md: GPA on Ascend 910 (Qwen3 shape, head_dim 128, tied: 312.6M)"
+GPA_REPORT = "GPA on Ascend 910 adaptation report (Qwen3 shape, head_dim 128, tied: 312.6M)"
 
 # The published shape; tiny keeps the class and the ratios, shrinks every dimension.
 FULL = dict(vocab_size=180_445, hidden_size=512, intermediate_size=3072, num_hidden_layers=28,

@@ -22,11 +22,11 @@ CSV_COLUMNS = ["source", "probe", "group", *COLUMNS, "rule", "ratio_mean_rel", "
 DTYPE_ORDER = ["float32", "bfloat16", "float16", "float64", "int64", "int32", "bool"]
 COVERAGE = ("ok", "fallback", "mismatch", "fail", "skipped")
 SOURCE_RUNS_ON_DEVICE = (
-    "REFERENCE_REPORTS.md: the seed reports' operator tables list every operator the model "
-    "uses as running on the device (a CPU fallback or an error is a porting gap)")
-SOURCE_NO_CRASH = ("issue 4 isolation rule: an operator that kills or hangs the process is a "
+    "GPA and Covo-Audio-Chat Ascend adaptation reports: their operator tables list every "
+    "operator the model uses as running on the device (a CPU fallback or an error is a porting gap)")
+SOURCE_NO_CRASH = ("probe isolation policy: an operator that kills or hangs the process is a "
                    "defect of the device stack, whatever its workaround")
-SOURCE_TRACE = "issue 4: one recorded forward per component of the selected recipe"
+SOURCE_TRACE = "operator tracing: one recorded forward per component of the selected recipe"
 
 
 def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -175,7 +175,7 @@ def checks(catalog_rows: list[dict[str, Any]], model_rows: list[dict[str, Any]],
                            SOURCE_NO_CRASH, detail=_names(catalog_rows, ("crashed", "timeout"))))
     out.append(Check("catalog: probes that raise (each with its workaround)",
                      cat.get("unsupported", 0), "informational", None,
-                     "issue 4 catalog", _names(catalog_rows, ("unsupported",))))
+                     "operator catalog (known accelerator failures and their workarounds)", _names(catalog_rows, ("unsupported",))))
     return out
 
 
