@@ -7,6 +7,7 @@ Models are real transformers classes at tiny sizes; timings only assert what phy
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -247,19 +248,31 @@ def test_rtf_of_covo_encoder_and_adapter(monkeypatch):
         assert row["runs"] >= r.settings.rtf_min_iters
 
 
-def test_graph_mode_past_the_cap_is_a_row(run, monkeypatch):
+def test_discard_since_removes_only_newer_files(tmp_path):
+    old, new = tmp_path / "a" / "old.so", tmp_path / "b" / "new.so"
+    for f in (old, new):
+        f.parent.mkdir()
+        f.write_bytes(b"x")
+    os.utime(old, (1_000_000, 1_000_000))
+    assert perf._discard_since(tmp_path, time.time() - 60) == 1
+    assert old.exists() and not new.exists()
+
+
+def test_graph_mode_past_the_cap_is_a_row(run, monkeypatch, tmp_path):
     # tracing the tiny LM alone takes seconds, so a 0.5 s cap always stops the first call
+    monkeypatch.setattr(perf, "COMPILE_CACHE", tmp_path / "inductor")
     monkeypatch.setattr(run, "settings", Settings(**{**QUICK, "graph_cap_s": 0.5}))
     lat = perf.latency(run)
     sec = perf.modes(run, lat)
     assert sec.table["status"].tolist() == ["measured", "not measured"]
     assert "0.5 s cap" in sec.metrics["graph_problem"]
+    assert "cold: 0 files before" in sec.metrics["graph_problem"]
     assert sec.checks == []
     again = perf.generate_fn(run.lm, perf.lm_inputs(run), 4, pad=0)()  # eager still works
     assert again.shape[1] == perf.lm_inputs(run)["input_ids"].shape[1] + 4
 
 
-def test_graph_mode_measured_with_a_fast_compiler(run, monkeypatch):
+def test_graph_mode_measured_with_a_fast_compiler(run, monkeypatch, tmp_path):
     from transformers import CompileConfig
 
     def eager_backend(backend):
@@ -268,6 +281,7 @@ def test_graph_mode_measured_with_a_fast_compiler(run, monkeypatch):
         return cc, "torch.compile(backend='eager')"
 
     monkeypatch.setattr(perf, "graph_config", eager_backend)
+    monkeypatch.setattr(perf, "COMPILE_CACHE", tmp_path / "inductor")
     lat = perf.latency(run)
     sec = perf.modes(run, lat)
     assert sec.table["status"].tolist() == ["measured", "measured"], sec.metrics.get("graph_problem")

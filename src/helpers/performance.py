@@ -27,12 +27,13 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from helpers import bench, device, models, plots
+from helpers import bench, device, models, paths, plots
 from helpers.bench import Measurement, Protocol
 from helpers.records import Check
 
@@ -45,7 +46,8 @@ WHISPER_FRAMES_PER_S = 100.0  # log-mel hop 160 samples at 16 kHz (Whisper front
 WHISPER_POSITIONS_PER_S = 50.0  # Whisper encoder output: 1500 positions per 30 s
 DEFAULT_WAVEFORM_RATE = 16_000  # 16 kHz mono input audio (GPA, Covo encoders)
 MATMUL_RUN_S = 0.05  # one product of the compute-roof matmul takes at least this long
-CACHE_SIZED = 64 * MIB  # weights below this may stay in on-chip caches (L2 / last level)
+CACHE_SIZED = 64 * MIB
+COMPILE_CACHE = paths.ROOT / ".cache" / "inductor"  # gitignored (.cache/)  # weights below this may stay in on-chip caches (L2 / last level)
 GRAPH_CAP_AUTO = {"cpu": 20.0, "cuda": 600.0, "npu": 600.0}  # seconds for the first graph call
 
 
@@ -679,12 +681,21 @@ def _graph_measurement(run: Run) -> tuple[Measurement | None, str, str]:
     cc, how = graph_config(run.sel.backend)
     if cc is None:
         return None, how, how
+    with compile_cache(COMPILE_CACHE) as files_before:
+        shown = os.path.relpath(COMPILE_CACHE, paths.ROOT)
+        how += (f"; compile cache {shown} "
+                f"({'warm' if files_before else 'cold'}: {files_before} files before)")
+        return _graph_runs(run, cc, how)
+
+
+def _graph_runs(run: Run, cc: Any, how: str) -> tuple[Measurement | None, str, str]:
     s = run.settings
     cap = graph_cap(run)
     fn = generate_fn(run.lm, lm_inputs(run), s.new_tokens, pad_id(run.loaded.tokenizer),
                      cache_implementation="static", compile_config=cc)
     prewarm_s = _prewarm(run, cc)
     timer = run.be.timer()
+    started = time.time()  # file timestamps, to find what a cut-short compile wrote
     try:
         with time_cap(cap) as enforced, timer:
             fn()
@@ -692,18 +703,62 @@ def _graph_measurement(run: Run) -> tuple[Measurement | None, str, str]:
         _reset_compiled(run.lm)
         spent = timer.host_seconds
         if isinstance(exc, CapReached) or spent >= cap:
+            _discard_since(COMPILE_CACHE, started)  # half-written artifacts must not be reused
             return None, how, (f"{how}: the first call (compile) did not finish within the "
                                f"{cap:g} s cap (stopped after {spent:.1f} s); graph_cap_s raises it")
         return None, how, f"{how}: failed: {_failure('graph', exc)['error']}"
     first_s = timer.seconds
     if not enforced and first_s > cap:
-        note = f" (cap {cap:g} s not enforceable in this thread; first call took {first_s:.1f} s)"
-        how += note
+        how += f" (cap {cap:g} s not enforceable in this thread; first call took {first_s:.1f} s)"
     protocol = s.protocol().with_(warmup=max(2, s.warmup) - 1)  # CUDA graphs record on call 2-3
     m = bench.measure(fn, run.be, protocol, name="graph")
     m.warmup_s.insert(0, first_s)
     _reset_compiled(run.lm)
     return m, f"{how}; compiler stack start-up {prewarm_s:.2f} s (outside the cap)", ""
+
+
+@contextlib.contextmanager
+def compile_cache(folder: Path) -> Iterator[int]:
+    """Inductor's on-disk cache in the project's own folder for the block; yields its file count.
+
+    A compile cut short by the cap can leave a truncated artifact that later runs would load;
+    in a folder of our own it can be removed without touching anyone else's cache, and a later
+    report run finds the complete artifacts of earlier ones (a warm cache, said in the report).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    before = sum(1 for f in folder.rglob("*") if f.is_file())
+    try:
+        from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+    except ImportError:  # older torch: the environment variable alone
+        temporary_cache_dir = _env_cache_dir
+    with temporary_cache_dir(str(folder)):
+        yield before
+
+
+@contextlib.contextmanager
+def _env_cache_dir(folder: str) -> Iterator[None]:
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
+def _discard_since(folder: Path, since: float) -> int:
+    """Delete files under folder modified at or after `since` (epoch seconds); how many."""
+    gone = 0
+    for f in folder.rglob("*"):
+        try:
+            if f.is_file() and f.stat().st_mtime >= since - 1.0:
+                f.unlink()
+                gone += 1
+        except OSError:
+            continue
+    return gone
 
 
 def _prewarm(run: Run, cc: Any) -> float:
