@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import papermill as pm
 import pytest
 import torch
 
-from helpers import audio, audio_stage, parity, paths
+from helpers import audio, audio_stage, models, parity, paths
 from helpers.config import RunConfig
 from helpers.models import cache
 
@@ -113,6 +114,24 @@ def test_component_failure_is_a_row(gpa_run) -> None:
     assert "KeyError" in table.loc[0, "error"]
     names = {c.name: c for c in audio_stage.checks(gpa_run, [res], [])}
     assert names["codec: runs on every loaded fixture on both sides"].passed is False
+
+
+def test_real_profile_reads_saved_components_only(model_cache: Path, tmp_path: Path) -> None:
+    """A model dir whose codec folder is not a save of the Codec class: the tokenizer runs, the
+    codec is an informational row (a fact about MODEL_DIR, not a failure)."""
+    root, _ = cache.ensure(models.get("gpa"), 0)
+    dst = tmp_path / "gpa"
+    shutil.copytree(root, dst)
+    shutil.rmtree(dst / "BiCodec")
+    run = audio_stage.prepare(RunConfig.from_params(model="gpa", model_dir=str(dst),
+                                                    device="cpu", dtype="float32"))
+    assert run.parts == ["speech_tokenizer"]
+    assert "holds no save of Codec" in run.errors["codec"]
+    res = audio_stage.run_fixture(audio.fixture("zh_station"), run)
+    assert res.components["speech_tokenizer"].metrics["agreement_pct"] == 100.0
+    checks = {c.name: c for c in audio_stage.checks(run, [res], [])}
+    assert checks["codec: loaded"].passed is None
+    assert checks["speech_tokenizer: tokens agree device vs CPU (%, lowest fixture)"].passed
 
 
 def test_covo_vocoder_parity(model_cache: Path) -> None:

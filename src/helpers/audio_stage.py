@@ -419,16 +419,18 @@ def input_player(r: FixtureResult, run: AudioRun, st: Any = None) -> Any:
     return audio.player(r.clip16, 16_000, caption, fig=fig, figure_on_screen=True)
 
 
-def tokens_table(r: FixtureResult, name: str, n: int = 20) -> Any:
-    """The first n token ids on each side and where they differ (a styled table, or None)."""
+def tokens_table(r: FixtureResult, name: str, n: int = 16) -> Any:
+    """The first n token ids on each side and the positions where they differ (or None)."""
     c = r.components.get(name)
     if c is None or not c.ok or "tokens_dev" not in c.outputs:
         return None
-    d, f = c.outputs["tokens_dev"][:n], c.outputs["tokens_ref"][:n]
-    same = ["yes" if a == b else "NO" for a, b in zip(d, f, strict=True)]
-    df = pd.DataFrame([["device", *d], ["cpu", *f], ["same", *same]],
-                      columns=["token", *(f"t{i}" for i in range(len(d)))])
-    return table(df)
+    d, f = c.outputs["tokens_dev"], c.outputs["tokens_ref"]
+    differ = [str(i) for i, (a, b) in enumerate(zip(d, f, strict=True)) if a != b]
+    rows = [{"side": run_side, f"first {min(n, len(ids))} of {len(ids)} tokens (12.5 Hz)":
+             " ".join(str(int(t)) for t in ids[:n])} for run_side, ids in (("device", d), ("cpu", f))]
+    rows.append({"side": "differ at", f"first {min(n, len(d))} of {len(d)} tokens (12.5 Hz)":
+                 ", ".join(differ) or "nowhere"})
+    return table(pd.DataFrame(rows))
 
 
 def pick(results: list[FixtureResult], names: str) -> list[FixtureResult]:
