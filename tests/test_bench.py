@@ -130,5 +130,5 @@ def test_measurement_json_round_trip(cpu):
 
 def test_sleep_of_0_2_s_measures_within_5_percent(cpu):
     m = bench.measure(lambda: time.sleep(0.2), cpu, Protocol(warmup=1, min_iters=3, min_seconds=0))
-    assert m.stats.mean == pytest.approx(0.2, rel=0.05)
+    assert m.stats.p50 == pytest.approx(0.2, rel=0.05)  # median: robust to one late wake-up
     assert m.stats.min >= 0.2  # sleep never returns early

@@ -292,17 +292,18 @@ def sanity(run: Run) -> Section:
     """Physical sanity of the stage's own instruments, on the device under test."""
     m = sleep_probe(run.be)
     alloc = allocation_probe(run.be, run.sel.device)
-    sleep_err = abs(m.stats.mean - 0.2) / 0.2
+    sleep_err = abs(m.stats.p50 - 0.2) / 0.2  # median: one late wake-up on a busy host is not the timer
     checks = [
         Check.judge("timer: 0.2 s sleep measured within 5%", round(sleep_err, 5), "<=", 0.05,
                     f"{ISSUE}: physical sanity (optimum-benchmark checks a 1 s sleep at ±10%)",
-                    detail=f"mean {m.stats.mean:.5f} s over {m.stats.count} runs; {m.timer}"),
+                    detail=f"median {m.stats.p50:.5f} s (mean {m.stats.mean:.5f} s) over "
+                           f"{m.stats.count} runs; {m.timer}"),
         Check.judge(f"memory: {alloc['expected_bytes'] // MIB} MiB allocation measured within 10%",
                     round(alloc["relative_error"], 5), "<=", 0.10, f"{ISSUE}: physical sanity",
                     detail=f"{alloc['reader']} grew {alloc['measured_bytes'] / MIB:.2f} MiB"),
     ]
     table = pd.DataFrame([
-        {"probe": "time.sleep(0.2)", "expected": "0.2 s", "measured": f"{m.stats.mean:.5f} s",
+        {"probe": "time.sleep(0.2)", "expected": "0.2 s", "measured": f"{m.stats.p50:.5f} s (median)",
          "relative error": sleep_err, "instrument": m.timer},
         {"probe": f"torch.ones({alloc['expected_bytes'] // MIB} MiB)",
          "expected": f"{alloc['expected_bytes'] / MIB:.1f} MiB",
