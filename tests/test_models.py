@@ -141,7 +141,7 @@ def test_gpa_full_shape_count_on_meta() -> None:
     rows = models.get("gpa").describe("full-shape")
     lm = rows[0]
     assert [r["component"] for r in rows] == ["lm", "speech_tokenizer", "codec"]
-    # REFERENCE_REPORTS.md: 312.6M; asserted to 0.1M
+    # GPA on Ascend 910 adaptation report: 312.6M; asserted to 0.1M
     assert abs(lm["parameters"] - 312.6e6) <= 0.1e6
     assert lm["tied"] and lm["input_embeddings"] == 180_445 * 512
     assert lm["bytes_bfloat16"] == 2 * lm["parameters"]

@@ -61,9 +61,9 @@ from helpers import audio
 
 # ---- shapes --------------------------------------------------------------------------------
 
-GLM_VOICE = ("glm-4-voice-tokenizer (REFERENCE_REPORTS.md, GPA upstream pipeline): "
+GLM_VOICE = ("glm-4-voice-tokenizer (GPA upstream pipeline, as published with the GPA release): "
              "whisper-large-v3 encoder dims, 4x average pooling to 12.5 Hz, 16,384 codes")
-BICODEC = ("BiCodec (REFERENCE_REPORTS.md, GPA upstream pipeline): 50 Hz semantic tokens from "
+BICODEC = ("BiCodec (GPA upstream pipeline, as published with the GPA release): 50 Hz semantic tokens from "
            "8,192 codes, decoder x320 (ConvTranspose1d 8/5/4/2) to 16 kHz, snake, weight norm")
 BIGVGAN = ("BigVGAN-v2 24 kHz 100-band 256x (NVIDIA BigVGAN release config: upsample rates "
            "4,4,2,2,2,2, kernels 8,8,4,4,4,4, initial channels 1536; model card: 112M parameters)")
