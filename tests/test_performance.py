@@ -10,6 +10,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -248,14 +249,26 @@ def test_rtf_of_covo_encoder_and_adapter(monkeypatch):
         assert row["runs"] >= r.settings.rtf_min_iters
 
 
-def test_discard_since_removes_only_newer_files(tmp_path):
-    old, new = tmp_path / "a" / "old.so", tmp_path / "b" / "new.so"
-    for f in (old, new):
-        f.parent.mkdir()
-        f.write_bytes(b"x")
-    os.utime(old, (1_000_000, 1_000_000))
-    assert perf._discard_since(tmp_path, time.time() - 60) == 1
-    assert old.exists() and not new.exists()
+def test_elf_completeness_of_shared_objects(tmp_path):
+    real = next(Path(torch.__file__).parent.glob("_C*.so"))  # a linker-made ELF library
+    full = tmp_path / "full.so"
+    full.write_bytes(real.read_bytes())
+    cut = tmp_path / "cut.so"
+    cut.write_bytes(real.read_bytes()[: real.stat().st_size // 2])  # a linker stopped midway
+    assert perf.elf_complete(full) and not perf.elf_complete(cut)
+    assert not perf.elf_complete(tmp_path / "missing.so")
+
+
+def test_discard_partial_removes_only_new_broken_artifacts(tmp_path):
+    real = next(Path(torch.__file__).parent.glob("_C*.so")).read_bytes()
+    files = {"old_cut.so": real[:100], "new_cut.so": real[:100], "new_full.so": real,
+             "new_empty.json": b"", "new_source.cpp": b"int f() { return 1; }"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    os.utime(tmp_path / "old_cut.so", (1_000_000, 1_000_000))  # from an earlier run
+    assert perf._discard_partial(tmp_path, time.time() - 60) == 2
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["new_full.so", "new_source.cpp",
+                                                          "old_cut.so"]
 
 
 def test_graph_mode_past_the_cap_is_a_row(run, monkeypatch, tmp_path):

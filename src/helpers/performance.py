@@ -22,6 +22,8 @@ import gc
 import math
 import os
 import signal
+import struct
+import sys
 import threading
 import time
 import traceback
@@ -704,7 +706,7 @@ def _graph_runs(run: Run, cc: Any, how: str) -> tuple[Measurement | None, str, s
         _reset_compiled(run.lm)
         spent = timer.host_seconds
         if isinstance(exc, CapReached) or spent >= cap:
-            _discard_since(COMPILE_CACHE, started)  # half-written artifacts must not be reused
+            _discard_partial(COMPILE_CACHE, started)  # half-written artifacts must not be reused
             return None, how, (f"{how}: the first call (compile) did not finish within the "
                                f"{cap:g} s cap (stopped after {spent:.1f} s); graph_cap_s raises it")
         return None, how, f"{how}: failed: {_failure('graph', exc)['error']}"
@@ -749,17 +751,47 @@ def _env_cache_dir(folder: str) -> Iterator[None]:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
 
 
-def _discard_since(folder: Path, since: float) -> int:
-    """Delete files under folder modified at or after `since` (epoch seconds); how many."""
+def _discard_partial(folder: Path, since: float) -> int:
+    """Delete the artifacts a cut-short compile left half-written under folder; how many.
+
+    Inductor writes sources and cache entries atomically (temp file + rename) but links a
+    kernel library straight to its final path, so a linker stopped by the cap leaves an empty
+    or truncated .so that a later run would try to load. Complete files stay, so the cache
+    still warms up from run to run.
+    """
     gone = 0
     for f in folder.rglob("*"):
         try:
-            if f.is_file() and f.stat().st_mtime >= since - 1.0:
+            if not f.is_file() or f.stat().st_mtime < since - 1.0:
+                continue
+            broken = f.stat().st_size == 0 or (
+                f.suffix == ".so" and sys.platform.startswith("linux") and not elf_complete(f))
+            if broken:
                 f.unlink()
                 gone += 1
         except OSError:
             continue
     return gone
+
+
+def elf_complete(path: Path) -> bool:
+    """Whether an ELF file holds its whole section-header table (the linker writes it last)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if len(head) < 64 or head[:4] != b"\x7fELF":
+        return False
+    order = "<" if head[5] == 1 else ">"
+    if head[4] == 2:  # 64-bit: e_shoff at 0x28, e_shentsize / e_shnum at 0x3A
+        (shoff,) = struct.unpack_from(order + "Q", head, 0x28)
+        shentsize, shnum = struct.unpack_from(order + "HH", head, 0x3A)
+    else:  # 32-bit: e_shoff at 0x20, e_shentsize / e_shnum at 0x2E
+        (shoff,) = struct.unpack_from(order + "I", head, 0x20)
+        shentsize, shnum = struct.unpack_from(order + "HH", head, 0x2E)
+    return size >= shoff + shentsize * shnum
 
 
 def _prewarm(run: Run, cc: Any) -> float:
