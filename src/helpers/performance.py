@@ -48,8 +48,8 @@ WHISPER_FRAMES_PER_S = 100.0  # log-mel hop 160 samples at 16 kHz (Whisper front
 WHISPER_POSITIONS_PER_S = 50.0  # Whisper encoder output: 1500 positions per 30 s
 DEFAULT_WAVEFORM_RATE = 16_000  # 16 kHz mono input audio (GPA, Covo encoders)
 MATMUL_RUN_S = 0.05  # one product of the compute-roof matmul takes at least this long
-CACHE_SIZED = 64 * MIB
-COMPILE_CACHE = paths.ROOT / ".cache" / "inductor"  # gitignored (.cache/)  # weights below this may stay in on-chip caches (L2 / last level)
+CACHE_SIZED = 64 * MIB  # weights below this may stay in on-chip caches (L2 / last level)
+COMPILE_CACHE = paths.ROOT / ".cache" / "inductor"  # torch.compile artifacts; gitignored
 GRAPH_CAP_AUTO = {"cpu": 20.0, "cuda": 600.0, "npu": 600.0}  # seconds for the first graph call
 
 
@@ -83,7 +83,8 @@ class Settings:
     def __post_init__(self) -> None:
         for name in ("sweep_batches", "sweep_prompt_lengths"):
             value = tuple(getattr(self, name))
-            if not value or not all(isinstance(v, int) and v >= 1 for v in value):
+            if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                    for v in value):
                 raise PerfError(f"{name} must be a non-empty list of integers >= 1, got {value!r}")
             object.__setattr__(self, name, value)
         for name in ("new_tokens", "sweep_new_tokens"):
@@ -135,9 +136,6 @@ class Run:
     @property
     def dtype(self) -> torch.dtype:
         return self.loaded.dtype
-
-    def lm_device(self) -> torch.device:
-        return self.loaded.input_device("lm")
 
 
 def setup(cfg: Any, settings: Settings | None = None) -> Run:
