@@ -288,7 +288,7 @@ def test_graph_mode_past_the_cap_is_a_row(run, monkeypatch, tmp_path):
 def test_graph_mode_measured_with_a_fast_compiler(run, monkeypatch, tmp_path):
     from transformers import CompileConfig
 
-    def eager_backend(backend):
+    def eager_backend(sel):
         cc = CompileConfig(backend="eager", mode="default")  # dynamo capture, no codegen
         cc._compile_all_devices = True
         return cc, "torch.compile(backend='eager')"

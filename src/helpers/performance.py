@@ -40,8 +40,8 @@ from helpers.bench import Measurement, Protocol
 from helpers.records import Check
 
 MIB = 1024 * 1024
-ISSUE = "issue 6 (performance stage)"
-GPA_REPORT = "REFERENCE_REPORTS.md: GPA on Ascend 910 (128-token latency, 26.1 tok/s)"
+PROTOCOL = "performance stage protocol"
+GPA_REPORT = "GPA on Ascend 910 adaptation report (128-token latency, 26.1 tok/s)"
 # Audio rates of the inputs the recipes feed their audio components (log-mel frame rates are
 # fixed by the front end; waveform and vocoder rates are read from the module's config).
 WHISPER_FRAMES_PER_S = 100.0  # log-mel hop 160 samples at 16 kHz (Whisper front end)
@@ -50,7 +50,6 @@ DEFAULT_WAVEFORM_RATE = 16_000  # 16 kHz mono input audio (GPA, Covo encoders)
 MATMUL_RUN_S = 0.05  # one product of the compute-roof matmul takes at least this long
 CACHE_SIZED = 64 * MIB  # weights below this may stay in on-chip caches (L2 / last level)
 COMPILE_CACHE = paths.ROOT / ".cache" / "inductor"  # torch.compile artifacts; gitignored
-GRAPH_CAP_AUTO = {"cpu": 20.0, "cuda": 600.0, "npu": 600.0}  # seconds for the first graph call
 
 
 class PerfError(ValueError):
@@ -175,7 +174,7 @@ def attempt(st: Any, name: str, fn: Callable[..., Section], *args: Any) -> Secti
         section = fn(*args)
     except Exception as exc:
         row = _failure(name, exc)
-        check = Check(f"{name}: section completes", row["error"], "no exception", False, ISSUE)
+        check = Check(f"{name}: section completes", row["error"], "no exception", False, PROTOCOL)
         section = Section(name, pd.DataFrame([row]), {"error": row["error"]}, [check])
     return record(st, section)
 
@@ -295,11 +294,11 @@ def sanity(run: Run) -> Section:
     sleep_err = abs(m.stats.p50 - 0.2) / 0.2  # median: one late wake-up on a busy host is not the timer
     checks = [
         Check.judge("timer: 0.2 s sleep measured within 5%", round(sleep_err, 5), "<=", 0.05,
-                    f"{ISSUE}: physical sanity (optimum-benchmark checks a 1 s sleep at ±10%)",
+                    "physical sanity of the timer (optimum-benchmark checks a 1 s sleep at ±10%)",
                     detail=f"median {m.stats.p50:.5f} s (mean {m.stats.mean:.5f} s) over "
                            f"{m.stats.count} runs; {m.timer}"),
         Check.judge(f"memory: {alloc['expected_bytes'] // MIB} MiB allocation measured within 10%",
-                    round(alloc["relative_error"], 5), "<=", 0.10, f"{ISSUE}: physical sanity",
+                    round(alloc["relative_error"], 5), "<=", 0.10, "physical sanity of the memory reader",
                     detail=f"{alloc['reader']} grew {alloc['measured_bytes'] / MIB:.2f} MiB"),
     ]
     table = pd.DataFrame([
@@ -450,7 +449,7 @@ def bandwidth(run: Run, lat: Section) -> Section:
                "achieved_bytes_per_s": achieved, "copy_bytes_per_s": copy_bps,
                "utilization": ratio, "copy": copy_m.to_dict()}
     checks = [Check("bandwidth utilization (decode, batch 1)", round(ratio, 4), "", None,
-                    f"{ISSUE}: informational (gpt-fast reports achieved GB/s the same way)",
+                    "informational (gpt-fast reports achieved GB/s the same way)",
                     detail=f"{achieved / 1e9:.3f} GB/s of {copy_bps / 1e9:.2f} GB/s measured")]
     notes = ["KV-cache reads and activations are not counted: at batch 1 and short contexts "
              "they are small next to the weights"]
@@ -616,37 +615,26 @@ def time_cap(seconds: float) -> Iterator[bool]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def graph_config(backend: str) -> tuple[Any | None, str]:
-    """transformers CompileConfig for the decode step on this backend, and what it means.
+def graph_config(sel: device.Selection) -> tuple[Any | None, str]:
+    """transformers CompileConfig for the decode step on this device, and what it means.
 
-    cuda: inductor, mode "reduce-overhead" (CUDA graphs). npu: torchair's NPU backend in its
-    "reduce-overhead" (aclgraph) mode, passed as a torch.compile backend (torchair takes no
-    torch.compile mode). cpu: inductor's default mode (C++/OpenMP kernels; no graph replay).
-    transformers compiles the decode step by itself only on cuda-like devices, so the other
+    The backend and mode come from the device module (the one place that knows npu / cuda /
+    cpu). transformers compiles the decode step by itself only on cuda-like devices, so other
     backends set CompileConfig._compile_all_devices (its documented switch for that).
     """
     from transformers import CompileConfig
 
-    if backend == "cuda":
-        return CompileConfig(backend="inductor", mode="reduce-overhead"), \
-            "torch.compile(backend='inductor', mode='reduce-overhead'): CUDA graphs"
-    if backend == "npu":
-        try:
-            import torchair  # ships with torch_npu; importable once torch_npu is imported
-        except ImportError as exc:
-            return None, f"torchair not importable ({exc}); NPU graph mode needs torchair"
-        npu_cfg = torchair.CompilerConfig()
-        npu_cfg.mode = "reduce-overhead"
-        cc = CompileConfig(backend=torchair.get_npu_backend(compiler_config=npu_cfg), mode="default")
+    backend, mode, how = device.graph_compile(sel)
+    if backend is None:
+        return None, how
+    cc = CompileConfig(backend=backend, mode=mode)
+    if sel.backend != "cuda":
         cc._compile_all_devices = True
-        return cc, "torch.compile(backend=torchair NPU backend, mode 'reduce-overhead'): aclgraph"
-    cc = CompileConfig(backend="inductor", mode="default")
-    cc._compile_all_devices = True
-    return cc, "torch.compile(backend='inductor', mode='default') on CPU: compiled kernels, no graph replay"
+    return cc, how
 
 
 def graph_cap(run: Run) -> float:
-    return run.settings.graph_cap_s or GRAPH_CAP_AUTO.get(run.sel.backend, 600.0)
+    return run.settings.graph_cap_s or device.graph_compile_cap_s(run.sel)
 
 
 def modes(run: Run, lat: Section) -> Section:
@@ -670,7 +658,7 @@ def modes(run: Run, lat: Section) -> Section:
     metrics.update(graph_tokens_per_s=graph.rate(s.new_tokens), speedup=ratio,
                    compile_s=graph.first_call_s, same_tokens=same, graph=graph.to_dict())
     checks.append(Check.judge("graph mode: same greedy tokens as eager", same["fraction"], "==",
-                              1.0, f"{ISSUE}: both modes run the same greedy decode",
+                              1.0, "graph capture must not change results: both modes run the same greedy decode",
                               detail=same["detail"]))
     checks.append(_speedup_check(run, ratio))
     return Section("modes", pd.DataFrame(rows), metrics, checks,
@@ -679,7 +667,7 @@ def modes(run: Run, lat: Section) -> Section:
 
 def _graph_measurement(run: Run) -> tuple[Measurement | None, str, str]:
     """(measurement or None, how graph mode was made, why it is missing)."""
-    cc, how = graph_config(run.sel.backend)
+    cc, how = graph_config(run.sel)
     if cc is None:
         return None, how, how
     with compile_cache(COMPILE_CACHE) as files_before:
@@ -837,9 +825,9 @@ def _speedup_check(run: Run, ratio: float) -> Check:
     name = "graph mode speedup over eager (tokens/s ratio)"
     if run.sel.backend == "cuda" and run.loaded.recipe.name == "gpa":
         return Check.judge(name, round(ratio, 3), ">=", 10.0,
-                           f"{ISSUE}: floor for the GPA LM at batch 1 on a CUDA GPU")
+                           "project target: static cache + CUDA graphs at least 10x eager HF generate for the GPA LM at batch 1 (launch-bound decode)")
     return Check(name, round(ratio, 3), "", None,
-                 f"{ISSUE}: the 10x floor applies to GPA on CUDA; here informational")
+                 "project target of 10x applies to the GPA LM on CUDA; here informational")
 
 
 # ---- sweeps ---------------------------------------------------------------------------------
