@@ -34,7 +34,7 @@ def test_stage_records_covo_load_with_device_map(tmp_path: Path,
     m = res.metrics
     tiny = sum(r["parameters"] for r in models.get("covo-audio-chat").describe("tiny"))
     assert m["parameters_total"] == tiny == sum(m["parameters"].values())
-    assert set(m["parameters"]) == {"audio_encoder", "adapter", "lm"}
+    assert set(m["parameters"]) == {"audio_encoder", "adapter", "lm", "vocoder"}
     assert m["profile"] == "tiny" and m["dtype"] == "float32" and m["device_map"] == "auto"
     assert set(m["placement"].values()) == {"cpu"}
     assert any("placed every module on cpu" in n for n in m["notes"])
