@@ -950,16 +950,21 @@ def host_load() -> dict[str, Any]:
 
     CPU timings need an otherwise idle host: when other processes keep the cores busy, the
     intra-op threads of small operators wait for each other and latencies grow many-fold.
+    The load average counts this run too (up to one runnable thread per torch intra-op
+    thread), so only the load beyond that is attributed to other work.
     """
     cores = os.cpu_count() or 1
+    own = min(cores, torch.get_num_threads())
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # not available on this platform
         return {"host_load_1min": None, "host_logical_cores": cores}
-    busy = load > 0.5 * cores
+    others = load - own
+    busy = others > 0.5
     return {"host_load_1min": round(load, 2), "host_logical_cores": cores,
-            "host_note": (f"host busy (load {load:.1f} on {cores} cores): CPU timings are "
-                          "inflated and noisy" if busy else "host quiet")}
+            "host_note": (f"host busy (load {load:.1f} on {cores} cores, about {others:.1f} "
+                          "beyond this run): CPU timings are inflated and noisy" if busy
+                          else "host quiet")}
 
 
 def checks_table(result: Any) -> pd.DataFrame:
