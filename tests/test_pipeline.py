@@ -71,3 +71,21 @@ def test_failing_stage_is_recorded_shown_and_exits_nonzero(tmp_path):
     assert first.html.read_bytes() == before  # an earlier run's report is never touched
     latest = tmp_path / "out" / "latest"
     assert latest.is_symlink() and latest.resolve() == second.run_dir.resolve()
+
+
+@pytest.mark.parametrize("chromium, needle", [
+    ("/nonexistent/chromium", "no Chromium found"),  # not installed: the summary says why
+    ("/bin/false", "PDF rendering failed"),  # installed but broken: the HTML says so
+])
+def test_missing_or_failing_pdf_keeps_the_html_and_says_why(tmp_path, monkeypatch, chromium, needle):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    shutil.copy(FIXTURES / "02_broken.ipynb", nbs)
+    shutil.copy(paths.NOTEBOOKS / "summary.ipynb", nbs)
+    monkeypatch.setenv("CHROMIUM", chromium)
+    out = run_pipeline(RunConfig.from_params(out=str(tmp_path / "out")), notebooks_dir=nbs,
+                       figures_dir=None, pdf=True)
+    assert out.pdf is None and out.html.is_file()
+    assert not (out.run_dir / "adaptation-report.pdf").exists()
+    html = out.html.read_text()
+    assert "No PDF" in html and needle in html
