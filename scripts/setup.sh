@@ -22,11 +22,11 @@ fi
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 if "$PY" -c "import torch" 2>/dev/null; then
-  say "torch $("$PY" -c 'import torch; print(torch.__version__)') already importable: not reinstalling"
+  say "torch $("$PY" -W ignore -c 'import torch; print(torch.__version__)') already importable: not reinstalling"
 else
   say "installing $TORCH_SPEC"
   "$PY" -m pip install -q "$TORCH_SPEC" 2>&1 | grep -v "^WARNING: Location" || true
-  "$PY" -c "import torch" || { say "torch did not install ($TORCH_SPEC); set TORCH_SPEC"; exit 1; }
+  "$PY" -W ignore -c "import torch" || { say "torch did not install ($TORCH_SPEC); set TORCH_SPEC"; exit 1; }
 fi
 say "installing the helpers package and its dependencies"
 "$PY" -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
