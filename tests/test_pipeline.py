@@ -89,3 +89,16 @@ def test_missing_or_failing_pdf_keeps_the_html_and_says_why(tmp_path, monkeypatc
     assert not (out.run_dir / "adaptation-report.pdf").exists()
     html = out.html.read_text()
     assert "No PDF" in html and needle in html
+
+
+def test_relative_model_dir_reaches_stages_as_an_absolute_path(tmp_path, monkeypatch):
+    # stage notebooks run with notebooks/ as their working directory, so a MODEL_DIR given
+    # relative to the caller's directory must be resolved before it is handed on
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    shutil.copy(FIXTURES / "01_params.ipynb", nbs)
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig.from_strings({"MODEL_DIR": "weights/gpa", "OUT": "out"})
+    out = run_pipeline(cfg, notebooks_dir=nbs, figures_dir=None, pdf=False)
+    got = read_result(out.run_dir / "results" / "params.json").metrics
+    assert got == {"model_dir": str(tmp_path / "weights" / "gpa"), "profile": "real"}

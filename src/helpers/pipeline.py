@@ -4,6 +4,7 @@ publish HTML and PDF, and point report/latest at the finished run."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -159,6 +160,8 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
     """Run the selected stages, the summary, and publish; see module docstring."""
     from helpers import publish
 
+    if cfg.model_dir:  # notebooks run in notebooks/: a relative MODEL_DIR means the caller's cwd
+        cfg = dataclasses.replace(cfg, model_dir=str(Path(cfg.model_dir).expanduser().resolve()))
     specs = select_stages(discover_stages(notebooks_dir), cfg.stages)
     run_dir = new_run_dir(cfg)
     chromium = publish.find_chromium() if pdf else None
@@ -211,7 +214,7 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
     failed = [r.stage for r in results.values() if r.status == "failed"]
     code = 1 if errors or summary_error or (cfg.strict and failed) else 0
     _print(f"report: {html}")
-    _print(f"pdf:    {pdf_path or 'not produced: ' + str(pdf_error)}")
+    _print(f"pdf:    {pdf_path or 'not produced: ' + str(pdf_error or manifest['pdf_missing_reason'])}")
     if errors:
         _print(f"stages that raised: {', '.join(errors)} (shown at the top of the report)")
     if failed:
