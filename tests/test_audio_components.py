@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -18,22 +17,9 @@ from torch.nn.utils import parametrize
 from helpers import audio, models
 from helpers.config import RunConfig
 from helpers.models import audio_components as ac
-from helpers.models import cache, weights
+from helpers.models import weights
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private tiny-model cache for this module."""
-    root = tmp_path_factory.mktemp("model-cache")
-    old = os.environ.get(cache.ENV)
-    os.environ[cache.ENV] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop(cache.ENV, None)
-    else:
-        os.environ[cache.ENV] = old
 
 
 def _tiny(name: str, seed: int = 0) -> torch.nn.Module:

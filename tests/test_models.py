@@ -26,19 +26,6 @@ CPU = torch.device("cpu")
 F32 = torch.float32
 
 
-@pytest.fixture(scope="module")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private tiny-model cache for this module (the env var is read at every call)."""
-    root = tmp_path_factory.mktemp("model-cache")
-    old = os.environ.get(cache.ENV)
-    os.environ[cache.ENV] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop(cache.ENV, None)
-    else:
-        os.environ[cache.ENV] = old
-
-
 def _cfg(model: str, **kw: object) -> RunConfig:
     return RunConfig.from_params(model=model, device="cpu", dtype="float32", **kw)
 
