@@ -31,8 +31,8 @@ test: lint
 data: $(STAMP)
 	$(PY) scripts/make_audio_fixtures.py
 
+# Notebooks run on their own write to report/lab/ (the summary notebook summarizes that folder).
 lab: $(STAMP)
-	$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install -q "jupyterlab>=4"
 	$(PY) -m jupyter lab --notebook-dir=notebooks
 
 clean:

@@ -30,7 +30,7 @@ else
 fi
 say "installing the helpers package and its dependencies"
 "$PY" -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-"$PY" -c "import helpers.pipeline, papermill, nbconvert, transformers" \
+"$PY" -c "import helpers.runner.pipeline, papermill, nbconvert, transformers" \
   || { say "the package did not install; see the pip output above"; exit 1; }
 # The report's notebooks run in the kernel of this environment's Python.
 "$PY" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (report)" >/dev/null

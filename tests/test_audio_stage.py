@@ -16,9 +16,11 @@ import papermill as pm
 import pytest
 import torch
 
-from helpers import audio, audio_stage, models, parity, paths
+from helpers import audio, models, parity, paths
 from helpers.config import RunConfig
 from helpers.models import cache
+from helpers.stages import audio_samples as audio_stage
+from helpers.stages.kit import target
 
 NOTEBOOK = paths.NOTEBOOKS / "06_audio_samples.ipynb"
 
@@ -81,14 +83,14 @@ def test_mel_distance() -> None:
 
 @pytest.fixture(scope="module")
 def gpa_run(model_cache: Path) -> audio_stage.AudioRun:
-    return audio_stage.prepare(RunConfig.from_params(model="gpa", device="cpu"))
+    return audio_stage.prepare(target(RunConfig.from_params(model="gpa", device="cpu")))
 
 
 def test_prepare_gives_both_sides_the_same_weights(gpa_run) -> None:
     assert gpa_run.parts == ["speech_tokenizer", "codec"]
     assert gpa_run.dev.dtype == torch.bfloat16 and gpa_run.ref.dtype == torch.float32
-    ref = gpa_run.ref.modules["codec"].quantizer.quantizers[0].codebook.weight
-    dev = gpa_run.dev.modules["codec"].quantizer.quantizers[0].codebook.weight
+    ref = gpa_run.modules["reference"]["codec"].quantizer.quantizers[0].codebook.weight
+    dev = gpa_run.modules["target"]["codec"].quantizer.quantizers[0].codebook.weight
     assert torch.equal(ref.to(torch.bfloat16), dev)
 
 
@@ -103,11 +105,11 @@ def test_unreadable_fixture_is_a_row(gpa_run, tmp_path: Path) -> None:
 
 
 def test_component_failure_is_a_row(gpa_run) -> None:
-    codec = gpa_run.dev.modules.pop("codec")
+    codec = gpa_run.modules["target"].pop("codec")
     try:
         res = audio_stage.run_fixture(audio.fixture("en_paris"), gpa_run)
     finally:
-        gpa_run.dev.modules["codec"] = codec
+        gpa_run.modules["target"]["codec"] = codec
     assert res.ok and res.components["speech_tokenizer"].ok
     assert not res.components["codec"].ok and "KeyError" in res.components["codec"].error
     table = audio_stage.parity_table([res], "codec")
@@ -123,8 +125,8 @@ def test_real_profile_reads_saved_components_only(model_cache: Path, tmp_path: P
     dst = tmp_path / "gpa"
     shutil.copytree(root, dst)
     shutil.rmtree(dst / "BiCodec")
-    run = audio_stage.prepare(RunConfig.from_params(model="gpa", model_dir=str(dst),
-                                                    device="cpu", dtype="float32"))
+    run = audio_stage.prepare(target(RunConfig.from_params(
+        model="gpa", model_dir=str(dst), device="cpu", dtype="float32")))
     assert run.parts == ["speech_tokenizer"]
     assert "holds no save of Codec" in run.errors["codec"]
     res = audio_stage.run_fixture(audio.fixture("zh_station"), run)
@@ -135,8 +137,8 @@ def test_real_profile_reads_saved_components_only(model_cache: Path, tmp_path: P
 
 
 def test_covo_vocoder_parity(model_cache: Path) -> None:
-    run = audio_stage.prepare(RunConfig.from_params(model="covo-audio-chat", device="cpu",
-                                                    dtype="float32"))
+    run = audio_stage.prepare(target(RunConfig.from_params(
+        model="covo-audio-chat", device="cpu", dtype="float32")))
     assert run.parts == ["vocoder"]
     res = audio_stage.run_fixture(audio.fixture("zh_ai"), run)
     m = res.components["vocoder"].metrics

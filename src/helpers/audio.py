@@ -31,13 +31,11 @@ import soxr
 import torch
 
 from helpers import paths
+from helpers.errors import AudioError
 
 FIXTURES_DIR = paths.DATA / "audio"
 WHISPER_CHUNK_S = 30  # Whisper encoders see fixed 30 s windows (3000 frames at hop 160)
 
-
-class AudioError(ValueError):
-    """An audio input cannot be used; the message names the file and says what to do."""
 
 
 # ---- limits ------------------------------------------------------------------------------

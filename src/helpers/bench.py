@@ -23,13 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from helpers.device import Backend
+from helpers.errors import BenchError
 from helpers.records import LatencyStats
 
 PERCENTILES = (50, 90, 99)
 
-
-class BenchError(ValueError):
-    """A protocol parameter or a sample list is unusable; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -143,14 +142,14 @@ class Measurement:
                    host_samples=list(data["host_samples"]), stopped_by=data["stopped_by"])
 
 
-def timed(be: Any, fn: Callable[[], Any]) -> tuple[Any, float, float]:
+def timed(be: Backend, fn: Callable[[], Any]) -> tuple[Any, float, float]:
     """Run fn once under the backend's synchronized timer: (result, seconds, host seconds)."""
     with be.timer() as t:
         out = fn()
     return out, float(t.seconds), float(t.host_seconds)
 
 
-def measure(fn: Callable[[], Any], be: Any, protocol: Protocol | None = None,
+def measure(fn: Callable[[], Any], be: Backend, protocol: Protocol | None = None,
             name: str = "") -> Measurement:
     """Time fn() by the protocol on backend `be` (a helpers.device.Backend)."""
     protocol = protocol or Protocol()
@@ -184,3 +183,25 @@ def _stop_reason(p: Protocol, count: int, total: float) -> str:
         return "max_seconds"
     return ""
 
+
+# ---- real-time factor ----------------------------------------------------------------------
+
+RTF_COLUMNS = ("component", "side", "audio s", "audio from", "mean s", "p50 s", "p90 s", "RTF",
+               "x real time", "runs", "first call s", "protocol")
+
+
+def real_time_factor(m: Measurement, audio_s: float, component: str, side: str,
+                     audio_from: str = "") -> dict[str, Any]:
+    """One real-time-factor row, the same in every stage that reports one.
+
+    RTF = mean processing seconds / seconds of audio processed (below 1 is faster than real
+    time); "x real time" is its inverse. Both come from the protocol's timed runs of `m`.
+    """
+    if not audio_s > 0:
+        raise BenchError(f"{component}: audio duration must be > 0 s, got {audio_s!r}",
+                         "time a forward over a non-empty clip")
+    mean = m.stats.mean
+    return {"component": component, "side": side, "audio s": audio_s, "audio from": audio_from,
+            "mean s": mean, "p50 s": m.stats.p50, "p90 s": m.stats.p90, "RTF": mean / audio_s,
+            "x real time": audio_s / mean, "runs": m.stats.count,
+            "first call s": m.first_call_s, "protocol": m.describe()}

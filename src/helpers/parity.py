@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from helpers import paths
+from helpers.device import dtype_name
 from helpers.records import read_json
 
 
@@ -34,7 +35,7 @@ class Tolerance:
 
 def tolerance(dtype: str) -> Tolerance:
     """msprobe's per-dtype tolerance; float64 and integer dtypes use float32's (the strictest)."""
-    name = str(dtype).replace("torch.", "")
+    name = dtype_name(dtype)
     table = thresholds()["tolerance"]
     row = table.get(name, table["float32"])
     return Tolerance(name, row["rtol"], row["small_value"], source(row["source"]))

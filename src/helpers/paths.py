@@ -21,3 +21,4 @@ NOTEBOOKS: Path = ROOT / "notebooks"
 DATA: Path = ROOT / "data"
 FIGURES: Path = ROOT / "figures"
 REPORT: Path = ROOT / "report"
+TOKENIZER: Path = DATA / "tokenizer"  # the tiny byte-level BPE (scripts/build_tokenizer.py)

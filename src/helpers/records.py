@@ -2,7 +2,8 @@
 
 Contract of report/<run-id>/results/<stage>.json:
   stage, title, status (passed | failed | error | skipped), seconds, metrics (object),
-  checks (list of {name, value, threshold, passed, source, detail}), error (object or null).
+  checks (list of {name, value, threshold, passed, verdict, source, detail}; verdict is
+  PASS / FAIL / info), error (object or null).
 """
 
 from __future__ import annotations
@@ -16,6 +17,27 @@ from pathlib import Path
 from typing import Any
 
 STATUSES = ("passed", "failed", "error", "skipped")
+
+
+class Verdicts:
+    """The one verdict vocabulary: PASS and FAIL for judged checks, info for measured rows."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INFO = "info"
+    WORDS = (PASS, FAIL, INFO)
+    _CSS = {PASS: "verdict-pass", FAIL: "verdict-fail", INFO: "verdict-info"}
+
+    def of(self, passed: bool | None) -> str:
+        """True -> PASS, False -> FAIL, None (measured, not judged) -> info."""
+        return self.INFO if passed is None else self.PASS if passed else self.FAIL
+
+    def css(self, word: str) -> str:
+        """The report's CSS class for a verdict word ("" for anything else)."""
+        return self._CSS.get(word, "")
+
+
+VERDICTS = Verdicts()
 _OPS = {
     "<": lambda v, t: v < t,
     "<=": lambda v, t: v <= t,
@@ -50,6 +72,11 @@ class Check:
         else:
             passed = bool(_OPS[op](value, limit))
         return cls(name, value, f"{op} {limit}{unit}", passed, source, detail)
+
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL or info (see Verdicts)."""
+        return VERDICTS.of(self.passed)
 
 
 @dataclass(frozen=True)
@@ -93,10 +120,17 @@ class StageResult:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
-        self.checks = [c if isinstance(c, Check) else Check(**c) for c in self.checks]
+        fields = Check.__dataclass_fields__
+        self.checks = [c if isinstance(c, Check) else Check(**{k: v for k, v in c.items()
+                                                              if k in fields})
+                       for c in self.checks]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON values; each check also carries its verdict word (PASS / FAIL / info)."""
+        out = asdict(self)
+        for check, raw in zip(self.checks, out["checks"], strict=True):
+            raw["verdict"] = check.verdict
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageResult:

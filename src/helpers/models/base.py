@@ -21,18 +21,22 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from helpers import paths
+from helpers.device import Backend, dtype_name
 from helpers.models import cache, placement, weights
 from helpers.models.weights import ModelLoadError
 
+if TYPE_CHECKING:  # the config imports the recipes when it checks MODEL
+    from helpers.config import RunConfig
+
 PROFILES = ("tiny", "full-shape", "real")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-TOKENIZER_DIR = paths.DATA / "tokenizer"
+TOKENIZER_DIR = paths.TOKENIZER
 PROMPTS_FILE = paths.DATA / "prompts.json"
 
 
@@ -251,8 +255,8 @@ class Recipe:
             if type(cfg) in MODEL_FOR_CAUSAL_LM_MAPPING:
                 MODEL_FOR_CAUSAL_LM_MAPPING[type(cfg)]
 
-    def load(self, cfg: Any, device: torch.device, dtype: torch.dtype,
-             backend: Any = None) -> LoadedModel:
+    def load(self, cfg: RunConfig, device: torch.device, dtype: torch.dtype,
+             backend: Backend | None = None) -> LoadedModel:
         """Build or read the model for a RunConfig onto `device` in `dtype`.
 
         timings: config_init_s (configs, placement plan; for full-shape also the random init
@@ -310,7 +314,7 @@ class Recipe:
         return maps
 
     def _load_dir(self, root: Path, device: torch.device, dtype: torch.dtype, device_map: str,
-                  be: Any, timings: dict[str, float], notes: list[str]) -> tuple[Any, Any, Any]:
+                  be: Backend, timings: dict[str, float], notes: list[str]) -> tuple[Any, Any, Any]:
         with be.timer() as t:
             configs = self.shape_configs("real", root, check_weights=True)
             maps = self._plan(self.skeletons(configs, dtype), device, dtype, device_map, notes)
@@ -342,7 +346,7 @@ class Recipe:
         return modules, tok, maps
 
     def _load_random(self, seed: int, device: torch.device, dtype: torch.dtype, device_map: str,
-                     be: Any, timings: dict[str, float], notes: list[str]) -> tuple[Any, Any, Any]:
+                     be: Backend, timings: dict[str, float], notes: list[str]) -> tuple[Any, Any, Any]:
         with be.timer() as t:
             skel = self.skeletons(self.configs("full-shape"), dtype)
             maps = self._plan(skel, device, dtype, device_map, notes)
@@ -417,7 +421,7 @@ class LoadedModel:
                 "parameters": count(m),
                 "parameters_h": human(count(m)),
                 "bytes": sum(p.numel() * p.element_size() for p in params),
-                "dtype": str(params[0].dtype).replace("torch.", "") if params else "",
+                "dtype": dtype_name(params[0].dtype) if params else "",
                 "devices": ", ".join(sorted({str(p.device) for p in params})),
             })
         return out
@@ -428,7 +432,7 @@ class LoadedModel:
             "recipe": self.recipe.name,
             "profile": self.profile,
             "source": self.source,
-            "dtype": str(self.dtype).replace("torch.", ""),
+            "dtype": dtype_name(self.dtype),
             "device": str(self.device),
             "device_map": self.device_map or "none",
             **{k: round(v, 6) for k, v in self.timings.items()},

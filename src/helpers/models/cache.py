@@ -19,12 +19,19 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from helpers import paths
 
-if TYPE_CHECKING:
-    from helpers.models.base import Recipe
+
+class Recipe(Protocol):
+    """What the cache needs of a recipe (helpers.models.base.Recipe has it)."""
+
+    name: str
+
+    def configs(self, profile: str) -> dict[str, Any]: ...
+
+    def save_random(self, out: Path, profile: str, seed: int) -> None: ...
 
 STAMP = "helpers-recipe.json"
 CACHE_FORMAT = 1  # bump when the folder layout written here changes
@@ -44,11 +51,9 @@ def fingerprint(recipe: Recipe, seed: int) -> str:
     import torch
     import transformers
 
-    from helpers.models.base import TOKENIZER_DIR
-
     configs = {name: _plain(cfg.to_dict()) for name, cfg in recipe.configs("tiny").items()}
     tok = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-           for p in sorted(TOKENIZER_DIR.iterdir()) if p.suffix in (".json", ".jinja")}
+           for p in sorted(paths.TOKENIZER.iterdir()) if p.suffix in (".json", ".jinja")}
     blob = json.dumps(
         {"format": CACHE_FORMAT, "recipe": recipe.name, "seed": seed, "configs": configs,
          "tokenizer": tok, "torch": torch.__version__, "transformers": transformers.__version__},

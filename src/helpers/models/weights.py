@@ -20,15 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from helpers.errors import ModelLoadError
+
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
 PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 SAVE_PRETRAINED = "a save_pretrained folder: config.json + model.safetensors (or sharded model-*.safetensors with model.safetensors.index.json)"
 
-
-class ModelLoadError(ValueError):
-    """A model directory or its weights cannot be used; the message names the path and the fix."""
 
 
 def check_dir(path: Path, what: str, check_weights: bool = True, layout: str = "") -> list[Path]:

@@ -132,7 +132,6 @@ def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.round(x).to(dtype)
 
 
-Spec = Randn | ProbeDtype | Uniform | LogUniform | Signal | Ints | Distinct
 
 
 @dataclass(frozen=True)

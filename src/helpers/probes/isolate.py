@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helpers.errors import WorkerStartError
+
 POLL_S = 0.2
 
-
-class WorkerStartError(RuntimeError):
-    """The probe worker could not start (device selection or import failed in the child)."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from helpers import device
+from helpers.device import dtype_name
 from helpers.probes import verdict
 from helpers.probes.catalog import DTYPES
 from helpers.probes.execute import (
@@ -145,7 +146,7 @@ class OpRecord:
         if floats or specs:
             return (floats or [specs[0].dtype])[0]
         dt = self.kwargs.get("dtype") if isinstance(self.kwargs, dict) else None
-        return str(dt).replace("torch.", "") if isinstance(dt, torch.dtype) else "(none)"
+        return dtype_name(dt) if isinstance(dt, torch.dtype) else "(none)"
 
     def shape(self) -> str:
         return ", ".join(s.label() for s in self.specs()) or "-"

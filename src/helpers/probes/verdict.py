@@ -19,7 +19,6 @@ Rules (the row's `rule` names the one applied):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from helpers import parity
+from helpers.device import dtype_name
 
 STATUSES = ("ok", "fallback", "mismatch", "unsupported", "crashed", "timeout", "skipped")
 SEVERITY = {"ok": 0, "skipped": 1, "fallback": 2, "mismatch": 3, "unsupported": 4,
@@ -108,7 +108,7 @@ def _is_float(t: torch.Tensor) -> bool:
 def _real_dtype(t: torch.Tensor) -> str:
     if t.dtype.is_complex:
         return "float64" if t.dtype == torch.complex128 else "float32"
-    return str(t.dtype).replace("torch.", "")
+    return dtype_name(t.dtype)
 
 
 def _vector(ts: list[torch.Tensor]) -> np.ndarray:
@@ -278,8 +278,3 @@ def short_error(exc: BaseException, limit: int = 300) -> str:
     first = text[0] if text else ""
     msg = f"{type(exc).__name__}: {first}"
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
-
-
-def finite_or_none(x: float) -> float | None:
-    """JSON-friendly: NaN becomes None, infinities stay (written as Infinity)."""
-    return None if isinstance(x, float) and math.isnan(x) else x

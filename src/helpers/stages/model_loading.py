@@ -1,7 +1,7 @@
 """Stage 2 (model loading): the tables, chart, metrics and checks its notebook shows.
 
-The notebook loads the model through the recipe and the device module; everything it records
-or displays about that load comes from here.
+The notebook loads the model through the run's target (helpers.stages.kit.target); everything
+it records or displays about that load comes from here.
 """
 
 from __future__ import annotations
@@ -158,16 +158,3 @@ def reference_checks(recipe: Recipe) -> list[Check]:
             detail=f"{n:,} = {human(n)}; off by {human(diff)}",
         ))
     return out
-
-
-def checks_table(checks: list[Check]) -> pd.DataFrame:
-    rows = [{"check": c.name, "value": _fmt(c.value), "threshold": c.threshold,
-             "passed": c.passed, "source": c.source} for c in checks]
-    return pd.DataFrame(rows).set_index("check")
-
-
-def _fmt(value: Any) -> str:
-    """Counts with thousands separators, floats to 4 significant digits, the rest as text."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"

@@ -10,12 +10,14 @@ What is compared, per fixture:
               each side (the decoder's numerics on equal input, as when it speaks an LM's
               tokens): waveform SNR (dB), cosine, log-mel distance (dB)
   vocoder     the clip's 100-band log-mel vocoded on each side: waveform SNR, cosine, mel distance
-Both sides hold the same weights: the reference is built or read on the CPU in float32 (tiny:
-the recipe's cache folder, the same files recipe.load reads; full-shape: the recipe's seed) and
-the device copy is that module moved to the device and cast to the run's dtype.
+Both sides (helpers.stages.kit.Side) hold the same weights: the reference is built or read on
+the CPU in float32 (tiny: the recipe's cache folder, the same files recipe.load reads;
+full-shape: the recipe's seed) and the device copy is that module moved to the device and cast
+to the run's dtype.
 
 Real-time factor (RTF) = processing seconds / audio seconds (below 1 is faster than real time;
-its inverse is "x real time"), timed with helpers.bench's protocol on each side's backend timer.
+its inverse is "x real time"), measured by helpers.bench (the same row as the performance
+stage's) on each side's backend timer.
 Every failure (a fixture that does not load, a component that raises) is a row, not a crash.
 """
 
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import math
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from helpers import audio, bench, parity
-from helpers import device as devices
+from helpers import audio, bench, models, parity
+from helpers.config import RunConfig
 from helpers.models import audio_components as ac
+from helpers.models.base import Recipe
 from helpers.records import Check
-from helpers.stage import table
+from helpers.stages.kit import Section, Side, Stage, Target, failure_text, reference_side, table
 
 REFERENCE_DTYPE = torch.float32
 DB_PER_NEPER = 20.0 / math.log(10.0)  # ln-magnitude mel difference -> dB
@@ -62,18 +64,9 @@ def agreement_limit() -> tuple[str, float, str]:
 # ---- setup ----------------------------------------------------------------------------------
 
 @dataclass
-class Side:
-    """One place the components run: the selected device in the run's dtype, or the CPU."""
-
-    label: str
-    device: torch.device
-    dtype: torch.dtype
-    backend: Any
-    modules: dict[str, nn.Module] = field(default_factory=dict)
-
-
-@dataclass
 class AudioRun:
+    """The components on both sides: the target (dev) and the CPU float32 reference (ref)."""
+
     model: str
     profile: str
     parts: list[str]
@@ -82,13 +75,14 @@ class AudioRun:
     reason: str  # device selection reason
     notes: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # component -> why it is missing
+    modules: dict[str, dict[str, nn.Module]] = field(
+        default_factory=lambda: {"target": {}, "reference": {}})  # side role -> name -> module
+
+    def module(self, side: Side, name: str) -> nn.Module:
+        return self.modules[side.role][name]
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-def load_reference(recipe: Any, cfg: Any, names: list[str]) -> dict[str, nn.Module]:
+def load_reference(recipe: Recipe, cfg: RunConfig, names: list[str]) -> dict[str, nn.Module]:
     """The audio components on the CPU in float32, with the recipe's weights for cfg.seed
     (tiny: its cache folder; full-shape: its seeds; real: MODEL_DIR's saves of the classes)."""
     from helpers.models import cache, weights
@@ -110,19 +104,13 @@ def load_reference(recipe: Any, cfg: Any, names: list[str]) -> dict[str, nn.Modu
     return out
 
 
-def prepare(cfg: Any) -> AudioRun:
-    """Select the device and dtype, load the reference components, copy them to the device."""
-    from helpers import models
-
-    sel = devices.select(cfg.device)
-    dtype = devices.resolve_dtype(sel, cfg.dtype)
-    cpu = devices.select("cpu")
-    dev = Side(f"{sel.device} {_dtype_name(dtype)}", sel.device, dtype, devices.backend(sel))
-    ref = Side(f"cpu {_dtype_name(REFERENCE_DTYPE)}", cpu.device, REFERENCE_DTYPE,
-               devices.backend(cpu))
+def prepare(tgt: Target) -> AudioRun:
+    """Load the reference components on the CPU and copy them to the run's target."""
+    cfg = tgt.cfg
+    dev, ref = tgt.side, reference_side(REFERENCE_DTYPE)
     recipe = models.get(cfg.model)
-    names = list(ac.names_for(cfg.model))
-    run = AudioRun(cfg.model, cfg.profile, [], dev, ref, sel.reason)
+    names = list(ac.names_for(recipe.name))  # a user's recipe file may subclass gpa or covo
+    run = AudioRun(recipe.name, cfg.profile, [], dev, ref, tgt.reason)
     if cfg.profile == "real":
         root = Path(cfg.model_dir).expanduser()
         for n in [n for n in names if not ac.saved_in(recipe.component_dir(root, n), n)]:
@@ -132,11 +120,11 @@ def prepare(cfg: Any) -> AudioRun:
     for n in names:
         try:
             m = load_reference(recipe, cfg, [n])[n]
-            run.ref.modules[n] = m
-            run.dev.modules[n] = copy.deepcopy(m).to(sel.device, dtype).eval()
+            run.modules["reference"][n] = m
+            run.modules["target"][n] = copy.deepcopy(m).to(dev.device, dev.dtype).eval()
         except Exception as exc:  # a component that cannot be built is a row
-            run.errors[n] = _short(exc)
-    run.parts = [n for n in names if n in run.dev.modules]
+            run.errors[n] = failure_text(exc)
+    run.parts = [n for n in names if n in run.modules["target"]]
     if cfg.profile == "tiny":
         run.notes.append("profile tiny: random weights from a fixed seed, so every output is "
                          "noise; the figures show agreement and speed, not quality")
@@ -158,7 +146,7 @@ def components_table(run: AudioRun) -> pd.DataFrame:
         with weights.quiet():
             full = sum(t.numel() for t in weights.skeleton(
                 ac.loader(n), ac.config(n, "full-shape"), torch.float32).parameters())
-        m = run.ref.modules.get(n)
+        m = run.modules["reference"].get(n)
         rows.append({"component": n, "kind": p.kind, "class": ac.loader(n).__name__,
                      "parameters (this run)": sum(t.numel() for t in m.parameters()) if m else None,
                      "parameters (full-shape)": full, "in Hz": p.input_rate,
@@ -194,12 +182,6 @@ class FixtureResult:
     @property
     def duration_s(self) -> float:
         return 0.0 if self.clip16 is None else self.clip16.shape[-1] / 16_000
-
-
-def _short(exc: BaseException) -> str:
-    last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    where = f" at {last.filename.rsplit('/', 1)[-1]}:{last.lineno}" if last else ""
-    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -247,14 +229,14 @@ def run_component(name: str, fx: FixtureResult, run: AudioRun) -> ComponentResul
     """One component on one fixture, device vs CPU; an exception becomes the row's error."""
     p = ac.part(name)
     res = ComponentResult(name, p.kind, ok=False)
-    dtype = _dtype_name(run.dev.dtype)
+    dtype = run.dev.dtype_name
     try:
         clip = _clip_for(name, fx)
         ref_in = ac.inputs_for(name, clip, run.ref.device, run.ref.dtype)
         dev_in = ac.inputs_for(name, clip, run.dev.device, run.dev.dtype)
-        ref = ac.run(name, run.ref.modules[name], ref_in)
+        ref = ac.run(name, run.module(run.ref, name), ref_in)
         if p.kind == "tokenizer":
-            dev = ac.run(name, run.dev.modules[name], dev_in)
+            dev = ac.run(name, run.module(run.dev, name), dev_in)
             n = int(ref["lengths"][0])
             states = parity.compare(dev["states"][:, :n], ref["states"][:, :n], dtype)
             ok, why = parity.network_verdict(states)
@@ -264,7 +246,7 @@ def run_component(name: str, fx: FixtureResult, run: AudioRun) -> ComponentResul
             res.outputs = {"tokens_dev": dev["tokens"][0, :n].cpu().numpy(),
                            "tokens_ref": ref["tokens"][0, :n].cpu().numpy()}
         else:
-            dev = ac.run(name, run.dev.modules[name], dev_in, codes=ref.get("codes"))
+            dev = ac.run(name, run.module(run.dev, name), dev_in, codes=ref.get("codes"))
             spec = audio.codec_spec() if p.kind == "codec" else ac.VOCODER_SPEC
             res.metrics = _waveform_metrics(dev["waveform"], ref["waveform"], spec, dtype)
             if "codes" in ref:
@@ -274,7 +256,7 @@ def run_component(name: str, fx: FixtureResult, run: AudioRun) -> ComponentResul
             res.outputs = {"wave_dev": _np(dev["waveform"][0]), "wave_ref": _np(ref["waveform"][0])}
         res.ok = True
     except Exception as exc:  # failures inside the stage are data
-        res.error = _short(exc)
+        res.error = failure_text(exc)
     return res
 
 
@@ -287,7 +269,7 @@ def run_fixture(fixture: audio.Fixture, run: AudioRun) -> FixtureResult:
         fx.mel_dev, fx.mel_ref, fx.frontend = frontend(clip.samples, run)
         fx.ok = True
     except Exception as exc:
-        fx.error = _short(exc)
+        fx.error = failure_text(exc)
         return fx
     for name in run.parts:
         fx.components[name] = run_component(name, fx, run)
@@ -316,24 +298,21 @@ def measure_rtf(run: AudioRun, fixture: str = ac.DEFAULT_FIXTURE, iters: int = 3
         clip = audio.load_fixture(fixture, sr=ac.part(name).input_rate)
         seconds_audio = clip.shape[-1] / ac.part(name).input_rate
         for side in (run.dev, run.ref):
-            rows.append(_rtf_row(name, side, clip, seconds_audio, protocol, fixture))
+            rows.append(_rtf_row(name, side, clip, seconds_audio, protocol, fixture, run))
     return rows
 
 
 def _rtf_row(name: str, side: Side, clip: np.ndarray, seconds_audio: float,
-             protocol: bench.Protocol, fixture: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"component": name, "side": side.label, "fixture": fixture,
-                           "audio_s": round(seconds_audio, 4)}
+             protocol: bench.Protocol, fixture: str, run: AudioRun) -> dict[str, Any]:
     try:
         inputs = ac.inputs_for(name, clip, side.device, side.dtype)
-        module = side.modules[name]
+        module = run.module(side, name)
         m = bench.measure(lambda: ac.run(name, module, inputs), side.backend, protocol, name)
-        row.update(mean_s=m.stats.mean, p50_s=m.stats.p50, runs=m.stats.count,
-                   rtf=m.stats.mean / seconds_audio, x_real_time=seconds_audio / m.stats.mean,
-                   first_call_s=m.first_call_s, protocol=m.describe())
+        return {**bench.real_time_factor(m, seconds_audio, name, side.label,
+                                         f"fixture {fixture}")}
     except Exception as exc:
-        row["error"] = _short(exc)
-    return row
+        return {"component": name, "side": side.label, "audio s": seconds_audio,
+                "audio from": f"fixture {fixture}", "error": failure_text(exc)}
 
 
 # ---- tables ---------------------------------------------------------------------------------
@@ -379,10 +358,10 @@ def parity_table(results: list[FixtureResult], name: str) -> pd.DataFrame:
 
 
 def rtf_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    keep = ["component", "side", "fixture", "audio_s", "mean_s", "p50_s", "runs", "rtf",
-            "x_real_time", "first_call_s", "error"]
+    """The RTF rows in bench.RTF_COLUMNS order (the protocol is said once, in the text)."""
     df = pd.DataFrame(rows)
-    return df[[c for c in keep if c in df.columns]]
+    keep = [c for c in (*bench.RTF_COLUMNS, "error") if c in df.columns and c != "protocol"]
+    return df[keep]
 
 
 # ---- figures and players --------------------------------------------------------------------
@@ -407,7 +386,7 @@ def fixture_figure(r: FixtureResult, run: AudioRun) -> Any:
     return fig
 
 
-def input_player(r: FixtureResult, run: AudioRun, st: Any = None) -> Any:
+def input_player(r: FixtureResult, run: AudioRun, st: Stage | None = None) -> Any:
     """The input clip's player with its waveform / log-mel / difference figure (both media);
     with a Stage `st` the figure is also saved as the stage's PNG."""
     caption = (f"input {r.fixture.name} ({r.fixture.language}): \"{r.fixture.text}\"; "
@@ -469,10 +448,6 @@ def _normalized(x: np.ndarray, caption: str) -> tuple[np.ndarray, str]:
 
 # ---- results --------------------------------------------------------------------------------
 
-def _finite(v: float) -> float | None:
-    return v if isinstance(v, float) and math.isfinite(v) else None
-
-
 def summary(results: list[FixtureResult], rtf: list[dict[str, Any]],
             run: AudioRun) -> dict[str, Any]:
     """Per component: the worst case over fixtures and the RTF on each side (JSON values)."""
@@ -489,31 +464,24 @@ def summary(results: list[FixtureResult], rtf: list[dict[str, Any]],
                 if vals:
                     s[f"{key}_{pick.__name__}"] = pick(vals)
         for row in rtf:
-            if row["component"] == name and "rtf" in row:
+            if row["component"] == name and "RTF" in row:
                 side = "device" if row["side"] == run.dev.label else "cpu"
-                s[f"rtf_{side}"] = row["rtf"]
-                s[f"x_real_time_{side}"] = row["x_real_time"]
+                s[f"rtf_{side}"] = row["RTF"]
+                s[f"x_real_time_{side}"] = row["x real time"]
                 s[f"rtf_protocol_{side}"] = row["protocol"]
         out[name] = s
     return out
 
 
-def record(st: Any, run: AudioRun, results: list[FixtureResult],
-           rtf: list[dict[str, Any]]) -> None:
-    """Write the stage's metrics and checks."""
-    st.metric("model", run.model)
-    st.metric("profile", run.profile)
-    st.metric("device", str(run.dev.device))
-    st.metric("dtype", _dtype_name(run.dev.dtype))
-    st.metric("reference", run.ref.label)
-    st.metric("device_reason", run.reason)
-    st.metric("notes", run.notes)
-    st.metric("components", summary(results, rtf, run))
-    st.metric("component_errors", run.errors)
-    st.metric("fixtures", [_fixture_record(r) for r in results])
-    st.metric("rtf", rtf)
-    for check in checks(run, results, rtf):
-        st.add(check)
+def results_section(run: AudioRun, results: list[FixtureResult],
+                    rtf: list[dict[str, Any]]) -> Section:
+    """The stage's metrics and checks, recorded at the top level of its results."""
+    metrics = {"model": run.model, "profile": run.profile, "device": str(run.dev.device),
+               "dtype": run.dev.dtype_name, "reference": run.ref.label,
+               "device_reason": run.reason, "notes": run.notes,
+               "components": summary(results, rtf, run), "component_errors": run.errors,
+               "fixtures": [_fixture_record(r) for r in results], "rtf": rtf}
+    return Section("audio_samples", checks=checks(run, results, rtf), metrics=metrics)
 
 
 def _fixture_record(r: FixtureResult) -> dict[str, Any]:
@@ -543,11 +511,11 @@ def checks(run: AudioRun, results: list[FixtureResult], rtf: list[dict[str, Any]
                          "the recipe's audio components", detail=why))
     for name in run.parts:
         out += _component_checks(name, run, results)
-    out += [Check(f"{r['component']}: real-time factor on {r['side']}", round(r["rtf"], 4),
+    out += [Check(f"{r['component']}: real-time factor on {r['side']}", round(r["RTF"], 4),
                   "measured, not judged", None, "helpers.bench protocol: " + r["protocol"],
-                  detail=f"{r['x_real_time']:.3g}x real time on {r['audio_s']} s of "
-                         f"{r['fixture']}")
-            for r in rtf if "rtf" in r]
+                  detail=f"{r['x real time']:.3g}x real time on {r['audio s']:.3g} s of "
+                         f"{r['audio from']}")
+            for r in rtf if "RTF" in r]
     return out
 
 
@@ -571,7 +539,7 @@ def _component_checks(name: str, run: AudioRun, results: list[FixtureResult]) ->
         else:
             out.append(Check(f"{name}: {what} agree device vs CPU (%, lowest fixture)", value,
                              f"{op} {limit} judged at float32 only", None, source,
-                             detail=f"{_dtype_name(run.dev.dtype)} vs a float32 reference: a "
+                             detail=f"{run.dev.dtype_name} vs a float32 reference: a "
                              "nearest-code search flips where two codes are almost equally "
                              "near; no published standard for reduced precision"))
     if any("states_cosine" in c.metrics for c in good):

@@ -14,8 +14,8 @@ from typing import Any
 
 import nbformat
 
-from helpers.pipeline import SUMMARY_NOTEBOOK, load_run
-from helpers.records import StageResult
+from helpers.records import StageResult, read_json, write_json
+from helpers.runner.rundir import SUMMARY_NOTEBOOK, load_run
 
 TEMPLATES = Path(__file__).parent / "templates"
 REPORT_NAME = "adaptation-report"
@@ -188,8 +188,6 @@ def publish(run_dir: Path, chromium: str | None) -> tuple[Path, Path | None, str
         render_pdf(html_path, pdf_path, chromium)
         return html_path, pdf_path, None
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        from helpers.records import read_json, write_json
-
         reason = f"PDF rendering failed: {exc}"
         manifest = read_json(run_dir / "run.json")
         manifest["pdf_error"] = reason

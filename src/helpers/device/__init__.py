@@ -1,4 +1,7 @@
-"""The one place that knows npu / cuda / cpu: selection, sync, timer, memory, properties, fallbacks.
+"""The one place that knows npu / cuda / cpu: selection, dtypes, sync, timer, memory.
+
+Submodules: facts (properties, versions, numeric settings), fallbacks (operators torch_npu
+runs on the CPU), graph (the graph-capture backend per device).
 
 Nothing else in the project imports torch_npu or branches on the backend. The NPU path mirrors
 torch.cuda through torch.npu, the module torch_npu registers; every torch_npu name used here was
@@ -21,22 +24,22 @@ import importlib
 import importlib.metadata
 import importlib.util
 import math
-import os
-import platform
 import re
 import sys
-import tempfile
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import psutil
 import torch
+
+from helpers.device import facts, graph
+from helpers.device.fallbacks import FallbackCapture, capture_fallbacks, parse_fallbacks
+from helpers.errors import DeviceError
+
+__all__ = ["FallbackCapture", "capture_fallbacks", "parse_fallbacks"]  # re-exported
 
 BACKENDS = ("cpu", "cuda", "npu")
 VALID_FORMS = "auto, cpu, cuda, cuda:N, npu, npu:N (N = device index, e.g. npu:0)"
@@ -53,9 +56,6 @@ _DTYPES: dict[str, torch.dtype] = {
 _NPU_DTYPES = {"float32": "full", "bfloat16": "full", "float16": "full", "float64": "limited"}
 _CPU_DTYPES = {"float32": "full", "bfloat16": "full", "float16": "full", "float64": "full"}
 
-
-class DeviceError(ValueError):
-    """A device or dtype request that cannot be met here; the message says what to do instead."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +241,18 @@ def _npu_selection(request: str, idx: int, reason: str) -> Selection:
 # ---- dtypes -----------------------------------------------------------------------------
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16": the one spelling of a dtype in records and tables."""
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """"bfloat16" -> torch.bfloat16, for the dtypes this project runs."""
+    if name not in _DTYPES:
+        raise DeviceError(f"unknown dtype {name!r}", f"use one of {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
 def dtype_support(backend: str) -> dict[str, str]:
     """dtype name -> "full" | "limited" for that backend (only the dtypes it can run)."""
     if backend == "cpu":
@@ -383,10 +395,10 @@ class Backend:
 
     def properties(self) -> dict[str, Any]:
         if self.name == "cuda":
-            return _cuda_properties(self.sel.index or 0)
+            return facts.cuda_properties(self.sel.index or 0, _cuda_bf16_supported())
         if self.name == "npu":
-            return _npu_properties(self.api, self.sel.index or 0)
-        return cpu_properties()
+            return facts.npu_properties(self.api, self.sel.index or 0)
+        return facts.cpu_properties()
 
     def dtype_support(self) -> dict[str, str]:
         return dtype_support(self.name)
@@ -445,266 +457,31 @@ def _reset_vm_hwm() -> None:
         pass
 
 
+# ---- facts, fallbacks and graph capture: the submodules, with this module's torch_npu -------
+
+
 def cpu_properties() -> dict[str, Any]:
-    return {
-        "name": _cpu_name(),
-        "logical_cores": psutil.cpu_count(logical=True),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "total_memory": int(psutil.virtual_memory().total),
-        "intra_op_threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-    }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    if sys.platform == "darwin":
-        import subprocess
-
-        try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
-                                 capture_output=True, text=True, timeout=5)
-            if out.stdout.strip():
-                return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return platform.processor() or platform.machine() or "unknown cpu"
-
-
-def _cuda_properties(idx: int) -> dict[str, Any]:
-    p = torch.cuda.get_device_properties(idx)
-    return {
-        "name": p.name,
-        "total_memory": int(p.total_memory),
-        "multi_processor_count": p.multi_processor_count,
-        "capability": f"{p.major}.{p.minor}",
-        "major": p.major,
-        "minor": p.minor,
-        "bf16_native": _cuda_bf16_supported(),
-    }
-
-
-def _npu_properties(api: Any, idx: int) -> dict[str, Any]:
-    p = api.get_device_properties(idx)
-    out: dict[str, Any] = {
-        "name": api.get_device_name(idx),
-        "total_memory": int(getattr(p, "total_memory", 0)) or None,
-    }
-    # core counts exist on recent torch_npu releases only
-    for key in ("cube_core_num", "vector_core_num", "L2_cache_size"):
-        value = getattr(p, key, None)
-        if value is not None:
-            out[key] = int(value)
-    return out
-
-
-# ---- versions and numeric settings ------------------------------------------------------
+    return facts.cpu_properties()
 
 
 def stack_versions() -> dict[str, str]:
     """torch, torch_npu, CANN, CUDA runtime, cuDNN versions; "not installed" where absent."""
-    return {
-        "torch": torch.__version__,
-        "torch_npu": _dist_version("torch-npu", "torch_npu"),
-        "cann": _cann_version(),
-        "cuda_runtime": torch.version.cuda or NOT_INSTALLED,
-        "cudnn": _cudnn_version(),
-    }
-
-
-def _dist_version(*names: str) -> str:
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return NOT_INSTALLED
-
-
-def _cudnn_version() -> str:
-    try:
-        if torch.version.cuda is None or not torch.backends.cudnn.is_available():
-            return NOT_INSTALLED
-        v = torch.backends.cudnn.version()
-    except Exception:
-        return NOT_INSTALLED
-    return format_cudnn_version(v) if v else NOT_INSTALLED
-
-
-def format_cudnn_version(v: int) -> str:
-    """torch.backends.cudnn.version() -> "major.minor.patch"."""
-    # cuDNN 9 encodes major*10000 + minor*100 + patch; cuDNN <= 8 major*1000 + minor*100 + patch
-    major, rest = (v // 10000, v % 10000) if v >= 90000 else (v // 1000, v % 1000)
-    return f"{major}.{rest // 100}.{rest % 100}"
-
-
-def _cann_version() -> str:
-    imp = _import_torch_npu()
-    if imp.module is not None:
-        try:
-            from torch_npu.npu.utils import get_cann_version
-
-            text = get_cann_version(module="CANN")
-            if text:
-                return str(text)
-        except Exception:
-            pass
-        text = getattr(torch.version, "cann", None)
-        if text and text != "not known":
-            return str(text)
-    return _cann_version_from_files()
-
-
-def _cann_version_from_files() -> str:
-    """Read version=... from the toolkit's ascend_*_install.info (as torch_npu's collect_env)."""
-    roots = [os.environ.get(k, "") for k in ("ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH")]
-    roots.append("/usr/local/Ascend/ascend-toolkit/latest")
-    for root in filter(None, roots):
-        base = Path(root)
-        if not base.is_dir():
-            continue
-        # the file sits in the root or one level down (<root>/<arch>-linux/)
-        for info in [*base.glob("ascend_*_install.info"), *base.glob("*/ascend_*_install.info")]:
-            try:
-                for line in info.read_text(errors="replace").splitlines():
-                    key, _, value = line.partition("=")
-                    if key.strip() in ("version", "Version") and value.strip():
-                        return value.strip()
-            except OSError:
-                continue
-    return NOT_INSTALLED
+    return facts.stack_versions(_import_torch_npu().module)
 
 
 def numeric_settings(sel: Selection) -> dict[str, Any]:
     """The global switches that change numerics: matmul precision, TF32 / HF32, determinism."""
-    out: dict[str, Any] = {
-        "backend": sel.backend,
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
-        "npu_matmul_allow_hf32": None,
-        "npu_conv_allow_hf32": None,
-        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-        "intra_op_threads": torch.get_num_threads(),
-        "inter_op_threads": torch.get_num_interop_threads(),
-    }
-    imp = _import_torch_npu() if sel.backend == "npu" else None
-    if imp is not None and imp.module is not None:
-        npu = imp.module.npu
-        out["npu_matmul_allow_hf32"] = _flag(getattr(npu, "matmul", None), "allow_hf32")
-        out["npu_conv_allow_hf32"] = _flag(getattr(npu, "conv", None), "allow_hf32")
-    return out
-
-
-def _flag(obj: Any, name: str) -> bool | None:
-    try:
-        value = getattr(obj, name)
-    except Exception:
-        return None
-    return None if value is None else bool(value)
-
-
-# ---- fallback-to-CPU capture ------------------------------------------------------------
-
-# "The operator 'aten::X' is not currently supported on the NPU backend and will fall back to
-# run on the CPU" (torch_npu npu_cpu_fallback; the MPS fallback says the same with "MPS").
-_FALLBACK_RE = re.compile(
-    r"operator\s+[`'\"](?P<op>[^`'\"\s]+)[`'\"]\s+is\s+not\s+(?:currently\s+)?"
-    r"(?:supported|implemented)\s+(?:on|for)\s+the\s+(?P<backend>\w+)\s+(?:backend|device)"
-    r"[\s,]+(?:and\s+)?(?:will\s+)?falls?\s*back",
-    re.IGNORECASE,
-)
-
-
-def parse_fallbacks(text: str) -> list[str]:
-    """Operator names (e.g. 'aten::isin.Tensor_Tensor') in fallback warnings, unique, in order."""
-    return list(dict.fromkeys(m.group("op") for m in _FALLBACK_RE.finditer(text)))
-
-
-@dataclass
-class FallbackCapture:
-    """What capture_fallbacks saw: the captured stderr text and the operators that fell back."""
-
-    text: str = ""
-    operators: list[str] = field(default_factory=list)
-
-
-@contextmanager
-def capture_fallbacks() -> Iterator[FallbackCapture]:
-    """Capture fd 2 (C++ stderr) and Python warnings for the block; parse fallback operators.
-
-    torch_npu prints the fallback warning from C++ once per operator; depending on the call
-    path it reaches fd 2 directly or becomes a Python UserWarning, so both are captured. After
-    the block everything captured is written again to the real stderr / warnings, so nothing
-    is hidden from the user; fb.text and fb.operators are filled in then.
-    """
-    fb = FallbackCapture()
-    sys.stderr.flush()
-    saved_fd = os.dup(2)
-    sink = tempfile.TemporaryFile()
-    os.dup2(sink.fileno(), 2)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            yield fb
-    finally:
-        try:
-            sys.stderr.flush()  # Python-level text written inside the block lands in the sink
-        except Exception:
-            pass
-        os.dup2(saved_fd, 2)
-        os.close(saved_fd)
-        sink.seek(0)
-        fd_text = sink.read().decode("utf-8", errors="replace")
-        sink.close()
-        if fd_text:
-            os.write(2, fd_text.encode("utf-8"))
-        for w in caught:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        warned = "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
-        fb.text = fd_text + warned
-        fb.operators = parse_fallbacks(fb.text)
-
-
-# ---- graph capture -------------------------------------------------------------------------
-
-# Seconds allowed for the first graph-mode call (compile + capture) before it is abandoned:
-# short on CPU, where inductor's C++ build is slow and graph replay brings little.
-_GRAPH_CAP_S = {"cpu": 20.0, "cuda": 600.0, "npu": 600.0}
+    npu = _import_torch_npu().module if sel.backend == "npu" else None
+    return facts.numeric_settings(sel.backend, npu)
 
 
 def graph_compile(sel: Selection) -> tuple[Any | None, str, str]:
-    """(torch.compile backend, torch.compile mode, what that means) for graph capture here.
-
-    cuda: inductor with mode "reduce-overhead" (CUDA graphs). npu: torchair's NPU backend in
-    its "reduce-overhead" (aclgraph) mode, passed as the torch.compile backend (torchair
-    takes no torch.compile mode). cpu: inductor's default mode (C++/OpenMP kernels, no graph
-    replay). The backend is None when graph mode is unavailable; the text then says why.
-    """
-    if sel.backend == "cuda":
-        return "inductor", "reduce-overhead", \
-            "torch.compile(backend='inductor', mode='reduce-overhead'): CUDA graphs"
+    """(torch.compile backend, mode, what that means) for graph capture on this selection."""
     if sel.backend == "npu":
-        _import_torch_npu()
-        try:
-            import torchair  # ships with torch_npu; importable once torch_npu is imported
-        except ImportError as exc:
-            return None, "default", f"torchair not importable ({exc}); NPU graph mode needs torchair"
-        npu_cfg = torchair.CompilerConfig()
-        npu_cfg.mode = "reduce-overhead"
-        return torchair.get_npu_backend(compiler_config=npu_cfg), "default", \
-            "torch.compile(backend=torchair NPU backend, mode 'reduce-overhead'): aclgraph"
-    return "inductor", "default", \
-        "torch.compile(backend='inductor', mode='default') on CPU: compiled kernels, no graph replay"
+        _import_torch_npu()  # torchair is importable once torch_npu is
+    return graph.graph_compile(sel.backend)
 
 
 def graph_compile_cap_s(sel: Selection) -> float:
     """Default time cap for the first graph-mode call on this backend."""
-    return _GRAPH_CAP_S.get(sel.backend, 600.0)
+    return graph.graph_compile_cap_s(sel.backend)

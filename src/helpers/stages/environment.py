@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as md
 import os
 import platform
@@ -9,12 +10,17 @@ import re
 import sys
 from typing import Any
 
+import pandas as pd
 import psutil
 
 from helpers import device as dev
 from helpers.config import RunConfig
-from helpers.pipeline import git_state
+from helpers.device import facts
+from helpers.errors import DeviceError
 from helpers.records import Check
+from helpers.runner.rundir import git_state
+from helpers.stages.kit import show_value, target
+from helpers.stages.kit import table as show
 
 NOT_INSTALLED = "not installed"
 PACKAGES = ("torch", "torch_npu", "transformers", "tokenizers", "safetensors", "accelerate",
@@ -46,23 +52,12 @@ def platform_info() -> dict[str, Any]:
     return {
         "os": platform.platform(),
         "machine": platform.machine(),
-        "cpu": _cpu_name(),
+        "cpu": facts.cpu_name(),
         "cpu_logical_cores": psutil.cpu_count(logical=True),
         "cpu_physical_cores": psutil.cpu_count(logical=False),
         "memory_total_gib": round(vm.total / 2**30, 2),
         "memory_available_gib": round(vm.available / 2**30, 2),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def env_vars() -> dict[str, str]:
@@ -74,13 +69,16 @@ def env_vars() -> dict[str, str]:
 
 def collect(cfg: RunConfig) -> dict[str, Any]:
     """Every fact of the environment record, grouped by section."""
-    sel = dev.select(cfg.device)
-    backend = dev.backend(sel)
     try:
-        dtype = str(dev.resolve_dtype(sel, cfg.dtype)).replace("torch.", "")
-        dtype_error = ""
-    except dev.DeviceError as exc:
+        tgt = target(cfg)
+        dtype, dtype_error = tgt.dtype_name, ""
+    except DeviceError as exc:
+        if "DTYPE" not in str(exc):
+            raise  # the device itself cannot be used: nothing here to describe
+        # the dtype cannot run on this device: its facts are still worth recording
+        tgt = target(dataclasses.replace(cfg, dtype="auto"))
         dtype, dtype_error = "unsupported", str(exc)
+    sel, backend = tgt.selection, tgt.backend
     return {
         "versions": {**package_versions(), **dev.stack_versions()},
         "platform": platform_info(),
@@ -106,15 +104,13 @@ def checks(env: dict[str, Any]) -> list[Check]:
         out.append(Check("torch_npu release matches torch", f"{v['torch_npu']} / {v['torch']}",
                          "same major.minor", base(v["torch_npu"]) == base(v["torch"]),
                          "torch_npu release notes: each torch_npu release pairs with one torch release"))
-    out.append(Check("project tree is committed", not env["git"].get("dirty"), "True", None,
+    out.append(Check("project tree is committed", not env["git"].get("dirty"), "committed", None,
                      "reproducibility: the commit identifies the code",
                      "informational: a dirty tree means the commit alone does not reproduce the run"))
     return out
 
 
 def table(section: dict[str, Any], key: str = "item") -> Any:
-    import pandas as pd
-
-    from helpers.stage import table as show
-
-    return show(pd.DataFrame({key: list(section), "value": [str(v) for v in section.values()]}))
+    """One section of the record as a two-column table (yes / no, a dash for nothing)."""
+    return show(pd.DataFrame({key: list(section),
+                              "value": [show_value(v) for v in section.values()]}))

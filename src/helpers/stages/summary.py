@@ -10,13 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from helpers import paths
-from helpers.pipeline import load_run
-from helpers.records import StageResult
-from helpers.stage import table
-
-VERDICT = {True: "PASS", False: "FAIL", None: "info"}
-_VERDICT_CLASS = {"PASS": "verdict-pass", "FAIL": "verdict-fail", "info": "verdict-info"}
+from helpers.records import VERDICTS, StageResult
+from helpers.runner.rundir import load_run
+from helpers.stages.kit import lab_dir, show_value, table, verdict_style
 
 
 @dataclass
@@ -27,12 +23,17 @@ class Run:
 
 
 def load(run_dir: str = "") -> Run:
-    """A finished (or running) run; "" = the newest one under report/latest."""
-    path = Path(run_dir) if run_dir else paths.REPORT / "latest"
-    if not (path / "run.json").is_file():
-        raise FileNotFoundError(
-            f"no run.json in {path}: run `make report` first, or set run_dir to a run folder"
-        )
+    """A finished (or running) run; "" = the stages run on their own in JupyterLab
+    (report/lab), which may be none yet: then an empty summary that says so."""
+    if run_dir:
+        path = Path(run_dir)
+        if not (path / "run.json").is_file():
+            raise FileNotFoundError(f"no run.json in {path}: set run_dir to a run folder "
+                                    "(report/<run-id>), or leave it empty for report/lab")
+    else:
+        path = lab_dir()
+        if not (path / "run.json").is_file():
+            return Run(path.resolve(), {"run_id": "lab", "stages": [], "lab": True}, {})
     manifest, results = load_run(path)
     return Run(path.resolve(), manifest, results)
 
@@ -40,7 +41,7 @@ def load(run_dir: str = "") -> Run:
 def fmt(value: Any) -> str:
     """Short, faithful text for a measured value (4 significant digits for floats)."""
     if isinstance(value, bool) or value is None:
-        return str(value)
+        return show_value(value)
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
@@ -50,6 +51,9 @@ def fmt(value: Any) -> str:
 
 def headline(run: Run) -> str:
     """One markdown paragraph: what ran, where, and the overall verdict."""
+    if run.manifest.get("lab") and not run.results:
+        return (f"No stage has run in `{run.dir}` yet: run the stage notebooks (each writes its "
+                "results there), then this summary again; or `make report` for a whole run.")
     res = list(run.results.values())
     counts = {s: sum(r.status == s for r in res) for s in ("passed", "failed", "error", "skipped")}
     checks = [c for r in res for c in r.checks if c.passed is not None]
@@ -85,13 +89,14 @@ def verdict_table(run: Run) -> pd.DataFrame:
     for res in run.results.values():
         for c in res.checks:
             rows.append({"stage": res.title or res.stage, "check": c.name, "value": fmt(c.value),
-                         "threshold": c.threshold, "verdict": VERDICT[c.passed],
+                         "threshold": c.threshold, "verdict": c.verdict,
                          "source": c.source})
         if res.status == "error":
             err = res.error or {}
             rows.append({"stage": res.title or res.stage, "check": "stage runs to the end",
                          "value": f"{err.get('type', 'error')}: {str(err.get('message', ''))[:120]}",
-                         "threshold": "no exception", "verdict": "FAIL", "source": "pipeline"})
+                         "threshold": "no exception", "verdict": VERDICTS.FAIL,
+                         "source": "pipeline"})
     return pd.DataFrame(rows, columns=["stage", "check", "value", "threshold", "verdict", "source"])
 
 
@@ -128,10 +133,5 @@ def params_table(run: Run) -> pd.DataFrame:
 
 
 def styled(df: pd.DataFrame) -> Any:
-    """The verdict table with PASS/FAIL coloured through the report's CSS classes."""
-    sty = table(df)
-    if "verdict" in df.columns:
-        sty = sty.set_td_classes(pd.DataFrame(
-            [[_VERDICT_CLASS.get(v, "") if col == "verdict" else "" for col in df.columns]
-             for v in df["verdict"]], index=df.index, columns=df.columns))
-    return sty
+    """A summary table with its verdicts coloured through the report's CSS classes."""
+    return verdict_style(table(df), df)

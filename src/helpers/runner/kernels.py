@@ -1,0 +1,259 @@
+"""Jupyter kernels for the stage notebooks.
+
+Every notebook runs in a kernel of its own, started for it and shut down after it (stages talk
+only through files, never through kernel state); what this module saves is the wait for that
+kernel. A kernel is started over the IPC transport (unix sockets in a private temporary folder:
+no TCP ports, and no "Kernel is running over TCP without encryption" warning), with the
+notebook's folder as its working directory, and warmed up with the heavy imports the stages
+make. `KernelPool.prestart` does that for the next notebook in a background thread while the
+current one runs; `KernelPool.take` hands that kernel over, or starts one on the spot.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jupyter_client import KernelManager
+from jupyter_client.blocking import BlockingKernelClient
+from jupyter_core.utils import ensure_event_loop
+
+KERNEL_NAME = "python3"  # the kernelspec `make setup` installs into the venv
+# Imported in a prestarted kernel before its notebook runs, in this order. One that fails is
+# skipped: the notebook then imports it itself and shows the error where it belongs.
+# helpers.plots goes first: it points MPLCONFIGDIR at its own font cache before matplotlib loads.
+WARMUP_MODULES: tuple[str, ...] = ("helpers.plots", "helpers.stages.kit", "transformers")
+STARTUP_TIMEOUT = 60.0  # seconds for a started kernel to answer
+WARMUP_TIMEOUT = 300.0  # seconds for the warm-up imports; past that the notebook waits for them
+_WARMUP_CODE = """\
+def __helpers_warmup(names):
+    import importlib
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+__helpers_warmup({names!r})
+del __helpers_warmup
+"""
+# Unix socket paths are limited to about 107 bytes: keep the folder short.
+_MAX_PREFIX = 80
+
+
+class StageKernelManager(KernelManager):
+    """A KernelManager whose clients are asyncio ones (what nbclient expects, so it notices a
+    kernel that dies mid-cell) and are remembered: papermill leaves open the client of a kernel
+    it did not start, and `shutdown` closes them."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("client_class", "jupyter_client.asynchronous.AsyncKernelClient")
+        super().__init__(**kwargs)
+        self.clients: list[Any] = []
+        self.cwd: Path | None = None
+        self.start_seconds: float | None = None  # start until the kernel answered
+        self.warmup_seconds: float | None = None  # the warm-up imports; None when not warmed
+        self.shutdown_thread: threading.Thread | None = None  # shutdown(wait=False)
+
+    def client(self, **kwargs: Any) -> Any:
+        kc = super().client(**kwargs)
+        self.clients.append(kc)
+        return kc
+
+
+def start_kernel(cwd: Path, ipc_prefix: Path,
+                 warmup: Sequence[str] | None = None) -> StageKernelManager:
+    """Start a kernel in `cwd` over IPC (sockets `<ipc_prefix>-N`, connection file
+    `<ipc_prefix>.json`), wait until it answers, then import `warmup` (default
+    WARMUP_MODULES; empty: none) in it."""
+    warmup = WARMUP_MODULES if warmup is None else warmup
+    km = StageKernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=str(ipc_prefix),
+                            connection_file=f"{ipc_prefix}.json")
+    km.cwd = Path(cwd).resolve()
+    t0 = time.perf_counter()
+    try:
+        km.start_kernel(cwd=str(km.cwd))
+        kc = BlockingKernelClient(**km.get_connection_info(session=True))
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+            km.start_seconds = round(time.perf_counter() - t0, 3)
+            if warmup:
+                _warm_up(km, kc, warmup)
+        finally:
+            kc.stop_channels()
+    except BaseException:
+        shutdown(km, now=True)
+        raise
+    return km
+
+
+def _warm_up(km: StageKernelManager, kc: BlockingKernelClient, modules: Sequence[str]) -> None:
+    """Import `modules` in the kernel, quietly; never raises (a stage imports what it needs)."""
+    t0 = time.perf_counter()
+    try:
+        kc.execute_interactive(_WARMUP_CODE.format(names=tuple(modules)), silent=True,
+                               store_history=False, allow_stdin=False,
+                               timeout=WARMUP_TIMEOUT, output_hook=lambda msg: None)
+    except Exception:  # timed out, kernel died: the notebook finds out for itself
+        return
+    km.warmup_seconds = round(time.perf_counter() - t0, 3)
+
+
+def shutdown(km: KernelManager | None, now: bool = False, wait: bool = True) -> None:
+    """Close the kernel's clients, stop its process and remove its files; safe to call twice,
+    and on a kernel that never started. A graceful shutdown waits about a second for the
+    kernel to exit: with `wait=False` that happens in a background thread (a later shutdown of
+    the same kernel, KernelPool.close for one it handed out, waits for it)."""
+    if km is None:
+        return
+    pending = getattr(km, "shutdown_thread", None)
+    if pending is not None and pending is not threading.current_thread():
+        pending.join()
+    # the clients here, in the thread that used them (nbclient's asyncio sockets)
+    for kc in getattr(km, "clients", ()):
+        try:
+            kc.stop_channels()
+        except Exception:
+            pass
+    if not wait and km.has_kernel and isinstance(km, StageKernelManager):
+        km.shutdown_thread = threading.Thread(target=_shutdown_in_thread, args=(km, now),
+                                              name="kernel-shutdown", daemon=True)
+        km.shutdown_thread.start()
+        return
+    try:
+        if km.has_kernel:
+            km.shutdown_kernel(now=now)
+    except Exception:
+        try:
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
+        except Exception:
+            pass
+    finally:
+        try:
+            km.cleanup_resources()
+        except Exception:
+            pass
+
+
+def _shutdown_in_thread(km: StageKernelManager, now: bool) -> None:
+    try:
+        shutdown(km, now=now)
+    finally:
+        _close_thread_loop()
+
+
+def _close_thread_loop() -> None:
+    """Close the event loop jupyter_client made for this (non-main) thread."""
+    try:
+        ensure_event_loop().close()
+    except Exception:
+        pass
+
+
+class _Pending:
+    """A kernel being started (and warmed up) in a background thread."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.km: StageKernelManager | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"kernel-prestart {cwd}",
+                                       daemon=True)
+        self._prefix: Path | None = None
+        self._warmup: Sequence[str] = ()
+
+    def start(self, prefix: Path, warmup: Sequence[str]) -> None:
+        self._prefix, self._warmup = prefix, warmup
+        self.thread.start()
+
+    def _run(self) -> None:
+        assert self._prefix is not None
+        try:
+            self.km = start_kernel(self.cwd, self._prefix, self._warmup)
+        except BaseException as exc:  # take() starts one on the spot and reports its error
+            self.error = exc
+        finally:
+            _close_thread_loop()
+
+
+class KernelPool:
+    """Fresh kernels for a sequence of notebooks, each started ahead of time.
+
+    `prestart(cwd)` starts the next notebook's kernel (and its warm-up) in a background thread;
+    `take(cwd)` returns it once ready, or starts one now (without warm-up) when none was
+    prestarted for `cwd` or it died. A kernel taken is the caller's to shut down (`shutdown`)
+    once its notebook finished; `close()` shuts down the one prestarted and never taken, and
+    any taken one still running. Use it as a context manager so that no kernel outlives the
+    run, KeyboardInterrupt included.
+    """
+
+    def __init__(self, warmup: Sequence[str] | None = None) -> None:
+        self.warmup = tuple(WARMUP_MODULES if warmup is None else warmup)
+        base = Path(tempfile.gettempdir())
+        if len(str(base)) > _MAX_PREFIX - 30:
+            base = Path("/tmp")
+        self._dir = Path(tempfile.mkdtemp(prefix="stage-kernels-", dir=base))  # mode 0700
+        self._count = 0
+        self._pending: _Pending | None = None
+        self._taken: list[StageKernelManager] = []
+        self._closed = False
+
+    def _prefix(self) -> Path:
+        self._count += 1
+        return self._dir / f"k{self._count}"
+
+    def prestart(self, cwd: Path) -> None:
+        """Start a kernel for a notebook in `cwd` in the background (replacing one not taken)."""
+        if self._closed:
+            raise RuntimeError("the kernel pool is closed")
+        self._drop_pending()
+        self._pending = _Pending(Path(cwd).resolve())
+        self._pending.start(self._prefix(), self.warmup)
+
+    def take(self, cwd: Path) -> StageKernelManager:
+        """A started kernel whose working directory is `cwd`, for one notebook."""
+        if self._closed:
+            raise RuntimeError("the kernel pool is closed")
+        cwd = Path(cwd).resolve()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.thread.join()
+            km = pending.km
+            if km is not None and pending.cwd == cwd and km.is_alive():
+                self._taken.append(km)
+                return km
+            shutdown(km, now=True)
+        km = start_kernel(cwd, self._prefix(), warmup=())
+        self._taken.append(km)
+        return km
+
+    def _drop_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.thread.join()
+            shutdown(pending.km, now=True)
+
+    def close(self) -> None:
+        """Shut down the kernel prestarted and not taken; remove the sockets' folder."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._drop_pending()
+        finally:
+            for km in self._taken:  # normally shut down already by whoever took it
+                shutdown(km, now=True)  # waits for a shutdown under way
+            self._taken.clear()
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> KernelPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

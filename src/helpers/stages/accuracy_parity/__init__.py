@@ -1,0 +1,54 @@
+"""Stage 4, accuracy parity: does the target (DEVICE, DTYPE) compute the same model as the CPU?
+
+Who is compared with whom:
+  reference  the CPU in float32 (knob reference_dtype): the numbers the target is held to
+  target     DEVICE in DTYPE, resolved once by helpers.stages.kit.target; on a machine without
+             an accelerator that is the CPU in bfloat16, so the stage still measures a real
+             difference (precision instead of hardware)
+  golden     the CPU in float64 (knob golden), when it fits in memory: it tells the target's
+             error apart from float32's own (msprobe's "benchmark" standard)
+Each side is loaded, run on the same inputs and freed in turn (reference, target, golden), so
+one model is in memory at a time; outputs are kept on the host (float32; float64 for golden).
+
+Sections, each a table plus its checks: logits over the shipped prompts, hidden states layer by
+layer, greedy generation, determinism (the target twice), the audio front end (log-mel on the
+device vs the CPU) and every audio component of the recipe on identical inputs. All metrics come
+from helpers.parity (float64, inside their ranges); thresholds from data/thresholds.json.
+A part that crashes on one side is a failed check naming the error, never a crashed stage.
+
+Modules: plan (who is compared with whom, the knobs), sides (running one side), sections (the
+text path's tables and checks), audio (front end and components), figures.
+"""
+
+from helpers.stages.accuracy_parity.audio import agreement, components_section, frontend_section
+from helpers.stages.accuracy_parity.figures import layer_figure
+from helpers.stages.accuracy_parity.plan import LOGIT_LABELS, Plan, Prompt, load_prompts, plan
+from helpers.stages.accuracy_parity.sections import (
+    determinism_section,
+    display_frame,
+    divergence,
+    generation_section,
+    golden_section,
+    headline,
+    largest_increase,
+    layer_frame,
+    layers_section,
+    logits_section,
+)
+from helpers.stages.accuracy_parity.sides import (
+    Runs,
+    SideRun,
+    collect,
+    collect_loaded,
+    golden_decision,
+    greedy,
+    run_all,
+)
+
+__all__ = [
+    "LOGIT_LABELS", "Plan", "Prompt", "Runs", "SideRun", "agreement", "collect", "collect_loaded",
+    "components_section", "determinism_section", "display_frame", "divergence",
+    "frontend_section", "generation_section", "golden_decision", "golden_section", "greedy",
+    "headline", "largest_increase", "layer_figure", "layer_frame", "layers_section",
+    "load_prompts", "logits_section", "plan", "run_all",
+]

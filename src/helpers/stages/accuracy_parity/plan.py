@@ -1,0 +1,107 @@
+"""Who is compared with whom: the target, the CPU reference, the float64 golden, and the
+workload (prompts, generated tokens) of the accuracy parity stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from helpers.errors import ConfigError
+from helpers.models.base import prompts
+from helpers.stages.kit import CPU, Side, Target, reference_side
+
+REFERENCE_DTYPES = ("float32", "float64")
+GOLDEN_MODES = ("auto", "on", "off")
+GOLDEN_MEMORY_SHARE = 0.5  # auto: the float64 copy may use at most half the free host memory
+NEW_TOKENS_AUTO = {"tiny": 8}  # new_tokens = 0 picks this per profile ...
+NEW_TOKENS_DEFAULT = 64  # ... or this (the Covo report's 64-token greedy runs)
+FRONTEND_FIXTURE = "en_fox"  # the clip fed to audio encoders that take log-mel features
+
+
+LOGIT_LABELS = {"rel_l2_pct": "relative L2 (%)", "cosine": "cosine",
+                "top1_agreement_pct": "top-1 agreement (%)", "top5_overlap": "top-5 overlap (of 5)"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The target and reference of one run, the golden mode and the workload."""
+
+    target: Side
+    reference: Side
+    golden: str  # "auto" | "on" | "off"
+    reason: str  # why this target device
+    new_tokens: int
+    languages: tuple[str, ...]
+    model: str = ""
+
+    @property
+    def golden_side(self) -> Side:
+        return Side("golden", CPU, torch.float64)
+
+    @property
+    def same_config(self) -> bool:
+        return (self.target.device.type == "cpu" and self.target.dtype == self.reference.dtype)
+
+    def describe(self) -> str:
+        """Markdown that says plainly what is compared with what."""
+        t, r = self.target, self.reference
+        lines = [f"**Target `{t.label}`** against **reference `{r.label}`**"
+                 f" (golden: CPU float64, mode `{self.golden}`).",
+                 f"Device choice: {self.reason}."]
+        if t.device.type == "cpu" and t.dtype != r.dtype:
+            lines.append(f"No accelerator is in use, so both sides run on the CPU: the differences "
+                         f"below are those of {t.dtype_name} arithmetic against {r.dtype_name}, "
+                         "not of a device against the CPU.")
+        if self.same_config:
+            lines.append("Target and reference are the same configuration: every difference "
+                         "must be exactly zero.")
+        lines.append(f"Workload: prompts in {', '.join(self.languages)}; greedy generation of "
+                     f"{self.new_tokens} new tokens.")
+        return "\n\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target.label, "reference": self.reference.label,
+                "golden": self.golden, "reason": self.reason, "new_tokens": self.new_tokens,
+                "languages": list(self.languages)}
+
+
+def plan(tgt: Target, reference_dtype: str = "float32", golden: str = "auto",
+         new_tokens: int = 0, languages: str = "en,zh") -> Plan:
+    """The sides and workload for a run's target and the stage knobs (checked here)."""
+    if reference_dtype not in REFERENCE_DTYPES:
+        raise ConfigError(f"reference_dtype {reference_dtype!r} is not valid",
+                          f"the CPU reference runs in one of {', '.join(REFERENCE_DTYPES)}")
+    if golden not in GOLDEN_MODES:
+        raise ConfigError(f"golden {golden!r} is not valid",
+                          "use auto (when it fits in memory), on or off")
+    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 0:
+        raise ConfigError(f"new_tokens must be an integer >= 0, got {new_tokens!r}",
+                          "0 means auto (8 on the tiny profile, 64 otherwise)")
+    langs = _languages(languages)
+    reference = reference_side(getattr(torch, reference_dtype))
+    n = new_tokens or NEW_TOKENS_AUTO.get(tgt.cfg.profile, NEW_TOKENS_DEFAULT)
+    return Plan(tgt.side, reference, golden, tgt.reason, n, langs, tgt.cfg.model)
+
+
+def _languages(text: str) -> tuple[str, ...]:
+    known = list(prompts())
+    langs = tuple(s.strip() for s in str(text).split(",") if s.strip())
+    unknown = [lang for lang in langs if lang not in known]
+    if not langs or unknown:
+        raise ConfigError(f"languages {text!r}: unknown {unknown or 'none given'}",
+                          f"data/prompts.json has {', '.join(known)} (e.g. languages = \"en,zh\")")
+    return langs
+
+
+@dataclass(frozen=True)
+class Prompt:
+    lang: str
+    text: str
+
+
+def load_prompts(languages: tuple[str, ...]) -> list[Prompt]:
+    """The shipped prompts (data/prompts.json) of the given languages, in file order."""
+    table = prompts()
+    return [Prompt(lang, text) for lang in languages for text in table[lang]]

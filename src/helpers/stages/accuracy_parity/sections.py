@@ -1,0 +1,325 @@
+"""The stage's sections over the model's text path: logits, hidden states layer by layer,
+the float64 golden, greedy generation and determinism; each a table with its checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from helpers import parity
+from helpers.records import VERDICTS, Check
+from helpers.stages.accuracy_parity.plan import LOGIT_LABELS, Plan, Prompt
+from helpers.stages.accuracy_parity.sides import Runs
+from helpers.stages.kit import Section, checks_frame, table
+
+# ---- display, and the rules every section uses
+# Column headings as the report prints them (the frames keep their snake_case keys)
+HEADINGS = {
+    "rel_l2_pct": "rel L2 (%)", "max_abs": "max abs", "mean_abs": "mean abs",
+    "mean_rel": "mean rel", "top1_pct": "top-1 (%)", "top5_overlap": "top-5 (of 5)",
+    "kl": "KL (nats)", "within_tol_pct": "within tol (%)", "nonfinite": "NaN/Inf",
+    "msprobe_rule": "msprobe rule", "increase_pct": "increase (points)",
+    "target_vs_golden_pct": "target vs f64 (%)", "reference_vs_golden_pct": "reference vs f64 (%)",
+    "target_rel_l2_pct": "target rel L2 (%)", "reference_rel_l2_pct": "reference rel L2 (%)",
+    "target_rmse": "target RMSE", "reference_rmse": "reference RMSE", "rmse_ratio": "RMSE ratio",
+    "mean_rel_ratio": "mean rel ratio", "max_rel_ratio": "max rel ratio",
+    "agreement_pct": "agreement (%)", "match_pct": "match (%)",
+    "first_divergence": "first divergence", "max_abs_difference": "max abs difference",
+    "bitwise_equal": "bitwise equal",
+}
+RULE_NAMES = {"logits_float32": "the GPA report's float32 thresholds",
+              "network": "msprobe's whole-network rule"}
+HIDDEN = {"logits": ("mean_abs", "within_tol_pct", "nonfinite")}  # in the summary instead
+
+
+def display_frame(sec: Section) -> Any:
+    """A section's table as the report shows it: readable headings, 4 significant digits
+    (a KL of 5.6e-07 must not print as 0.000001), cosines to 7, empty cells for NaN."""
+    frame = sec.table if not sec.table.empty else checks_frame(sec.checks)
+    frame = frame.drop(columns=[c for c in HIDDEN.get(sec.name, ()) if c in frame])
+    floats = [c for c in frame.select_dtypes("float").columns if c != "cosine"]
+    frame = frame.rename(columns=HEADINGS)
+    styled = table(frame).format("{:.4g}", subset=[HEADINGS.get(c, c) for c in floats],
+                                 na_rep="")
+    if "cosine" in frame:
+        styled = styled.format("{:.7g}", subset=["cosine"], na_rep="")
+    return styled
+
+
+def _info(name: str, value: Any, note: str, source: str, detail: str = "") -> Check:
+    return Check(name, value, note, None, source, detail)
+
+
+def _verdict(cmp: parity.Comparison) -> str:
+    ok, why = parity.network_verdict(cmp)
+    return VERDICTS.PASS if ok else f"{VERDICTS.FAIL} ({why})"
+
+
+def _network_check(name: str, cmp: parity.Comparison) -> Check:
+    ok, why = parity.network_verdict(cmp)
+    th = parity.thresholds()["network"]
+    return Check(name, f"cosine {cmp.cosine:.8f}, max abs {cmp.max_abs:.3g}", th["rule"], ok,
+                 parity.source(th["source"]), why)
+
+
+def _rules(dtype: str) -> list[str]:
+    table = parity.thresholds()["parity_rules"]
+    return table.get(dtype, table["float32"] if dtype == "float64" else table["bfloat16"])
+
+
+# -- logits
+
+def _logit_row(p: Prompt, t: torch.Tensor, r: torch.Tensor, dtype: str) -> dict[str, Any]:
+    cmp = parity.compare(t, r, dtype)
+    top1, top5 = parity.topk_agreement(t, r, 5)
+    return {"lang": p.lang, "prompt": p.text, "tokens": int(t.shape[0]),
+            "rel_l2_pct": 100 * cmp.rel_l2, "cosine": cmp.cosine, "max_abs": cmp.max_abs,
+            "mean_abs": cmp.mean_abs, "top1_pct": 100 * top1, "top5_overlap": top5,
+            "kl": parity.kl_divergence(r, t), "within_tol_pct": 100 * cmp.within_tol,
+            "nonfinite": cmp.nonfinite, "msprobe_rule": _verdict(cmp)}
+
+
+def logits_section(runs: Runs) -> Section:
+    """Per-prompt table; pooled summary (all prompts and positions) judged by the target dtype's
+    rules: the GPA report's thresholds for float32, msprobe's whole-network rule always."""
+    why = runs.target.failed("forward") or runs.reference.failed("forward")
+    if why:
+        return Section.failure("logits", why)
+    t, r, dtype = runs.target, runs.reference, runs.plan.target.dtype_name
+    rows = [_logit_row(p, tl, rl, dtype) for p, tl, rl in zip(runs.prompts, t.logits, r.logits,
+                                                                strict=True)]
+    tc, rc = torch.cat(t.logits), torch.cat(r.logits)  # [sum S, V]
+    cmp = parity.compare(tc, rc, dtype)
+    top1, top5 = parity.topk_agreement(tc, rc, 5)
+    summary = {"rel_l2_pct": 100 * cmp.rel_l2, "cosine": cmp.cosine,
+               "top1_agreement_pct": 100 * top1, "top5_overlap": top5,
+               "max_abs": cmp.max_abs, "mean_abs": cmp.mean_abs,
+               "kl": parity.kl_divergence(rc, tc), "within_tol_pct": 100 * cmp.within_tol,
+               "nonfinite": cmp.nonfinite, "positions": int(tc.shape[0]), "prompts": len(rows)}
+    checks = _logit_checks(summary, cmp, rows, dtype)
+    note = (f"{len(rows)} prompts, {summary['positions']} positions, vocabulary "
+            f"{tc.shape[-1]:,}: target `{runs.plan.target.label}` vs reference "
+            f"`{runs.plan.reference.label}`. Judged by "
+            f"{' and '.join(RULE_NAMES[r] for r in _rules(dtype) if r in RULE_NAMES)}.")
+    return Section("logits", pd.DataFrame(rows), checks, summary, [note])
+
+
+def _logit_checks(summary: dict[str, Any], cmp: parity.Comparison, rows: list[dict[str, Any]],
+                  dtype: str) -> list[Check]:
+    th, rules = parity.thresholds(), _rules(dtype)
+    checks = [_network_check("logits: msprobe whole-network rule", cmp),
+              Check.judge("logits: NaN/Inf values in the target", summary["nonfinite"], "==", 0,
+                          parity.source("msprobe-network")),
+              Check.judge("logits: prompts within the whole-network rule",
+                          sum(row["msprobe_rule"] == "PASS" for row in rows), "==", len(rows),
+                          parity.source("msprobe-network"))]
+    for key, rule in th["logits_float32"].items():
+        name = f"logits: {LOGIT_LABELS.get(key, key)}"
+        if "logits_float32" in rules:
+            checks.append(Check.judge(name, summary[key], rule["op"], rule["limit"],
+                                      parity.source(rule["source"])))
+        else:
+            checks.append(_info(name, summary[key], f"info at {dtype} (float32: {rule['op']} "
+                                f"{rule['limit']})", parity.source(rule["source"])))
+    tol = parity.tolerance(dtype)
+    checks += [_info("logits: KL(reference || target), nats", summary["kl"], "info", "measured"),
+               _info("logits: max abs error", summary["max_abs"], "info", "measured"),
+               _info("logits: elements within the dtype tolerance (%)", summary["within_tol_pct"],
+                     f"info (rtol {tol.rtol:.3g}, small {tol.small_value:.3g})", tol.source)]
+    return checks
+
+
+# -- hidden states, layer by layer
+
+def layer_frame(runs: Runs) -> pd.DataFrame:
+    """Per hidden state (embeddings, each layer): target vs reference pooled over prompts, the
+    increase of relative L2 over the state before, and each side against the golden."""
+    t, r, g = runs.target, runs.reference, runs.golden
+    th, rh = torch.cat(t.hidden, dim=1), torch.cat(r.hidden, dim=1)  # [L+1, sum S, H]
+    gh = torch.cat(g.hidden, dim=1) if g is not None and not g.failed("forward") else None
+    dtype = runs.plan.target.dtype_name
+    rows, prev = [], 0.0
+    for i, name in enumerate(r.layer_names):
+        cmp = parity.compare(th[i], rh[i], dtype)
+        row = {"index": i, "state": name, "rel_l2_pct": 100 * cmp.rel_l2, "cosine": cmp.cosine,
+               "max_abs": cmp.max_abs, "increase_pct": 100 * (cmp.rel_l2 - prev),
+               "nonfinite": cmp.nonfinite}
+        if gh is not None:
+            row["target_vs_golden_pct"] = 100 * parity.rel_l2(th[i], gh[i])
+            row["reference_vs_golden_pct"] = 100 * parity.rel_l2(rh[i], gh[i])
+        rows.append(row)
+        prev = cmp.rel_l2
+    return pd.DataFrame(rows)
+
+
+def largest_increase(frame: pd.DataFrame) -> tuple[int, str, float]:
+    """(index, name, increase in %) of the state that adds the most relative error; a
+    non-finite error counts as the largest."""
+    inc = frame["increase_pct"].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(frame["rel_l2_pct"].to_numpy(dtype=np.float64))
+    i = int(np.argmax(bad)) if bad.any() else int(np.nanargmax(inc))
+    return i, str(frame["state"].iloc[i]), float(inc[i])
+
+
+def layers_section(runs: Runs) -> Section:
+    why = runs.target.failed("forward") or runs.reference.failed("forward")
+    if why:
+        return Section.failure("layers", why)
+    frame = layer_frame(runs)
+    i, name, inc = largest_increase(frame)
+    last = frame.iloc[-1]
+    metrics = {"largest_increase_state": name, "largest_increase_index": i,
+               "largest_increase_pct": inc, "final_rel_l2_pct": float(last["rel_l2_pct"]),
+               "rel_l2_pct": frame["rel_l2_pct"].tolist()}
+    checks = [_info("layers: state that adds the most error", name, "info", "measured",
+                    f"relative L2 rises by {inc:.4g} percentage points there"),
+              _info("layers: relative L2 of the last hidden state (%)",
+                    float(last["rel_l2_pct"]), "info", "measured")]
+    nonfinite = int(frame["nonfinite"].sum())
+    checks.append(Check.judge("layers: NaN/Inf values in the target's hidden states", nonfinite,
+                              "==", 0, parity.source("msprobe-network")))
+    note = (f"Relative L2 of target vs reference per hidden state, pooled over "
+            f"{len(runs.prompts)} prompts. The error grows most at **{name}** "
+            f"(+{inc:.4g} points).")
+    return Section("layers", frame, checks, metrics, [note])
+
+
+# -- golden
+
+def golden_section(runs: Runs) -> Section:
+    """Target and reference each against the float64 golden; msprobe's error ratios, judged
+    when target and reference share a dtype (the benchmark standard's setting)."""
+    g = runs.golden
+    if g is None:
+        check = _info("golden: float64 comparison", "not run", "info", "stage knob golden",
+                      runs.golden_note)
+        return Section("golden", checks=[check], notes=[runs.golden_note])
+    why = g.failed("forward") or runs.target.failed("forward") or runs.reference.failed("forward")
+    if why:
+        return Section.failure("golden", why)
+    pairs = [("logits", torch.cat(runs.target.logits), torch.cat(runs.reference.logits),
+              torch.cat(g.logits))]
+    pairs.append(("last hidden state", torch.cat([h[-1] for h in runs.target.hidden]),
+                  torch.cat([h[-1] for h in runs.reference.hidden]),
+                  torch.cat([h[-1] for h in g.hidden])))
+    for name, outs in g.components.items():
+        t, r = runs.target.components.get(name, {}), runs.reference.components.get(name, {})
+        for key, out in outs.items():
+            if key in t and key in r and out.is_floating_point():
+                label = name if key == "output" else f"{name} {key}"
+                pairs.append((label, t[key], r[key], out))
+    same = runs.plan.target.dtype == runs.plan.reference.dtype
+    rows, checks = [], []
+    for name, t, r, gold in pairs:
+        row, check = _golden_row(name, t, r, gold, runs.plan, same)
+        rows.append(row)
+        checks.append(check)
+    return Section("golden", pd.DataFrame(rows), checks, {"rows": rows}, [runs.golden_note])
+
+
+def _golden_row(name: str, t: torch.Tensor, r: torch.Tensor, gold: torch.Tensor, p: Plan,
+                judged: bool) -> tuple[dict[str, Any], Check]:
+    dtype = p.reference.dtype_name
+    tg, rg = parity.compare(t, gold, dtype), parity.compare(r, gold, dtype)
+    ratios = parity.error_ratios(t, r, gold, dtype)
+    row = {"output": name, "target_rel_l2_pct": 100 * tg.rel_l2,
+           "reference_rel_l2_pct": 100 * rg.rel_l2, "target_rmse": tg.rmse,
+           "reference_rmse": rg.rmse, "rmse_ratio": ratios["rmse"],
+           "mean_rel_ratio": ratios["mean_rel"], "max_rel_ratio": ratios["max_rel"]}
+    limits = parity.thresholds()["error_ratio"]
+    rule = ", ".join(f"{k} <= {v['max']:g}" for k, v in limits.items())
+    src = parity.source(limits["rmse"]["source"])
+    detail = ", ".join(f"{k} {v:.3g}" for k, v in ratios.items())
+    if judged:
+        ok = parity.ratios_pass(ratios)
+        row["verdict"] = VERDICTS.of(ok)
+        return row, Check(f"golden: {name} error ratio", detail, rule, ok, src)
+    row["verdict"] = VERDICTS.INFO
+    return row, _info(f"golden: {name} error ratio", detail,
+                      f"info: target {p.target.dtype_name} vs reference {dtype} ({rule} applies "
+                      "to equal dtypes)", src)
+
+
+# -- greedy generation
+
+def divergence(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int | None]:
+    """(matching positions, first position where the two token rows differ, or None)."""
+    same = (a == b).tolist()
+    first = next((i for i, s in enumerate(same) if not s), None)
+    return int(sum(same)), first
+
+
+def generation_section(runs: Runs) -> Section:
+    n = runs.plan.new_tokens
+    if n == 0:
+        return Section("generation", notes=["new_tokens = 0: no generation"])
+    why = runs.target.failed("generate") or runs.reference.failed("generate")
+    if why:
+        return Section.failure("generation", why)
+    rows = []
+    for i, p in enumerate(runs.prompts):
+        match, first = divergence(runs.target.tokens[i], runs.reference.tokens[i])
+        rows.append({"lang": p.lang, "prompt": p.text, "match": f"{match}/{n}",
+                     "match_pct": 100 * match / n, "first_divergence": first,
+                     "target": runs.target.texts[i], "reference": runs.reference.texts[i]})
+    frame = pd.DataFrame(rows)
+    identical = int(frame["first_divergence"].isna().sum())
+    firsts = frame["first_divergence"].dropna()
+    metrics = {"new_tokens": n, "match_pct": float(frame["match_pct"].mean()),
+               "prompts_identical": identical, "prompts": len(rows),
+               "earliest_divergence": int(firsts.min()) if len(firsts) else None}
+    checks = [_info("generation: greedy tokens matching the reference (%)", metrics["match_pct"],
+                    "info", "measured", f"{n} new tokens per prompt, EOS suppressed"),
+              _info("generation: prompts with identical greedy tokens",
+                    f"{identical}/{len(rows)}", "info", "measured")]
+    note = (f"Greedy decoding of {n} new tokens per prompt in one left-padded batch, on the "
+            "target and on the reference. After the first divergence the two sides continue "
+            "from different prefixes, so later matches are not comparable position by position.")
+    return Section("generation", frame, checks, metrics, [note])
+
+
+# -- determinism
+
+def determinism_section(runs: Runs) -> Section:
+    """The target twice on the same inputs: bitwise-equal logits and identical greedy tokens,
+    or how far apart they are."""
+    t = runs.target
+    why = t.failed("forward", "forward again")
+    if why:
+        return Section.failure("determinism", why)
+    equal = [torch.equal(a, b) for a, b in zip(t.logits, t.again_logits, strict=True)]
+    diff = max(float((a - b).abs().max()) for a, b in zip(t.logits, t.again_logits, strict=True))
+    rows = [{"output": "logits (forward twice)", "identical": f"{sum(equal)}/{len(equal)} prompts",
+             "bitwise_equal": all(equal), "max_abs_difference": diff}]
+    checks = [_info("determinism: logits bitwise equal across two runs", all(equal), "info",
+                    "measured", f"max abs difference {diff:.3g}")]
+    metrics: dict[str, Any] = {"logits_bitwise_equal": all(equal), "logits_max_abs_diff": diff}
+    if runs.plan.new_tokens:
+        tok_why = t.failed("generate", "generate again")
+        if tok_why:
+            checks.append(Section.failure("determinism: greedy tokens", tok_why).checks[0])
+        else:
+            same = (t.tokens == t.again_tokens)  # [P, N]
+            pct = 100 * float(same.double().mean())
+            rows.append({"output": f"greedy tokens ({runs.plan.new_tokens} per prompt)",
+                         "identical": f"{int(same.all(1).sum())}/{len(same)} prompts",
+                         "bitwise_equal": bool(same.all()), "max_abs_difference": None})
+            rule = parity.thresholds()["determinism"]["tokens_identical_pct"]
+            checks.append(Check.judge("determinism: greedy tokens identical across two runs (%)",
+                                      pct, rule["op"], rule["limit"], parity.source(rule["source"])))
+            metrics["tokens_identical_pct"] = pct
+    return Section("determinism", pd.DataFrame(rows), checks, metrics)
+
+
+def headline(runs: Runs, sections: list[Section]) -> dict[str, Any]:
+    """The figures a reader wants first: what was compared and the main numbers."""
+    out: dict[str, Any] = {"compared": f"{runs.plan.target.label} vs {runs.plan.reference.label}"}
+    for sec in sections:
+        for key in ("rel_l2_pct", "cosine", "top1_agreement_pct", "top5_overlap", "kl",
+                    "match_pct", "tokens_identical_pct", "largest_increase_state"):
+            if key in sec.metrics and not isinstance(sec.metrics[key], list):
+                out[f"{sec.name}.{key}"] = sec.metrics[key]
+    return out

@@ -1,0 +1,321 @@
+"""Running one side: load the model for a Side, run every part (forward, hidden states,
+generation, audio components) on the same inputs, keep the outputs on the host, free it."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import psutil
+import torch
+
+from helpers import device as devices
+from helpers.config import RunConfig
+from helpers.errors import ConfigError
+from helpers.models.base import LoadedModel
+from helpers.stages import kit
+from helpers.stages.accuracy_parity.plan import (
+    FRONTEND_FIXTURE,
+    GOLDEN_MEMORY_SHARE,
+    Plan,
+    Prompt,
+    load_prompts,
+)
+from helpers.stages.kit import Side
+
+# ---- running one side --------------------------------------------------------------------------
+
+@dataclass
+class SideRun:
+    """Everything one side produced, on the host; a part that failed is named in errors."""
+
+    side: Side
+    logits: list[torch.Tensor] = field(default_factory=list)  # per prompt [S, V]
+    hidden: list[torch.Tensor] = field(default_factory=list)  # per prompt [L + 1, S, H]
+    layer_names: list[str] = field(default_factory=list)
+    tokens: torch.Tensor | None = None  # [P, N] greedy new tokens
+    texts: list[str] = field(default_factory=list)  # the decoded new tokens, per prompt
+    again_logits: list[torch.Tensor] = field(default_factory=list)  # second forward (target)
+    again_tokens: torch.Tensor | None = None  # second generation (target) [P, N]
+    components: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # name -> outputs
+    inputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # host copies
+    inputs_note: dict[str, str] = field(default_factory=dict)  # name -> what the inputs are
+    errors: dict[str, str] = field(default_factory=dict)  # part -> "TypeError: ..."
+    seconds: dict[str, float] = field(default_factory=dict)  # part -> synchronized seconds
+    parameters: int = 0
+
+    def failed(self, *parts: str) -> str:
+        """'' when the parts ran; else the first error, named with side and part."""
+        for part in ("load", *parts):
+            if part in self.errors:
+                return f"{self.side.role} ({self.side.label}) {part}: {self.errors[part]}"
+        return ""
+
+
+def _host(x: torch.Tensor, side: Side) -> torch.Tensor:
+    """A detached host copy: float64 for a float64 side, float32 otherwise (bf16 -> f32 is exact)."""
+    dtype = torch.float64 if side.dtype == torch.float64 else torch.float32
+    return x.detach().to("cpu", dtype)
+
+
+def _part(run: SideRun, be: devices.Backend, name: str, fn: Callable[[], None]) -> None:
+    """Run one part, timed with the backend's synchronized timer; an exception becomes data."""
+    try:
+        with be.timer() as t:
+            fn()
+    except Exception as exc:  # a failure of one part is a row of the report
+        run.errors[name] = f"{type(exc).__name__}: {exc}"
+        return
+    run.seconds[name] = round(t.seconds, 4)
+
+
+def layer_names(n_states: int, n_layers: int) -> list[str]:
+    """Names of a Hugging Face causal LM's hidden_states: embeddings, then each layer's output;
+    the last one has the final norm applied."""
+    if n_states != n_layers + 1:
+        return [f"state {i}" for i in range(n_states)]
+    return ["embeddings"] + [f"layer {i}" for i in range(n_layers - 1)] + [
+        f"layer {n_layers - 1} + norm"]
+
+
+def forward_prompts(run: SideRun, loaded: LoadedModel, prompts: list[Prompt], hidden: bool = True,
+                    ) -> list[torch.Tensor]:
+    """One forward per prompt (no padding): logits [S, V] on the host; hidden states if asked."""
+    lm, tok = loaded.lm, loaded.tokenizer
+    dev = loaded.input_device("lm")
+    out_logits = []
+    for p in prompts:
+        ids = tok(p.text, return_tensors="pt")["input_ids"].to(dev)  # [1, S]
+        out = lm(input_ids=ids, output_hidden_states=hidden, use_cache=False)
+        out_logits.append(_host(out.logits[0], run.side))  # [S, V]
+        if hidden:
+            states = torch.stack([_host(h[0], run.side) for h in out.hidden_states])  # [L+1, S, H]
+            run.hidden.append(states)
+    if hidden:
+        n = len(run.hidden[0])
+        run.layer_names = layer_names(n, getattr(lm.config, "num_hidden_layers", n - 1))
+    return out_logits
+
+
+def greedy(loaded: LoadedModel, prompts: list[Prompt], new_tokens: int) -> torch.Tensor:
+    """Greedy decoding of exactly new_tokens tokens for all prompts in one left-padded batch:
+    [P, N]. EOS is suppressed (min_new_tokens = N) so every row has N comparable tokens."""
+    from transformers import GenerationConfig
+
+    tok = loaded.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if pad is None:
+        raise ConfigError("the tokenizer has neither a pad nor an eos token; batched greedy "
+                            "generation needs one (set pad_token in tokenizer_config.json)")
+    enc = tok([p.text for p in prompts], return_tensors="pt", padding=True, padding_side="left")
+    dev = loaded.input_device("lm")
+    gen = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           num_beams=1, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+    out = loaded.lm.generate(input_ids=enc["input_ids"].to(dev),
+                             attention_mask=enc["attention_mask"].to(dev), generation_config=gen)
+    return out[:, enc["input_ids"].shape[1]:].cpu()  # [P, N]
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    """The main output of a module: a tensor, a ModelOutput's first field, a tuple's first item."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "to_tuple"):
+        out = out.to_tuple()
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"cannot find the output tensor in a {type(out).__name__}")
+
+
+def audio_components(loaded: LoadedModel) -> list[str]:
+    """Every component of the recipe except the language model (compared through its logits)."""
+    return [name for name in loaded.components if name != "lm"]
+
+
+def component_inputs(loaded: LoadedModel) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    """Host copies of the inputs each audio component is compared on, and what they are.
+
+    A Whisper-style encoder (config with num_mel_bins and max_source_positions, taking
+    input_features) gets the log-mel of a shipped speech fixture, zero-padded to its window;
+    every other component gets the recipe's example inputs (seeded)."""
+    inputs, notes = {}, {}
+    for name in audio_components(loaded):
+        kwargs = {k: v.detach().cpu() for k, v in loaded.example_inputs(name).items()}
+        notes[name] = "recipe example inputs"
+        typed = _audio_part(name)
+        if typed is not None:
+            fixture = getattr(typed, "DEFAULT_FIXTURE", "")
+            notes[name] += f" (made from fixture {fixture})" if fixture else ""
+            inputs[name] = kwargs
+            continue
+        mel = _fixture_features(loaded.components[name], kwargs)
+        if mel is not None:
+            kwargs["input_features"] = mel
+            notes[name] = f"log-mel of fixture {FRONTEND_FIXTURE}, zero-padded to the encoder window"
+        inputs[name] = kwargs
+    return inputs, notes
+
+
+def _fixture_features(module: Any, kwargs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """[1, n_mels, frames] Whisper log-mel of the fixture, or None if the module takes no mel."""
+    cfg = getattr(module, "config", None)
+    n_mels = getattr(cfg, "num_mel_bins", None)
+    positions = getattr(cfg, "max_source_positions", None)
+    if "input_features" not in kwargs or not n_mels or not positions:
+        return None
+    from helpers import audio
+
+    spec = audio.whisper_spec(n_mels)
+    frames = kwargs["input_features"].shape[-1]
+    wave = audio.pad_or_trim(audio.load_fixture(FRONTEND_FIXTURE, spec.sample_rate),
+                             frames * spec.hop_length)
+    mel = audio.log_mel(wave, spec)  # [M, frames]
+    if tuple(mel.shape) != tuple(kwargs["input_features"].shape[1:]):
+        return None
+    return mel[None].expand_as(kwargs["input_features"]).contiguous()  # [B, M, frames]
+
+
+def _audio_part(name: str) -> Any:
+    """helpers.models.audio_components when it knows this component (typed outputs: tokens,
+    codes, waveforms), else None: the component's first output tensor is compared."""
+    from helpers.models import audio_components
+
+    return audio_components if name in audio_components.PARTS else None
+
+
+def run_component(loaded: LoadedModel, name: str, kwargs: dict[str, torch.Tensor], side: Side,
+                  reference: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One forward of a component on inputs moved to its device and cast to its dtype:
+    named outputs on the host. A codec decodes the reference's codes (when given), so its
+    decoder is compared on equal input."""
+    module = loaded.components[name]
+    dev = loaded.input_device(name)
+    moved = {k: v.to(dev, side.dtype) if v.is_floating_point() else v.to(dev)
+             for k, v in kwargs.items()}
+    typed = _audio_part(name)
+    if typed is None:
+        outs = {"output": first_tensor(module(**moved))}
+    else:
+        outs = typed.run(name, module, moved, codes=(reference or {}).get("codes"))
+    return {k: _host(v, side) if v.is_floating_point() else v.detach().cpu()
+            for k, v in outs.items()}
+
+
+def collect_loaded(loaded: LoadedModel, side: Side, prompts: list[Prompt], new_tokens: int,
+                   inputs: dict[str, dict[str, torch.Tensor]] | None = None,
+                   again: bool = False, reference: SideRun | None = None) -> SideRun:
+    """Run every part on an already-loaded model. `inputs` are the component inputs to use
+    (None: make them here, from this side, as the reference does); `again` repeats the forward
+    and the generation for the determinism check; `reference` lends its codec codes."""
+    run = SideRun(side, parameters=loaded.parameters_total)
+    be = side.backend
+    with torch.inference_mode():
+        _part(run, be, "forward", lambda: run.logits.extend(forward_prompts(run, loaded, prompts)))
+        if again:
+            _part(run, be, "forward again", lambda: run.again_logits.extend(
+                forward_prompts(run, loaded, prompts, hidden=False)))
+        if inputs is None:
+            _part(run, be, "inputs", lambda: _keep_inputs(run, loaded))
+        else:
+            run.inputs = inputs
+        for name in audio_components(loaded):
+            if name in run.inputs:
+                ref_out = reference.components.get(name) if reference else None
+                _part(run, be, name, lambda n=name, r=ref_out: run.components.__setitem__(
+                    n, run_component(loaded, n, run.inputs[n], side, r)))
+    if new_tokens and side.role != "golden":
+        _part(run, be, "generate", lambda: setattr(run, "tokens", greedy(loaded, prompts, new_tokens)))
+        if run.tokens is not None:
+            run.texts = [loaded.tokenizer.decode(row) for row in run.tokens]
+        if again:
+            _part(run, be, "generate again",
+                  lambda: setattr(run, "again_tokens", greedy(loaded, prompts, new_tokens)))
+    return run
+
+
+def _keep_inputs(run: SideRun, loaded: LoadedModel) -> None:
+    run.inputs, run.inputs_note = component_inputs(loaded)
+
+
+def collect(cfg: RunConfig, side: Side, prompts: list[Prompt], new_tokens: int,
+            inputs: dict[str, dict[str, torch.Tensor]] | None = None,
+            again: bool = False, reference: SideRun | None = None) -> SideRun:
+    """Load one side, run every part, free the model; a failed load is recorded, not raised."""
+    be = side.backend
+    try:
+        with be.timer() as t:
+            loaded = kit.load(cfg, side)
+    except Exception as exc:
+        run = SideRun(side)
+        run.errors["load"] = f"{type(exc).__name__}: {exc}"
+        return run
+    run = collect_loaded(loaded, side, prompts, new_tokens, inputs, again, reference)
+    run.seconds["load"] = round(t.seconds, 4)
+    del loaded
+    gc.collect()
+    be.empty_cache()
+    return run
+
+
+@dataclass
+class Runs:
+    """The three sides of one stage run, on the same prompts and inputs."""
+
+    plan: Plan
+    prompts: list[Prompt]
+    reference: SideRun
+    target: SideRun
+    golden: SideRun | None
+    golden_note: str
+
+    @property
+    def sides(self) -> list[SideRun]:
+        return [r for r in (self.reference, self.target, self.golden) if r is not None]
+
+    def timings(self) -> pd.DataFrame:
+        """Seconds per side and part (device-synchronized timer)."""
+        rows = [{"side": r.side.role, "config": r.side.label, "part": part, "seconds": s}
+                for r in self.sides for part, s in r.seconds.items()]
+        return pd.DataFrame(rows)
+
+    def timing_protocol(self) -> str:
+        be = self.plan.target.backend
+        return ("each part once, no warmup (what the stage costs, not a benchmark); target: "
+                f"{be.timer_protocol}; CPU sides: time.perf_counter around the part")
+
+    def errors(self) -> pd.DataFrame:
+        rows = [{"side": r.side.role, "config": r.side.label, "part": part, "error": e}
+                for r in self.sides for part, e in r.errors.items()]
+        return pd.DataFrame(rows, columns=["side", "config", "part", "error"])
+
+
+def golden_decision(mode: str, parameters: int) -> tuple[bool, str]:
+    """Whether to run the float64 golden: on, off, or auto (when its weights fit in half the
+    free host memory)."""
+    if mode == "off":
+        return False, "golden off (knob golden = \"off\")"
+    if parameters <= 0:
+        return False, "no golden: the reference did not load, so its size is unknown"
+    need, free = parameters * 8, psutil.virtual_memory().available
+    sizes = f"float64 weights {need / 2**30:.2f} GiB, free host memory {free / 2**30:.1f} GiB"
+    if mode == "on" or need <= GOLDEN_MEMORY_SHARE * free:
+        return True, f"golden CPU float64 ({sizes})"
+    return False, f"no golden: {sizes} (auto needs at most {GOLDEN_MEMORY_SHARE:.0%} of free)"
+
+
+def run_all(cfg: RunConfig, p: Plan) -> Runs:
+    """Reference, then target (twice for determinism), then the golden when wanted."""
+    prompts = load_prompts(p.languages)
+    ref = collect(cfg, p.reference, prompts, p.new_tokens)
+    tgt = collect(cfg, p.target, prompts, p.new_tokens, inputs=ref.inputs, again=True,
+                  reference=ref)
+    tgt.inputs_note = ref.inputs_note
+    use, note = golden_decision(p.golden, ref.parameters)
+    if p.reference.dtype == torch.float64:
+        use, note = False, "no separate golden: the reference itself runs in float64"
+    gold = (collect(cfg, p.golden_side, prompts, 0, inputs=ref.inputs, reference=ref)
+            if use else None)
+    return Runs(p, prompts, ref, tgt, gold, note)

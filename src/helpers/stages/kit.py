@@ -1,0 +1,358 @@
+"""What every stage is made of: the recorder (Stage), its parts (Section), the failure row,
+one checks table, the sides that run a model (Side), and the target resolved once (target).
+
+A stage notebook builds its config, calls `target(cfg)` once (device, dtype, backend; the
+model loads through it), computes Sections with its stage module, records them on a Stage and
+calls `finish()`, which writes results/<name>.json, the only thing later stages and the
+summary read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+
+from helpers import device as devices
+from helpers import models, paths
+from helpers.config import RunConfig
+from helpers.records import (
+    VERDICTS,
+    Check,
+    StageResult,
+    read_json,
+    status_from_checks,
+    write_json,
+    write_result,
+)
+
+if TYPE_CHECKING:
+    from helpers.models.base import LoadedModel
+
+# A report shows values whole: no "..." in table cells, no row/column elision.
+pd.set_option("display.max_colwidth", None)
+pd.set_option("display.max_rows", 500)
+pd.set_option("display.max_columns", 50)
+
+LAB_ENV = "HELPERS_LAB_DIR"  # where notebooks run on their own write (default report/lab)
+CONTRACT = "stage contract: failures are data"
+CHECK_COLUMNS = ["check", "verdict", "value", "threshold", "source", "detail"]
+
+
+# ---- display ----------------------------------------------------------------------------
+
+
+def table(df: pd.DataFrame, precision: int = 4) -> Any:
+    """A DataFrame as the report shows it: no index column, floats to `precision` digits."""
+    return df.style.hide(axis="index").format(precision=precision, thousands=",")
+
+
+def collapsible(df: pd.DataFrame, summary: str, precision: int = 4) -> Any:
+    """A long table folded under a one-line summary: open on screen with a click; the PDF
+    prints the summary line only (the full rows stay in the results JSON / CSV)."""
+    from IPython.display import HTML
+
+    inner = table(df, precision).to_html()
+    return HTML(f'<details class="report-details"><summary>{escape(summary)} '
+                f"({len(df)} rows; click to open)</summary>{inner}</details>")
+
+
+def show_value(value: Any) -> str:
+    """A check's value as a table cell: counts with separators, floats to 6 significant
+    digits, booleans as yes / no, a missing value as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def checks_frame(checks: list[Check]) -> pd.DataFrame:
+    """The one checks table of the report: verdict (PASS / FAIL / info), value, threshold,
+    source and detail, in the order the checks were made."""
+    return pd.DataFrame([{"check": c.name, "verdict": c.verdict, "value": show_value(c.value),
+                          "threshold": c.threshold or "-", "source": c.source,
+                          "detail": c.detail} for c in checks], columns=CHECK_COLUMNS)
+
+
+def checks_table(checks: list[Check]) -> Any:
+    """checks_frame styled, with each verdict coloured through the report's CSS classes."""
+    frame = checks_frame(checks)
+    return verdict_style(table(frame), frame)
+
+
+def verdict_style(styler: Any, frame: pd.DataFrame, column: str = "verdict") -> Any:
+    """Colour a verdict column (PASS / FAIL / info) through the report's CSS classes."""
+    if column not in frame.columns:
+        return styler
+    classes = pd.DataFrame([[VERDICTS.css(v) if col == column else "" for col in frame.columns]
+                            for v in frame[column]], index=frame.index, columns=frame.columns)
+    return styler.set_td_classes(classes)
+
+
+# ---- sections and failures ------------------------------------------------------------------
+
+
+def failure_text(exc: BaseException) -> str:
+    """'Type: message at file.py:line' for an exception a stage turns into a row."""
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno}" if last else ""
+    first = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}{where}"
+
+
+def failure_row(what: str, exc: BaseException) -> dict[str, Any]:
+    """A failed measurement as a table row: what failed and why (the stage goes on)."""
+    return {"measurement": what, "status": "failed", "error": failure_text(exc)}
+
+
+@dataclass
+class Section:
+    """One part of a stage: a table for the reader, checks and metrics for the results file.
+
+    notes are sentences shown with the table; data carries values later sections reuse and
+    is never written to the results.
+    """
+
+    name: str
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    checks: list[Check] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def note(self) -> str:
+        return " ".join(self.notes)
+
+    @property
+    def failed(self) -> bool:
+        return "error" in self.metrics
+
+    @classmethod
+    def failure(cls, name: str, why: str, expected: str = "no exception") -> Section:
+        """A section that could not be computed: one failed check that says why."""
+        check = Check(f"{name}: computed", "failed", expected, False, CONTRACT, why)
+        row = {"measurement": name, "status": "failed", "error": why}
+        return cls(name, pd.DataFrame([row]), [check], {"error": why})
+
+
+# ---- the recorder ---------------------------------------------------------------------------
+
+
+def lab_dir() -> Path:
+    """Where a notebook run on its own (JupyterLab, no run_dir) writes: report/lab."""
+    return Path(os.environ.get(LAB_ENV) or paths.REPORT / "lab")
+
+
+def run_dir_or_lab(run_dir: str) -> Path:
+    """The run folder given by the runner, or the lab folder when a notebook runs on its own."""
+    return Path(run_dir) if run_dir else lab_dir()
+
+
+class Stage:
+    """Collects one stage's results; `finish()` writes results/<name>.json.
+
+    >>> st = Stage("environment", run_dir, "Environment")
+    >>> st.metric("python", "3.11.7"); st.record(section); st.finish()
+    """
+
+    def __init__(self, name: str, run_dir: str = "", title: str = "",
+                 cfg: RunConfig | None = None) -> None:
+        self.name = name
+        self.title = title or name.replace("_", " ").capitalize()
+        self.dir = run_dir_or_lab(run_dir)
+        self.lab = not run_dir
+        self.cfg = cfg
+        self.results_dir = self.dir / "results"
+        self.figures_dir = self.dir / "figures"
+        self.metrics: dict[str, Any] = {}
+        self.checks: list[Check] = []
+        self.figures: list[str] = []
+        self._skipped: str | None = None
+        self._t0 = time.perf_counter()
+
+    def metric(self, key: str, value: Any) -> Any:
+        self.metrics[key] = value
+        return value
+
+    def add(self, check: Check) -> Check:
+        self.checks.append(check)
+        return check
+
+    def judge(self, name: str, value: Any, op: str, limit: Any, source: str, **kw: Any) -> Check:
+        return self.add(Check.judge(name, value, op, limit, source, **kw))
+
+    def record(self, section: Section, flat: bool = False) -> Section:
+        """A section's checks, and its metrics (with its notes) under its name; flat puts the
+        metrics at the top level of the results (a stage that is one section)."""
+        for check in section.checks:
+            self.add(check)
+        if flat:
+            self.metrics.update(section.metrics)
+        elif section.metrics or section.notes:
+            self.metric(section.name, {**section.metrics, **({"notes": section.notes}
+                                                            if section.notes else {})})
+        return section
+
+    def attempt(self, name: str, fn: Callable[..., Section], *args: Any) -> Section:
+        """Compute one section and record it; an exception becomes its failed row and check."""
+        try:
+            section = fn(*args)
+        except Exception as exc:
+            section = Section.failure(name, failure_text(exc))
+        return self.record(section)
+
+    def figure(self, name: str, draw: Callable[..., tuple[Any, Any]], *sections: Section) -> Any:
+        """Draw and save a figure from sections; None (nothing saved) if one of them failed."""
+        if any(s.failed for s in sections):
+            return None
+        fig, _ = draw(*sections)
+        self.save_figure(fig, name)
+        return fig
+
+    def save_figure(self, fig: Any, name: str) -> Path:
+        """Save a matplotlib figure as results' companion PNG (the notebook still shows it)."""
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        path = self.figures_dir / f"{self.name}-{name}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        self.figures.append(path.name)
+        return path
+
+    def skip(self, reason: str) -> None:
+        """Mark the stage skipped (not applicable here); finish() still writes the record."""
+        self._skipped = reason
+        self.metrics["skipped_reason"] = reason
+
+    def finish(self) -> StageResult:
+        status = "skipped" if self._skipped else status_from_checks(self.checks)
+        result = StageResult(
+            stage=self.name, status=status, seconds=round(time.perf_counter() - self._t0, 3),
+            title=self.title, metrics=self.metrics, checks=self.checks, figures=self.figures,
+        )
+        write_result(self.results_dir, result)
+        if self.lab:
+            _lab_manifest(self.dir, result, self.cfg)
+        return result
+
+
+def _lab_manifest(folder: Path, result: StageResult, cfg: RunConfig | None) -> None:
+    """Keep report/lab/run.json listing the stages run there, so the summary notebook run on
+    its own summarizes them (the runner writes the manifest of a real run itself)."""
+    path = folder / "run.json"
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError):
+        manifest = {"run_id": "lab", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "stages": [], "lab": True}
+    if cfg is not None:
+        manifest["config"] = cfg.to_params()
+    names = [s["name"] for s in manifest.get("stages", [])]
+    if result.stage not in names:
+        manifest.setdefault("stages", []).append({"name": result.stage,
+                                                  "notebook": f"{result.stage}.ipynb"})
+    write_json(path, json.loads(json.dumps(manifest, default=str)))
+
+
+# ---- who runs the model ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Side:
+    """One configuration that runs the model: role, device, dtype (and placement)."""
+
+    role: str  # "target" | "reference" | "golden"
+    device: torch.device
+    dtype: torch.dtype
+    device_map: str = ""
+
+    @property
+    def dtype_name(self) -> str:
+        return devices.dtype_name(self.dtype)
+
+    @property
+    def label(self) -> str:
+        spread = " (device_map auto)" if self.device_map else ""
+        return f"{self.device} {self.dtype_name}{spread}"
+
+    @cached_property
+    def backend(self) -> devices.Backend:
+        return devices.backend(devices.select(str(self.device)))
+
+
+CPU = torch.device("cpu")
+
+
+def reference_side(dtype: torch.dtype = torch.float32, role: str = "reference") -> Side:
+    """The CPU side the target is held to (float32 unless asked otherwise)."""
+    return Side(role, CPU, dtype)
+
+
+@dataclass(frozen=True)
+class Target:
+    """DEVICE and DTYPE of a run, resolved once: the selection (and why), its backend, the dtype."""
+
+    cfg: RunConfig
+    selection: devices.Selection
+    backend: devices.Backend
+    dtype: torch.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.selection.device
+
+    @property
+    def reason(self) -> str:
+        return self.selection.reason
+
+    @property
+    def dtype_name(self) -> str:
+        return devices.dtype_name(self.dtype)
+
+    @property
+    def side(self) -> Side:
+        return Side("target", self.device, self.dtype, self.cfg.device_map)
+
+    @property
+    def label(self) -> str:
+        return self.side.label
+
+    def load(self) -> LoadedModel:
+        """The recipe's model on the target, in eval mode."""
+        return load(self.cfg, self.side, self.backend)
+
+
+def target(cfg: RunConfig) -> Target:
+    """Select DEVICE, resolve DTYPE there and make the backend: the one place a stage does so.
+
+    Raises DeviceError (saying what exists here) when the device or the dtype cannot be used.
+    """
+    sel = devices.select(cfg.device)
+    return Target(cfg, sel, devices.backend(sel), devices.resolve_dtype(sel, cfg.dtype))
+
+
+def load(cfg: RunConfig, side: Side, backend: devices.Backend | None = None) -> LoadedModel:
+    """The recipe's model for one side, in eval mode: the target as configured, a CPU side
+    whole on the CPU."""
+    side_cfg = cfg if side.role == "target" else dataclasses.replace(cfg, device="cpu",
+                                                                     device_map="")
+    loaded = models.get(cfg.model).load(side_cfg, device=side.device, dtype=side.dtype,
+                                        backend=backend or side.backend)
+    for module in loaded.components.values():
+        module.eval()
+    return loaded

@@ -1,0 +1,166 @@
+"""The stage kernels (helpers.runner.kernels) with real kernels: each notebook gets a fresh one,
+the next one is prestarted and warmed up, none is left behind, no TCP warning, no tqdm bar."""
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+from jupyter_client.blocking import BlockingKernelClient
+
+from helpers.config import RunConfig
+from helpers.records import read_result
+from helpers.runner import kernels, pipeline
+from helpers.runner.pipeline import run_pipeline
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TCP_WARNING = "without encryption"
+
+
+def _kernel_children() -> list[psutil.Process]:
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if any("ipykernel" in part for part in p.cmdline()):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _recorder(name: str, out: str) -> nbformat.NotebookNode:
+    """A notebook that records its kernel's pid, cwd and which warm-up modules were loaded
+    before its first cell, into `out` (a path relative to run_dir)."""
+    source = f"""\
+import json, os, sys
+from pathlib import Path
+warm = [m for m in {kernels.WARMUP_MODULES!r} if m in sys.modules]
+record = {{"stage": {name!r}, "status": "passed", "seconds": 0.0, "title": {name!r},
+          "metrics": {{"pid": os.getpid(), "cwd": os.getcwd(), "warm": warm}}}}
+Path(run_dir, {out!r}).write_text(json.dumps(record))
+"""
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell('run_dir = ""', metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(source)]
+    return nb
+
+
+def _run(km: kernels.KernelManager, code: str) -> str:
+    """What `code` prints in the kernel."""
+    kc = BlockingKernelClient(**km.get_connection_info(session=True))
+    kc.start_channels()
+    out: list[str] = []
+
+    def hook(msg: dict) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+
+    try:
+        kc.wait_for_ready(timeout=30)
+        kc.execute_interactive(code, timeout=30, output_hook=hook)
+    finally:
+        kc.stop_channels()
+    return "".join(out).strip()
+
+
+def test_pipeline_prestarts_a_fresh_kernel_per_notebook_and_leaves_none(tmp_path, capfd):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    nbformat.write(_recorder("first", "results/first.json"), nbs / "01_first.ipynb")
+    shutil.copy(FIXTURES / "02_broken.ipynb", nbs)  # raises in its second code cell
+    nbformat.write(_recorder("second", "results/second.json"), nbs / "03_second.ipynb")
+    nbformat.write(_recorder("summary", "summary.json"), nbs / "summary.ipynb")
+
+    out = run_pipeline(RunConfig.from_params(out=str(tmp_path / "out")), notebooks_dir=nbs,
+                       figures_dir=None, pdf=False)
+
+    assert _kernel_children() == []  # every kernel was shut down, the prestarted ones too
+    results = out.results
+    assert results["first"].status == "passed" and results["second"].status == "passed"
+    broken = read_result(out.run_dir / "results" / "broken.json")
+    assert broken.status == "error" and broken.error["type"] == "RuntimeError"
+    assert "planted failure" in broken.error["message"] and broken.error["cell"] is not None
+    assert out.exit_code == 1
+
+    first, second = results["first"].metrics, results["second"].metrics
+    summary = json.loads((out.run_dir / "summary.json").read_text())["metrics"]
+    pids = [first["pid"], second["pid"], summary["pid"]]
+    assert len(set(pids)) == 3 and psutil.Process().pid not in pids  # one kernel each
+    assert not any(psutil.pid_exists(p) and "ipykernel" in " ".join(psutil.Process(p).cmdline())
+                   for p in pids)
+    assert {first["cwd"], second["cwd"], summary["cwd"]} == {str(nbs.resolve())}
+    assert first["warm"] == []  # the first kernel is started on the spot, without warm-up
+    assert second["warm"] and summary["warm"]  # prestarted while the previous notebook ran
+
+    captured = capfd.readouterr()
+    console = captured.out + captured.err
+    assert TCP_WARNING not in console
+    assert "Executing" not in console and "cell/s" not in console  # no nbclient tqdm bar
+    assert "\r" not in captured.out  # not a terminal: start and end lines only
+    assert "[3/3] second ..." in captured.out
+    assert "[2/3] broken: error in" in captured.out and "with kernel start" in captured.out
+
+
+def test_take_hands_over_the_prestarted_kernel_only_for_its_folder(tmp_path, capfd):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    with kernels.KernelPool(warmup=("colorsys", "no_such_module_for_the_warmup")) as pool:
+        pool.prestart(a)
+        km = pool.take(a)
+        try:
+            assert km.transport == "ipc" and km.warmup_seconds is not None
+            # the warm-up ran (the failing import was skipped) and left no name behind
+            assert _run(km, "import os, sys; print(os.getcwd(), 'colorsys' in sys.modules, "
+                            "[n for n in dir() if 'warmup' in n])") == f"{a.resolve()} True []"
+        finally:
+            kernels.shutdown(km)
+        assert not km.is_alive()
+        assert not Path(km.connection_file).exists()
+
+        pool.prestart(a)
+        other = pool.take(b)  # another folder: the prestarted kernel is dropped, one started
+        try:
+            assert other.cwd == b.resolve() and other.warmup_seconds is None
+            assert len(_kernel_children()) == 1 and other.is_alive()
+        finally:
+            kernels.shutdown(other, wait=False)  # exits in the background; close() waits
+        sockets = Path(other.connection_file).parent
+    assert _kernel_children() == []
+    assert not sockets.exists()
+    assert TCP_WARNING not in "".join(capfd.readouterr())
+
+
+def test_close_leaves_no_kernel_behind_on_keyboard_interrupt(tmp_path):
+    with pytest.raises(KeyboardInterrupt), kernels.KernelPool(warmup=()) as pool:
+        pool.take(tmp_path)  # taken and never shut down by its taker
+        pool.prestart(tmp_path)  # still starting when the interrupt comes
+        raise KeyboardInterrupt
+    assert _kernel_children() == []
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_one_line_rewritten_in_place_on_a_terminal(monkeypatch):
+    term = _Terminal()
+    monkeypatch.setattr("sys.stdout", term)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# title"), nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell(""), nbformat.v4.new_code_cell("y = 2")]
+    progress = pipeline._Progress("[3/6] probes")
+    progress.start()
+    hooks = progress.hooks()
+    hooks["on_notebook_start"](notebook=nb)
+    for i, cell in enumerate(nb.cells):
+        hooks["on_cell_start"](cell=cell, cell_index=i)
+    progress.end("[3/6] probes: passed")
+    text = term.getvalue()
+    assert text.count("\n") == 1 and text.endswith("[3/6] probes: passed\n")
+    assert "\r[3/6] probes: cell 1/2\x1b[K\r[3/6] probes: cell 2/2\x1b[K" in text

@@ -1,0 +1,100 @@
+"""The stage kit: the target resolved once, sides, sections, the recorder and the one checks
+table with its one verdict vocabulary."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers.config import RunConfig
+from helpers.errors import DeviceError, ReportError
+from helpers.records import VERDICTS, Check, read_result
+from helpers.stages import kit
+
+
+def test_target_resolves_device_dtype_and_backend_once() -> None:
+    auto = kit.target(RunConfig.from_params(device="cpu"))
+    assert auto.device == torch.device("cpu") and auto.dtype == torch.bfloat16  # cpu: auto
+    assert auto.dtype_name == "bfloat16" and auto.label == "cpu bfloat16"
+    assert auto.backend.name == "cpu" and auto.reason == "requested cpu"
+    f32 = kit.target(RunConfig.from_params(device="cpu", dtype="float32", device_map="auto"))
+    assert f32.side == kit.Side("target", torch.device("cpu"), torch.float32, "auto")
+    assert f32.label == "cpu float32 (device_map auto)"
+
+
+def test_target_refuses_a_device_that_is_not_here_with_what_to_do() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceError) as err:
+        kit.target(RunConfig.from_params(device="cuda"))
+    assert isinstance(err.value, ReportError)
+    assert "DEVICE=auto" in str(err.value)
+
+
+def test_target_loads_the_recipe_in_eval_mode_with_its_dtype(model_cache: Path) -> None:
+    tgt = kit.target(RunConfig.from_params(device="cpu", dtype="float32"))
+    loaded = tgt.load()
+    assert loaded.dtype == torch.float32 and loaded.device == tgt.device
+    assert all(not m.training for m in loaded.components.values())
+    assert {p.dtype for p in loaded.lm.parameters()} == {torch.float32}
+
+
+def test_reference_side_is_the_cpu_in_float32() -> None:
+    ref = kit.reference_side()
+    assert (ref.role, ref.label, ref.backend.name) == ("reference", "cpu float32", "cpu")
+
+
+def test_one_verdict_vocabulary() -> None:
+    assert [VERDICTS.of(p) for p in (True, False, None)] == ["PASS", "FAIL", "info"]
+    checks = [Check.judge("a", 1.0, "<", 2, "src"), Check.judge("b", 3, "<", 2, "src"),
+              Check("c", None, "", None, "measured"), Check.judge("d", math.nan, "<", 2, "src")]
+    frame = kit.checks_frame(checks)
+    assert list(frame["verdict"]) == ["PASS", "FAIL", "info", "FAIL"]
+    assert list(frame.columns) == kit.CHECK_COLUMNS
+    assert list(frame["value"]) == ["1", "3", "-", "nan"]  # no Python reprs like None
+    html = kit.checks_table(checks).to_html()
+    assert "verdict-pass" in html and "verdict-fail" in html and "verdict-info" in html
+
+
+def test_show_value_never_prints_a_python_repr() -> None:
+    assert [kit.show_value(v) for v in (None, True, False, 312625152, 0.99997875, "x")] == \
+        ["-", "yes", "no", "312,625,152", "0.999979", "x"]
+
+
+def test_stage_records_sections_attempts_and_writes_verdicts(tmp_path: Path) -> None:
+    st = kit.Stage("demo", str(tmp_path), "Demo")
+    ok = kit.Section("good", checks=[Check.judge("x", 1, "==", 1, "src")], metrics={"m": 1},
+                     notes=["n"])
+    st.record(ok)
+
+    def broken() -> kit.Section:
+        raise ValueError("planted")
+
+    failed = st.attempt("bad", broken)
+    assert failed.failed and failed.checks[0].passed is False
+    assert "ValueError: planted" in failed.checks[0].detail
+    assert st.figure("never", lambda s: (None, None), failed) is None  # no figure of a failure
+    st.record(kit.Section("flat", metrics={"top": 2}), flat=True)
+    res = st.finish()
+    assert res.status == "failed"
+    back = read_result(tmp_path / "results" / "demo.json")
+    assert back.metrics["good"] == {"m": 1, "notes": ["n"]} and back.metrics["top"] == 2
+    raw = (tmp_path / "results" / "demo.json").read_text()
+    assert '"verdict": "PASS"' in raw and '"verdict": "FAIL"' in raw
+
+
+def test_a_notebook_alone_writes_to_the_lab_folder_and_its_manifest(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    monkeypatch.setenv(kit.LAB_ENV, str(tmp_path / "lab"))
+    cfg = RunConfig.from_params()
+    kit.Stage("one", "", cfg=cfg).finish()
+    kit.Stage("two", "", cfg=cfg).finish()
+    kit.Stage("one", "", cfg=cfg).finish()  # run again: listed once
+    from helpers.records import read_json
+
+    manifest = read_json(tmp_path / "lab" / "run.json")
+    assert [s["name"] for s in manifest["stages"]] == ["one", "two"]
+    assert manifest["config"]["model"] == "gpa"

@@ -1,0 +1,99 @@
+"""The package's shape: a stage module per stage notebook, no import circles, one error tree,
+typed signatures, one spelling of a dtype."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pkgutil
+from pathlib import Path
+
+import helpers
+from helpers import paths
+from helpers.errors import ReportError
+from helpers.runner.pipeline import discover_stages
+
+SRC = Path(helpers.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in SRC.rglob("*.py"):
+        parts = p.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = p
+    return out
+
+
+def _imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """Project modules imported anywhere in a file (functions included), except under
+    `if TYPE_CHECKING:`; `from pkg import sub` counts as importing pkg.sub."""
+    found: set[str] = set()
+
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+                self.generic_visit(node)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            found.update(a.name for a in node.names if a.name in known)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.module and node.module.startswith("helpers"):
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    found.add(sub if sub in known else node.module)
+
+    Visitor().visit(ast.parse(path.read_text(encoding="utf-8")))
+    return {m for m in found if m in known}
+
+
+def test_no_import_circles() -> None:
+    known = _modules()
+    graph = {m: _imports(p, known) - {m} for m, p in known.items()}
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
+    cycles: list[list[str]] = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycles.append(path[path.index(n):] + [n] if n in path else [m, n])
+            elif n not in state:
+                visit(n, [*path, n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert cycles == []
+
+
+def test_every_stage_notebook_has_its_stage_module() -> None:
+    for spec in discover_stages():
+        importlib.import_module(f"helpers.stages.{spec.name}")
+    assert (paths.NOTEBOOKS / "summary.ipynb").is_file()
+    importlib.import_module("helpers.stages.summary")
+
+
+def test_every_error_of_ours_derives_from_the_root() -> None:
+    strays = []
+    for info in pkgutil.walk_packages(helpers.__path__, "helpers."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (inspect.isclass(obj) and issubclass(obj, BaseException)
+                    and obj.__module__.startswith("helpers")
+                    and not issubclass(obj, ReportError)):
+                strays.append(f"{obj.__module__}.{name}")
+    assert strays == []
+
+
+def test_no_untyped_config_or_dtype_strings_in_the_source() -> None:
+    offenders = []
+    for name, path in _modules().items():
+        text = path.read_text(encoding="utf-8")
+        for needle in ("cfg: Any", 'replace("torch.", "")', "replace('torch.', '')"):
+            if needle in text:
+                offenders.append(f"{name}: {needle}")
+    assert offenders == []
