@@ -9,7 +9,7 @@ STAMP := $(VENV)/.setup-done
 # Command-line variables except this Makefile's own; the CLI rejects unknown names.
 PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=%,$(MAKEOVERRIDES))
 
-.PHONY: setup report test lint lab clean data
+.PHONY: setup report test lint lab clean clean-interrupted data
 .DEFAULT_GOAL := report
 
 setup: $(STAMP)
@@ -34,6 +34,10 @@ data: $(STAMP)
 # Notebooks run on their own write to report/lab/ (the summary notebook summarizes that folder).
 lab: $(STAMP)
 	$(PY) -m jupyter lab --notebook-dir=notebooks
+
+# Run folders that did not finish (interrupted, or killed): OUT=... picks another folder.
+clean-interrupted: $(STAMP)
+	$(PY) -m helpers.report --prune $(PARAMS)
 
 clean:
 	rm -rf report/[0-9]* report/latest report/lab figures/*.png .cache .pytest_cache .ruff_cache

@@ -84,7 +84,7 @@ def test_pipeline_prestarts_a_fresh_kernel_per_notebook_and_leaves_none(tmp_path
     broken = read_result(out.run_dir / "results" / "broken.json")
     assert broken.status == "error" and broken.error["type"] == "RuntimeError"
     assert "planted failure" in broken.error["message"] and broken.error["cell"] is not None
-    assert out.exit_code == 1
+    assert out.exit_code == 2  # a stage raised
 
     first, second = results["first"].metrics, results["second"].metrics
     summary = json.loads((out.run_dir / "summary.json").read_text())["metrics"]

@@ -54,7 +54,7 @@ def test_failing_stage_is_recorded_shown_and_exits_nonzero(tmp_path):
     cfg = RunConfig.from_params(out=str(tmp_path / "out"))
 
     first = run_pipeline(cfg, notebooks_dir=nbs, figures_dir=None, pdf=False)
-    assert first.exit_code == 1
+    assert first.exit_code == 2  # a stage raised
     broken = read_result(first.run_dir / "results" / "broken.json")
     assert broken.status == "error"
     assert broken.error["type"] == "RuntimeError"
@@ -98,6 +98,7 @@ def test_relative_model_dir_reaches_stages_as_an_absolute_path(tmp_path, monkeyp
     nbs.mkdir()
     shutil.copy(FIXTURES / "01_params.ipynb", nbs)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights" / "gpa").mkdir(parents=True)  # MODEL_DIR must exist before a run
     cfg = RunConfig.from_strings({"MODEL_DIR": "weights/gpa", "OUT": "out"})
     out = run_pipeline(cfg, notebooks_dir=nbs, figures_dir=None, pdf=False)
     got = read_result(out.run_dir / "results" / "params.json").metrics

@@ -48,7 +48,11 @@ def run(tmp_path_factory):
 
 
 def test_every_stage_ran_without_raising(run):
-    assert run.exit_code == 0, {k: v.error for k, v in run.results.items() if v.error}
+    assert not [r for r in run.results.values() if r.error], \
+        {k: v.error for k, v in run.results.items() if v.error}
+    # 0 when every check passed, 1 when one failed (a busy host can fail the timer's 5% check)
+    failed = [c.name for r in run.results.values() for c in r.checks if c.passed is False]
+    assert run.exit_code == (1 if failed else 0), failed
     for spec in discover_stages():
         data = read_json(run.run_dir / "results" / f"{spec.name}.json")
         assert set(data) >= {"stage", "status", "seconds", "metrics", "checks"}

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from helpers.config import ConfigError, RunConfig
+from helpers.errors import ReportError
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
@@ -42,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
                              "comes from, and exit")
     parser.add_argument("--list-knobs", action="store_true",
                         help="print every stage's knobs with type and default, and exit")
+    parser.add_argument("--prune", action="store_true",
+                        help="remove the run folders under OUT that did not finish "
+                             "(interrupted or killed; a run in progress is kept), and exit")
     args = parser.parse_args(argv)
 
+    from helpers.runner import rundir
     from helpers.runner.pipeline import discover_stages, run_pipeline
 
     try:
@@ -55,8 +60,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.list_knobs:
                 list_knobs(stages)
             return 0
+        if args.prune:
+            for folder in rundir.prune(cfg.out):
+                print(f"removed {folder}")
+            return 0
         outcome = run_pipeline(cfg, pdf=not args.no_pdf)
-    except ConfigError as exc:
+    except ReportError as exc:  # bad input of any kind: one message, nothing run
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return outcome.exit_code

@@ -367,7 +367,7 @@ class RunConfig:
     extra_stages: str = _opt("", "folder of more stage notebooks NN_name.ipynb, run in number order with the built-in ones (each in its own folder)")
     out: str = _opt("report", "folder that receives one sub-folder per run")
     seed: int = _opt(0, "seed for random weights and inputs")
-    strict: bool = _opt(False, "exit non-zero when any check fails, not only when a stage raises")
+    strict: bool = _opt(True, "exit 1 when a check fails (0 only when every check passes; 2 for bad input or a stage that raised); STRICT=0 exits 0 on failed checks, for runs that publish known failures")
     knobs: Knobs = _opt(Knobs(), "stage knobs, STAGE.KNOB=VALUE (stage by name or number); --list-knobs lists them")
 
     def __post_init__(self) -> None:

@@ -122,6 +122,8 @@ class Recipe:
     # its own formats): read only where their folder holds a save of the recipe's class
     builtin_only: tuple[str, ...] = ()
     layout: str = ""  # the MODEL_DIR layout the real profile reads
+    # the config.json model_type values of MODEL_DIR this recipe implements ("" = any causal LM)
+    model_types: tuple[str, ...] = ()
 
     # ---- what a recipe defines ------------------------------------------------------------
     def configs(self, profile: str) -> dict[str, Any]:
@@ -198,6 +200,7 @@ class Recipe:
         if not model_dir:
             raise ModelLoadError(f"{self.name}: profile real reads MODEL_DIR; give model_dir")
         root = Path(model_dir).expanduser()
+        self.check_model_type(root)
         for name in self.dir_components(root):
             weights.check_dir(self.component_dir(root, name), f"{self.name} {name}",
                               check_weights=check_weights, layout=self.layout)
@@ -208,6 +211,29 @@ class Recipe:
                 f"{self.name}: cannot read the config.json files in {root}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+
+    def check_model_type(self, root: Path) -> None:
+        """Refuse a MODEL_DIR whose config.json is of an architecture this recipe does not
+        implement (a GPT-2 folder given to the gpa recipe), naming both."""
+        if not self.model_types:
+            return
+        path = root / "config.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return  # weights.check_dir names the missing file with the expected layout
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{self.name}: cannot read {path}: {exc}",
+                                 "it must be the model's JSON config") from exc
+        found = str(data.get("model_type", "")) if isinstance(data, dict) else ""
+        if found not in self.model_types:
+            arch = ", ".join(data.get("architectures") or []) if isinstance(data, dict) else ""
+            raise ModelLoadError(
+                f"{self.name} implements model_type {' or '.join(self.model_types)}, but "
+                f"{path} says model_type {found or '(none)'!r}"
+                + (f" (architectures {arch})" if arch else ""),
+                f"pick the recipe of that architecture (MODEL=hf reads any causal LM), or "
+                f"point MODEL_DIR at a {self.title or self.name} folder")
 
     def skeletons(self, configs: dict[str, Any], dtype: torch.dtype = torch.float32,
                   ) -> dict[str, nn.Module]:

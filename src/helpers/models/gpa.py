@@ -46,6 +46,7 @@ class GpaRecipe(Recipe):
     references = (
         Reference("lm", 312.6e6, 0.05e6, "312.6M", GPA_REPORT),
     )
+    model_types = ("qwen3",)  # the release's config.json (Qwen3ForCausalLM)
     layout = ("MODEL_DIR/config.json + model.safetensors (+ modeling_qwen3.py, "
               "configuration_qwen3.py for trust_remote_code) + tokenizer files")
 

@@ -5,8 +5,10 @@ publish HTML and PDF, and point report/latest at the finished run."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
+import socket
 import sys
 import time
 import traceback
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helpers import paths
+from helpers import device as devices
+from helpers import models, paths
 from helpers.config import (
     ConfigError,
     KnobSpec,
@@ -22,6 +25,7 @@ from helpers.config import (
     declared_parameters,
     notebook_knobs,
 )
+from helpers.errors import DeviceError, ModelLoadError
 from helpers.records import StageResult, read_result, write_json, write_result
 from helpers.runner import kernels, publish, rundir
 from helpers.runner.rundir import SUMMARY_NOTEBOOK
@@ -292,6 +296,7 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
     specs = select_stages(stages, cfg.stages)
     if cfg.knobs:
         cfg = dataclasses.replace(cfg, knobs=cfg.knobs.resolve(stages, specs))
+    preflight(cfg)
     run_dir = rundir.new_run_dir(cfg)
     chromium = publish.find_chromium() if pdf else None
     manifest = {
@@ -302,9 +307,45 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
         "knobs": cfg.knobs.to_params(),
         "pdf_renderer": chromium or None,
         "pdf_missing_reason": None if chromium else publish.missing_chromium_reason(pdf),
+        "status": "running", "pid": os.getpid(), "host": socket.gethostname(),
     }
     write_json(run_dir / "run.json", manifest)
     _print(f"run {run_dir.name}: {len(specs)} stage(s) -> {run_dir}")
+    try:
+        return _run(cfg, specs, run_dir, manifest, notebooks_dir, figures_dir, chromium, pdf)
+    except KeyboardInterrupt:
+        moved = rundir.mark_interrupted(run_dir, manifest)
+        _print(f"\ninterrupted: {moved} is marked so (run.json status \"interrupted\"); "
+               "report/latest and figures/ still show the last finished run; "
+               "`make clean-interrupted` removes such folders")
+        raise
+
+
+def preflight(cfg: RunConfig) -> None:
+    """What must hold before a run folder is made, each with one message (exit 2): the device
+    and dtype exist here, OUT is a writable folder, and MODEL_DIR is of the recipe's
+    architecture."""
+    try:
+        sel = devices.select(cfg.device)
+        devices.resolve_dtype(sel, cfg.dtype)
+    except DeviceError as exc:
+        raise ConfigError(str(exc)) from exc
+    rundir.check_out(cfg.out)
+    if cfg.profile == "real":
+        root = Path(cfg.model_dir)
+        if not root.is_dir():
+            raise ConfigError(f"MODEL_DIR={cfg.model_dir} is not a folder",
+                              "point MODEL_DIR at the model's release directory")
+        try:
+            models.get(cfg.model).check_model_type(root)
+        except ModelLoadError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def _run(cfg: RunConfig, specs: list[StageSpec], run_dir: Path, manifest: dict[str, Any],
+         notebooks_dir: Path, figures_dir: Path | None, chromium: str | None,
+         pdf: bool) -> RunOutcome:
+    """The stages, the summary, publishing, and the exit code (see exit_code)."""
 
     results: dict[str, StageResult] = {}
     t_run = time.perf_counter()
@@ -349,18 +390,27 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
 
     html, pdf_path, pdf_error = publish.publish(run_dir, chromium=chromium if pdf else None)
     manifest["pdf_error"] = pdf_error
-    write_json(run_dir / "run.json", manifest)
-    rundir.point_latest(run_dir)
-    if figures_dir is not None:
-        rundir.copy_figures(run_dir / "figures", figures_dir)
-
     errors = [r.stage for r in results.values() if r.status == "error"]
     failed = [r.stage for r in results.values() if r.status == "failed"]
-    code = 1 if errors or summary_error or (cfg.strict and failed) else 0
+    code = exit_code(errors, failed, summary_error, cfg.strict)
+    manifest["exit_code"] = code
+    produced = any(r.status != "error" for r in results.values())  # else latest stays put
+    rundir.finish(run_dir, manifest, figures_dir, take_over=produced)
     _print(f"report: {html}")
     _print(f"pdf:    {pdf_path or 'not produced: ' + str(pdf_error or manifest['pdf_missing_reason'])}")
     if errors:
         _print(f"stages that raised: {', '.join(errors)} (shown at the top of the report)")
     if failed:
         _print(f"stages with failed checks: {', '.join(failed)}")
+    if not produced:
+        _print("every stage raised: report/latest and figures/ still show the last run that "
+               "produced results")
     return RunOutcome(run_dir, results, html, pdf_path, pdf_error, code)
+
+
+def exit_code(errors: list[str], failed: list[str], summary_error: Any, strict: bool) -> int:
+    """As test runners do: 0 every check passed; 1 the report is out and some checks failed
+    (0 with STRICT=0); 2 a stage or the summary raised (invalid input exits 2 before this)."""
+    if errors or summary_error:
+        return 2
+    return 1 if failed and strict else 0
