@@ -286,3 +286,53 @@ def test_notebook_declares_every_run_parameter_and_knob() -> None:
     declared = set(papermill.inspect_notebook(str(NOTEBOOK)))
     assert set(RunConfig.stage_fields()) <= declared
     assert {"run_dir", "reference_dtype", "golden", "new_tokens", "languages"} <= declared
+
+
+# ---- identical weights on every side, reduced-precision float32 off ----------------------------
+
+
+def test_every_side_holds_the_reference_weights(model_cache: Path) -> None:
+    cfg = RunConfig.from_params(model="gpa", device="cpu")
+    p = accuracy.plan(target(cfg), new_tokens=0, languages="en", golden="on")
+    runs = accuracy.run_all(cfg, p)
+    sec = accuracy.weights_section(runs)
+    assert [c.passed for c in sec.checks] == [True, True], [c.detail for c in sec.checks]
+    assert list(sec.table["side"]) == ["target", "golden"]
+    assert (sec.table["identical"] == sec.table["tensors"]).all()
+
+
+def test_full_shape_random_weights_do_not_depend_on_the_dtype(monkeypatch) -> None:
+    # full-shape weights are random: made once on the CPU in float32 under the seed, then
+    # cast, so a bfloat16 target and a float64 golden hold the reference's numbers
+    from helpers import models
+    from helpers.models import gpa, weights
+
+    monkeypatch.setattr(gpa, "FULL", {**gpa.FULL, "num_hidden_layers": 1})  # real widths
+    recipe = models.get("gpa")
+    config = recipe.configs("full-shape")["lm"]
+    lms = {dt: weights.materialize(weights.skeleton(recipe.loader("lm"), config, dt),
+                                   {"": "cpu"}, seed=3)
+           for dt in (torch.float32, torch.bfloat16, torch.float64)}
+    ref = dict(lms[torch.float32].named_parameters())
+    for dt in (torch.bfloat16, torch.float64):
+        for name, param in lms[dt].named_parameters():
+            assert param.dtype == dt and torch.equal(param, ref[name].to(dt)), (dt, name)
+    assert lms[torch.float64].lm_head.weight is lms[torch.float64].model.embed_tokens.weight
+
+
+def test_a_planted_weight_difference_fails_the_weights_check(model_cache: Path) -> None:
+    cfg = RunConfig.from_params(model="gpa", device="cpu", dtype="float32")
+    p = accuracy.plan(target(cfg), new_tokens=0, languages="en", golden="off")
+    runs = accuracy.run_all(cfg, p)
+    name = next(iter(runs.target.digests["float32"]))
+    runs.target.digests["float32"][name] = "0" * 64  # as if one tensor were another
+    (check,) = accuracy.weights_section(runs).checks
+    assert check.passed is False and name in check.detail
+
+
+def test_tf32_knob_is_recorded_and_checked() -> None:
+    cfg = RunConfig.from_params(model="gpa")
+    assert accuracy.plan(target(cfg)).as_dict()["tf32"] is False
+    assert "off for every side" in accuracy.plan(target(cfg)).describe()
+    with pytest.raises(ConfigError, match="tf32 must be True or False"):
+        accuracy.plan(target(cfg), tf32="yes")

@@ -89,8 +89,8 @@ def gpa_run(model_cache: Path) -> audio_stage.AudioRun:
 def test_prepare_gives_both_sides_the_same_weights(gpa_run) -> None:
     assert gpa_run.parts == ["speech_tokenizer", "codec"]
     assert gpa_run.dev.dtype == torch.bfloat16 and gpa_run.ref.dtype == torch.float32
-    ref = gpa_run.modules["reference"]["codec"].quantizer.quantizers[0].codebook.weight
-    dev = gpa_run.modules["target"]["codec"].quantizer.quantizers[0].codebook.weight
+    ref = gpa_run.modules["reference"]["codec"].bicodec.quantizer.codebook.weight
+    dev = gpa_run.modules["target"]["codec"].bicodec.quantizer.codebook.weight
     assert torch.equal(ref.to(torch.bfloat16), dev)
 
 
@@ -119,8 +119,8 @@ def test_component_failure_is_a_row(gpa_run) -> None:
 
 
 def test_real_profile_reads_saved_components_only(model_cache: Path, tmp_path: Path) -> None:
-    """A model dir whose codec folder is not a save of the Codec class: the tokenizer runs, the
-    codec is an informational row (a fact about MODEL_DIR, not a failure)."""
+    """A model dir without the release's BiCodec/ folder: the tokenizer runs, the codec is an
+    informational row (a fact about MODEL_DIR, not a failure)."""
     root, _ = cache.ensure(models.get("gpa"), 0)
     dst = tmp_path / "gpa"
     shutil.copytree(root, dst)
@@ -128,7 +128,7 @@ def test_real_profile_reads_saved_components_only(model_cache: Path, tmp_path: P
     run = audio_stage.prepare(target(RunConfig.from_params(
         model="gpa", model_dir=str(dst), device="cpu", dtype="float32")))
     assert run.parts == ["speech_tokenizer"]
-    assert "holds no save of Codec" in run.errors["codec"]
+    assert "holds no save of BiCodecCodec" in run.errors["codec"]
     res = audio_stage.run_fixture(audio.fixture("zh_station"), run)
     assert res.components["speech_tokenizer"].metrics["agreement_pct"] == 100.0
     checks = {c.name: c for c in audio_stage.checks(run, [res], [])}
@@ -145,13 +145,24 @@ def test_covo_vocoder_parity(model_cache: Path) -> None:
     # the same CPU in float32 on both sides: bit-identical
     assert m["snr_db"] == math.inf and m["cosine"] == 1.0 and m["mel_distance_db"] == 0.0
     wave = res.components["vocoder"].outputs["wave_dev"]
-    assert wave.shape[0] == ac_frames("zh_ai") * 256
+    # token2wav decodes as many audio tokens as the clip holds at 25 Hz
+    voc = run.module(run.ref, "vocoder")
+    assert wave.shape[0] == voc.output_samples(ac_tokens("zh_ai"))
 
 
-def ac_frames(name: str) -> int:
-    from helpers.models import audio_components as ac
+def test_covo_real_without_token2wav_is_a_row(model_cache: Path, tmp_path: Path) -> None:
+    src, _ = cache.ensure(models.get("covo-audio-chat"), 0)
+    d = tmp_path / "Covo-Audio-Chat"
+    shutil.copytree(src, d)
+    shutil.rmtree(d / "token2wav")
+    run = audio_stage.prepare(target(RunConfig.from_params(
+        model="covo-audio-chat", device="cpu", dtype="float32", model_dir=str(d))))
+    assert run.parts == [] and "token2wav" in run.errors["vocoder"]
+    assert any("not run: vocoder" in n for n in run.notes)
 
-    return ac.VOCODER_SPEC.frames(audio.load_fixture(name, 24_000).shape[0])
+
+def ac_tokens(name: str) -> int:
+    return round(audio.load_fixture(name, 24_000).shape[0] / 24_000 * 25)
 
 
 # ---- the notebook, end to end ---------------------------------------------------------------
@@ -175,6 +186,10 @@ def test_stage_notebook_on_tiny_gpa(model_cache: Path, tmp_path: Path) -> None:
         assert c["x_real_time_device"] == pytest.approx(1 / c["rtf_device"])
     assert 0 <= comps["speech_tokenizer"]["agreement_pct_min"] <= 100
     assert comps["codec"]["snr_db_min"] >= audio_stage.snr_limit()[0]
+    # BiCodec's two token streams are compared apart; the dtypes are recorded
+    assert 0 <= comps["codec"]["semantic_agreement_pct_min"] <= 100
+    assert 0 <= comps["codec"]["global_agreement_pct_min"] <= 100
+    assert comps["codec"]["dtype"] == "bfloat16" and comps["codec"]["upstream_dtype"] == "float32"
     names = [c["name"] for c in res["checks"]]
     assert "speech_tokenizer: tokens agree device vs CPU (%, lowest fixture)" in names
     assert "codec: decoded waveform (CPU codes) SNR device vs CPU (dB, lowest fixture)" in names
@@ -191,3 +206,27 @@ def test_stage_notebook_on_tiny_gpa(model_cache: Path, tmp_path: Path) -> None:
     assert out_nb.stat().st_size < 3e6  # the HTML the stage adds stays small
     # the stage's wall time is reported, not asserted (shared CPUs make wall clocks noisy)
     assert 0 < res["seconds"] <= wall
+
+
+def test_component_dtype_knob_follows_upstream_or_the_run(model_cache: Path) -> None:
+    """component_dtype=upstream: each gpa component as upstream runs it on this device type
+    (on a CPU: float32 for both), recorded per component; a bad value names the choices."""
+    tgt = target(RunConfig.from_params(model="gpa", device="cpu", dtype="bfloat16"))
+    run = audio_stage.prepare(tgt, "upstream")
+    assert run.dev.dtype == torch.bfloat16
+    assert {n: run.dtype_name(run.dev, n) for n in run.parts} == {
+        "speech_tokenizer": "float32", "codec": "float32"}
+    assert ac_module_dtype(run, "codec") == torch.float32
+    res = audio_stage.run_fixture(audio.fixture("en_paris"), run)
+    assert res.components["codec"].metrics["snr_db"] == math.inf  # float32 CPU on both sides
+    summary = audio_stage.summary([res], [], run)
+    assert summary["codec"]["dtype"] == "float32" == summary["codec"]["upstream_dtype"]
+    from helpers.models import audio_components as ac
+
+    assert ac.upstream_dtype("codec", "cuda") == "float16"
+    with pytest.raises(ValueError, match="use one of run, upstream"):
+        audio_stage.prepare(tgt, "half")
+
+
+def ac_module_dtype(run: audio_stage.AudioRun, name: str) -> torch.dtype:
+    return next(run.modules["target"][name].parameters()).dtype

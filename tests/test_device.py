@@ -356,3 +356,41 @@ def test_capture_flushes_python_level_stderr_into_the_capture():
                          check=True, env=env)
     assert out.stdout.strip() == '["aten::stft"]'
     assert "aten::stft" in out.stderr  # re-emitted to the real stderr
+
+
+def test_numeric_settings_survive_the_new_fp32_precision_api():
+    # once torch's new TF32 API is used, reading a legacy flag raises: the record says so
+    old = torch.backends.cuda.matmul.fp32_precision
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        out = device.numeric_settings(device.select("cpu"))
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = old
+    assert out["cuda_matmul_fp32_precision"] == "tf32"
+    assert str(out["cuda_matmul_allow_tf32"]).startswith("unreadable")
+    assert out["deterministic_algorithms"] in (True, False)
+
+
+def test_full_float32_turns_tf32_off_for_the_block_and_restores_it():
+    with device.full_float32(torch.device("cpu")) as set_:
+        assert set_ == []  # the CPU has no TF32 / HF32
+    with device.full_float32(torch.device("cuda"), enabled=False) as set_:
+        assert set_ == []  # knob tf32 = True: left as it is
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = (matmul.fp32_precision, conv.fp32_precision)
+    try:
+        matmul.fp32_precision = conv.fp32_precision = "tf32"  # the flags are host-side only
+        with device.full_float32(torch.device("cuda")) as set_:
+            assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+            assert set_ == ["fp32_precision=ieee", "fp32_precision=ieee"]
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = before
+
+
+def test_settings_that_can_hide_fallback_warnings_are_named():
+    assert device.hiding_settings({}) == []
+    assert device.hiding_settings({"RANK": "0", "TORCH_NPU_DISABLED_WARNING": "0"}) == []
+    env = {"RANK": "1", "TORCH_NPU_DISABLED_WARNING": "1", "TORCH_CPP_LOG_LEVEL": "ERROR"}
+    assert device.hiding_settings(env) == ["TORCH_NPU_DISABLED_WARNING=1", "RANK=1",
+                                           "TORCH_CPP_LOG_LEVEL=ERROR"]

@@ -42,8 +42,8 @@ def test_stage_records_covo_load_with_device_map(tmp_path: Path,
     assert m["memory_host_rss"] > 0 and m["memory_allocated"] is None  # cpu: no device allocator
     names = {c.name: c for c in res.checks}
     assert names["parameter count matches the recipe's shape"].passed
-    assert names["full-shape audio_encoder+adapter+lm parameters match the published 8.40B"].value \
-        == 8_402_029_312
+    assert names["full-shape audio_encoder+adapter+lm parameters match the published "
+                 "8,402,417,920"].value == 8_402_417_920
     assert all(c.passed for c in res.checks), [c for c in res.checks if not c.passed]
     assert res.figures == ["model_loading-components.png"]
     assert (run_dir / "figures" / "model_loading-components.png").stat().st_size > 10_000

@@ -18,7 +18,7 @@ from helpers.config import RunConfig
 from helpers.models import cache
 from helpers.models import gpa as gpa_module
 from helpers.models.base import TOKENIZER_DIR, shipped_tokenizer, total_row
-from helpers.models.covo import AudioChat
+from helpers.models.covo_model import CovoAudioForCausalLM
 from helpers.models.gpa import GpaRecipe
 from helpers.models.weights import ModelLoadError
 
@@ -42,9 +42,12 @@ def covo_tiny(model_cache: Path):
 
 def _first(out: object) -> torch.Tensor:
     """The main tensor of a component's output: a tensor, logits or last_hidden_state (the
-    audio components: a codec's audio_values, a speech tokenizer's pooled states)."""
+    audio components: a codec's audio_values, a speech tokenizer's pooled states; gpa's
+    release-format components return dicts: BiCodec's waveform, GLM-4-Voice's states)."""
     if torch.is_tensor(out):
         return out
+    if isinstance(out, dict) and ("waveform" in out or "states" in out):
+        return out.get("waveform", out.get("states"))
     for key in ("logits", "last_hidden_state", "audio_values", "pooled"):
         value = getattr(out, key, None)
         if value is not None:
@@ -80,27 +83,33 @@ def test_covo_tiny_every_component_forward(covo_tiny) -> None:
         shapes[name] = tuple(out.shape)
     assert shapes["audio_encoder"] == (2, enc_cfg.max_source_positions, enc_cfg.d_model)
     assert shapes["adapter"] == (2, tokens, covo_tiny.lm.config.hidden_size)
-    assert shapes["chat"][0] == 2 and shapes["chat"][2] == len(shipped_tokenizer())
+    # the LM vocabulary: the tokenizer's (with the 3 audio markers) plus 16,384 audio tokens
+    assert shapes["chat"][0] == 2 and shapes["chat"][2] == len(covo_tiny.tokenizer) + 16_384
+    assert len(covo_tiny.tokenizer) == len(shipped_tokenizer()) + 3
     assert [type(m).__name__ for m in covo_tiny.components.values()] == [
-        "WhisperEncoder", "AudioAdapter", "Qwen2ForCausalLM", "SpeechT5HifiGan"]
+        "WhisperEncoder", "CovoAudioAdapter", "Qwen2ForCausalLM", "Token2Wav"]
+    names = {k.split(".")[0] for k in covo_tiny.model.state_dict()}
+    assert names == {"llm", "encoder", "audio_adapter"}  # the release's module names
 
 
 def test_chat_places_audio_embeddings_at_placeholders(covo_tiny) -> None:
-    chat: AudioChat = covo_tiny.model
+    chat: CovoAudioForCausalLM = covo_tiny.model
     inputs = covo_tiny.example_inputs("chat")
     ids, feats = inputs["input_ids"], inputs["input_features"]
     mask = ids == chat.audio_token_id  # [1, S]
+    assert chat.audio_token_id == covo_tiny.tokenizer.convert_tokens_to_ids("<|cAUDIO|>")
     with torch.no_grad():
         embeds = chat.embed(ids, feats)  # [1, S, H]
-        audio = chat.audio_embeddings(feats)  # [1, N, H]
-        text = chat.lm.get_input_embeddings()(ids)
-    assert int(mask.sum()) == audio.shape[1]
-    assert torch.equal(embeds[mask], audio[0])  # in order, one per placeholder
+        audio = chat.audio_features(feats)  # [1, 188, H]
+        text = chat.llm.get_input_embeddings()(ids)
+    n = int(mask.sum())  # the clip's audio tokens (en_fox: a few seconds), the first n features
+    assert 0 < n < audio.shape[1]
+    assert torch.equal(embeds[mask], audio[0, :n])  # in order, one per placeholder
     assert torch.equal(embeds[~mask], text[~mask])  # text positions untouched
     # the audio changes the logits after the first placeholder, never before it
     with torch.no_grad():
         with_audio = chat(**inputs).logits
-        text_only = chat.lm(input_ids=ids, attention_mask=inputs["attention_mask"]).logits
+        text_only = chat.llm(input_ids=ids, attention_mask=inputs["attention_mask"]).logits
     first = int(mask[0].nonzero()[0])
     assert torch.equal(with_audio[:, :first], text_only[:, :first])
     assert not torch.allclose(with_audio[:, first:], text_only[:, first:])
@@ -109,10 +118,11 @@ def test_chat_places_audio_embeddings_at_placeholders(covo_tiny) -> None:
 def test_chat_rejects_wrong_placeholder_count(covo_tiny) -> None:
     inputs = covo_tiny.example_inputs("chat")
     ids = inputs["input_ids"]
-    drop = int((ids[0] == covo_tiny.model.audio_token_id).nonzero()[0])
-    short = torch.cat([ids[:, :drop], ids[:, drop + 1:]], dim=1)
-    with pytest.raises(ValueError, match="187 audio placeholder.*188 embeddings"):
-        covo_tiny.model.embed(short, inputs["input_features"])
+    token = covo_tiny.model.audio_token_id
+    first = int((ids[0] == token).nonzero()[0])
+    long = torch.cat([ids[:, :first], torch.full((1, 200), token), ids[:, first:]], dim=1)
+    with pytest.raises(ValueError, match=r"\[2\d\d\] <\|cAUDIO\|> placeholder.*1 row\(s\) of 188"):
+        covo_tiny.model.embed(long, inputs["input_features"])
 
 
 def test_example_inputs_unknown_component(gpa_tiny) -> None:
@@ -140,16 +150,15 @@ def test_covo_full_shape_counts_on_meta() -> None:
     rows = models.get("covo-audio-chat").describe("full-shape")
     by = {r["component"]: r for r in rows}
     total = total_row([by[n] for n in ("audio_encoder", "adapter", "lm")])["parameters"]
-    # Tolerances: half a unit of the last digit of each published figure
-    # (8.40B, 7.73B, 602.3M, 0.64B; the adapter's "about 35M" to 0.5M).
-    assert abs(total - 8.40e9) <= 0.005e9
-    assert abs(by["lm"]["parameters"] - 7.73e9) <= 0.005e9
-    assert abs(by["lm"]["input_embeddings"] - 602.3e6) <= 0.05e6
-    assert abs(by["lm"]["output_embeddings"] - 602.3e6) <= 0.05e6
+    # the release's classes at its default config, counted on the meta device
+    # (Tencent/Covo-Audio covoaudio/modeling_covo_audio.py + configuration_covo_audio.py)
+    assert total == 8_402_417_920
+    assert by["lm"]["parameters"] == 7_730_240_000
+    assert by["audio_encoder"]["parameters"] == 636_968_960
+    assert by["adapter"]["parameters"] == 35_208_960
+    assert by["lm"]["input_embeddings"] == by["lm"]["output_embeddings"] == 168_055 * 3584
     assert not by["lm"]["tied"]
-    assert abs(by["audio_encoder"]["parameters"] - 0.64e9) <= 0.005e9
-    assert abs(by["adapter"]["parameters"] - 35e6) <= 0.5e6
-    assert total == 8_402_029_312
+    assert by["vocoder"]["class"] == "Token2Wav"
     # 33.6 GB in float32 if anything had been allocated
     assert psutil.Process().memory_info().rss - rss < 500e6
 
@@ -167,7 +176,8 @@ def test_full_shape_skeletons_stay_on_meta() -> None:
 def test_saved_tiny_matches_fresh_build(name: str, request: pytest.FixtureRequest) -> None:
     loaded = request.getfixturevalue("gpa_tiny" if name == "gpa" else "covo_tiny")
     assert Path(loaded.source).parent == cache.root()
-    assert (Path(loaded.source) / "model.safetensors").is_file()
+    weights_file = "model.safetensors" if name == "gpa" else "model-00001-of-00002.safetensors"
+    assert (Path(loaded.source) / weights_file).is_file()
     fresh = models.get(name).build("tiny", seed=0)
     for comp, module in fresh.items():
         inputs = loaded.example_inputs(comp)
@@ -344,41 +354,49 @@ def test_invalid_config(tmp_path: Path, model_cache: Path) -> None:
         _load_real("gpa", d)
 
 
-def test_covo_missing_sub_folder(tmp_path: Path, model_cache: Path) -> None:
+def test_covo_release_layout_is_strict(tmp_path: Path, model_cache: Path) -> None:
+    """A missing, unexpected or mis-shaped tensor, or a truncated shard, names tensor and file."""
+    from safetensors.torch import load_file, save_file
+
     d = _copy_tiny("covo-audio-chat", tmp_path / "covo", model_cache)
-    shutil.rmtree(d / "audio_encoder")
-    with pytest.raises(ModelLoadError, match="covo-audio-chat audio_encoder: .*audio_encoder does "
-                                             "not exist.*layout: .*audio_encoder/"):
+    shard = d / "model-00002-of-00002.safetensors"
+    state = load_file(str(shard))
+    key = sorted(state)[0]
+    save_file({k: v for k, v in state.items() if k != key}, str(shard))
+    with pytest.raises(ModelLoadError, match=f"lack 1 tensor.*{key}"):
+        _load_real("covo-audio-chat", d)
+    save_file({**state, "llm.extra.weight": torch.zeros(2)}, str(shard))
+    with pytest.raises(ModelLoadError, match=f"{shard}.*llm.extra.weight"):
+        _load_real("covo-audio-chat", d)
+    save_file({**state, key: torch.zeros(3, 5)}, str(shard))
+    with pytest.raises(ModelLoadError, match=f"tensor {key} in {shard} has shape \\[3, 5\\]"):
+        _load_real("covo-audio-chat", d)
+    save_file(state, str(shard))
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ModelLoadError, match=f"{shard}.*corrupt or truncated"):
+        _load_real("covo-audio-chat", d)
+
+
+def test_covo_refuses_another_architecture(tmp_path: Path, model_cache: Path) -> None:
+    d = _copy_tiny("covo-audio-chat", tmp_path / "covo", model_cache)
+    (d / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    with pytest.raises(ModelLoadError, match="implements model_type covo_audio.*'qwen3'"):
         _load_real("covo-audio-chat", d)
 
 
 def test_covo_tokenizer_without_audio_token(tmp_path: Path, model_cache: Path) -> None:
     d = _copy_tiny("covo-audio-chat", tmp_path / "covo", model_cache)
-    cfg_path = d / "adapter" / "config.json"
-    config = json.loads(cfg_path.read_text())
-    config["audio_token"] = "<|speech|>"
-    cfg_path.write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="no audio placeholder token '<\\|speech\\|>'"):
+    shipped_tokenizer().save_pretrained(str(d))  # no <|cAUDIO|> markers
+    with pytest.raises(ModelLoadError, match="no token <\\|begofcAUDIO\\|>, <\\|cAUDIO\\|>"):
         _load_real("covo-audio-chat", d)
 
 
-def test_covo_encoder_from_whole_whisper_checkpoint(tmp_path: Path, model_cache: Path,
-                                                    covo_tiny) -> None:
-    """audio_encoder/ may hold a whole Whisper checkpoint (model.encoder.* tensors)."""
-    from transformers import WhisperForConditionalGeneration
-
+def test_covo_without_token2wav_still_loads(tmp_path: Path, model_cache: Path) -> None:
     d = _copy_tiny("covo-audio-chat", tmp_path / "covo", model_cache)
-    enc = covo_tiny.components["audio_encoder"]
-    whole = WhisperForConditionalGeneration(enc.config)
-    whole.model.encoder.load_state_dict(enc.state_dict())
-    shutil.rmtree(d / "audio_encoder")
-    whole.save_pretrained(str(d / "audio_encoder"))
+    shutil.rmtree(d / "token2wav")
     loaded = _load_real("covo-audio-chat", d)
-    inputs = covo_tiny.example_inputs("audio_encoder")
-    with torch.no_grad():
-        got = loaded.components["audio_encoder"](**inputs).last_hidden_state
-        want = enc(**inputs).last_hidden_state
-    assert torch.equal(got, want)
+    assert "vocoder" not in loaded.components
+    assert any("token2wav is not loaded" in n for n in loaded.notes)
 
 
 def test_unknown_model_lists_recipes() -> None:
@@ -416,8 +434,8 @@ def test_describe_cli() -> None:
     run = subprocess.run([sys.executable, "-m", "helpers.models", "describe", "covo-audio-chat",
                           "--profile", "full-shape"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    # 8,402,029,312 encoder + adapter + LM, plus the 112,360,033 vocoder
-    assert "8,514,389,345 (8.51B)" in run.stdout and "GB bfloat16" in run.stdout
+    # 8,402,417,920 encoder + adapter + LM, plus the 366,561,170 token2wav
+    assert "8,768,979,090 (8.77B)" in run.stdout and "GB bfloat16" in run.stdout
     lines = {ln.split()[0]: ln for ln in run.stdout.splitlines()[2:]}
     assert lines["lm"].split()[-2] == "15.460"  # 7.73B x 2 bytes
 

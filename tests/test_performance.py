@@ -253,6 +253,17 @@ def test_rtf_of_covo_encoder_and_adapter(monkeypatch):
         assert row["runs"] >= r.settings.rtf_min_iters
 
 
+def test_rtf_of_covo_token2wav():
+    cfg = RunConfig.from_params(model="covo-audio-chat", profile="tiny", device="cpu")
+    r = perf.setup(target(cfg), Settings(**QUICK))
+    sec = perf.rtf(r)
+    rows = {row["component"]: row for row in sec.table.to_dict("records")}
+    voc = r.loaded.components["vocoder"]
+    n = r.loaded.example_inputs("vocoder")["audio_tokens"].shape[1]
+    assert rows["vocoder"]["audio s"] == pytest.approx(voc.output_samples(n) / 24_000)
+    assert rows["vocoder"]["RTF"] > 0
+
+
 def test_elf_completeness_of_shared_objects(tmp_path):
     real = next(Path(torch.__file__).parent.glob("_C*.so"))  # a linker-made ELF library
     full = tmp_path / "full.so"
@@ -355,3 +366,16 @@ def test_notebook_runs_with_papermill_and_writes_results(tmp_path):
             "performance-bandwidth.png"} <= set(res.figures)
     for name in res.figures:
         assert (tmp_path / "figures" / name).stat().st_size > 1000
+
+
+def test_headline_marks_timings_unreliable_on_a_busy_host(run, tmp_path, monkeypatch):
+    busy = {"host_load_1min": 4.0, "host_logical_cores": 2,
+            "host_note": "host busy (load 4.0 on 2 cores, about 2.0 beyond this run): CPU "
+                         "timings are inflated and noisy"}
+    monkeypatch.setattr(perf.sections, "host_load", lambda: busy)
+    frame = perf.headline(Stage("performance", str(tmp_path)), run, [])
+    assert frame.iloc[0]["quantity"] == "timings"
+    assert frame.iloc[0]["value"].startswith("UNRELIABLE: host busy")
+    monkeypatch.setattr(perf.sections, "host_load", lambda: {"host_note": "host quiet"})
+    frame = perf.headline(Stage("performance", str(tmp_path)), run, [])
+    assert "timings" not in set(frame["quantity"])

@@ -98,7 +98,7 @@ def test_catalog_covers_the_issue_list():
                  "int64_arith", "float64_on_device"):
         assert name in by, name
     assert "bfloat16" in by["softmax"].dtypes and "float16" in by["softmax"].dtypes
-    for name in ("complex_abs", "stft", "autocast_cuda"):
+    for name in ("complex_abs", "stft", "autocast_cuda", "sinc_resample"):
         assert by[name].workaround and by[name].known
 
 
@@ -406,3 +406,19 @@ def test_stage_on_the_tiny_gpa_model():
     with pytest.raises(ValueError, match="no component vocoder"):
         trace.trace_model(execute.WorkerContext.create("cpu"), cfg.to_params(), "bfloat16",
                           ["vocoder"])
+
+
+def test_fallback_list_is_said_incomplete_when_warnings_can_be_hidden(monkeypatch):
+    run = probes.ProbeRun(device={"device": "cpu", "backend": "cpu"}, dtype="float32",
+                          catalog=[], model=[], trace=None,
+                          timings={"worker_start": 0.0, "catalog": 0.0, "total": 0.0},
+                          worker={"starts": 1})
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("TORCH_NPU_DISABLED_WARNING", raising=False)
+    monkeypatch.delenv("TORCH_NPU_WARNING_DISABLE", raising=False)
+    monkeypatch.delenv("TORCH_CPP_LOG_LEVEL", raising=False)
+    assert not [c for c in run.checks() if "incomplete" in c.name]
+    monkeypatch.setenv("TORCH_NPU_DISABLED_WARNING", "1")
+    (note,) = [c for c in run.checks() if "incomplete" in c.name]
+    assert note.passed is None and "TORCH_NPU_DISABLED_WARNING=1" in note.value
+    assert "may be incomplete" in probes.summary(run)

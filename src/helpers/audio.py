@@ -255,7 +255,8 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
 @dataclass(frozen=True)
 class MelSpec:
     """One log-mel front end. compression: "whisper" = log10(clamp 1e-10), floor at max - 8,
-    then (x + 4) / 4; "ln" = natural log of clamp(min 1e-5) (HiFi-GAN / BigVGAN / codecs)."""
+    then (x + 4) / 4; "ln" = natural log of clamp(min 1e-5) (HiFi-GAN / BigVGAN / codecs);
+    "none" = the linear mel itself (BiCodec's speaker encoder input)."""
 
     name: str
     sample_rate: int
@@ -267,6 +268,7 @@ class MelSpec:
     f_min: float = 0.0
     f_max: float | None = None   # None: sample_rate / 2
     drop_last_frame: bool = False
+    win_length: int | None = None  # None: n_fft (a shorter hann window is centered in n_fft)
 
     def frames(self, n_samples: int) -> int:
         """Frames for n_samples of input (centered STFT)."""
@@ -289,8 +291,20 @@ def codec_spec(sample_rate: int = 16000, n_mels: int = 128, n_fft: int = 1024,
                    n_mels, power=1.0, compression="ln")
 
 
+def bicodec_spec(n_mels: int = 128, n_fft: int = 1024, win_length: int = 640,
+                 hop_length: int = 320, f_min: float = 10.0, f_max: float | None = None,
+                 sample_rate: int = 16000) -> MelSpec:
+    """BiCodec's mel for its speaker encoder (SparkAudio/Spark-TTS sparktts/models/bicodec.py
+    init_mel_transformer: torchaudio MelSpectrogram, power 1, slaney norm and scale, centered
+    reflect-padded hann window of win_length, no log), defaults from BiCodec/config.yaml
+    mel_params (16 kHz, n_fft 1024, win 640, hop 320, fmin 10, fmax null, 128 mels)."""
+    return MelSpec(f"bicodec-{n_mels}", sample_rate, n_fft, hop_length, n_mels, power=1.0,
+                   compression="none", f_min=f_min, f_max=f_max, win_length=win_length)
+
+
 WHISPER = whisper_spec(128)
 CODEC = codec_spec()
+BICODEC_MEL = bicodec_spec()
 
 
 def _as_float32(x: np.ndarray | torch.Tensor, device: Any) -> torch.Tensor:
@@ -306,9 +320,10 @@ def _as_float32(x: np.ndarray | torch.Tensor, device: Any) -> torch.Tensor:
 
 def power_spectrum(wave: torch.Tensor, spec: MelSpec) -> torch.Tensor:
     """[..., T] float32 -> |STFT|^power [..., n_fft // 2 + 1, frames] (hann, centered)."""
-    window = torch.hann_window(spec.n_fft, dtype=torch.float32, device=wave.device)
-    stft = torch.stft(wave, spec.n_fft, spec.hop_length, window=window, center=True,
-                      pad_mode="reflect", return_complex=True)          # [..., F, N] complex64
+    win = spec.win_length or spec.n_fft
+    window = torch.hann_window(win, dtype=torch.float32, device=wave.device)
+    stft = torch.stft(wave, spec.n_fft, spec.hop_length, win_length=win, window=window,
+                      center=True, pad_mode="reflect", return_complex=True)  # [..., F, N]
     if spec.drop_last_frame:
         stft = stft[..., :-1]
     # |X|^2 as real^2 + imag^2: complex abs() is not supported on Ascend NPUs
@@ -317,6 +332,8 @@ def power_spectrum(wave: torch.Tensor, spec: MelSpec) -> torch.Tensor:
 
 
 def _compress(mel: torch.Tensor, spec: MelSpec) -> torch.Tensor:
+    if spec.compression == "none":  # BiCodec's speaker encoder takes the linear mel
+        return mel
     if spec.compression == "ln":
         return torch.log(torch.clamp(mel, min=1e-5))
     log_spec = torch.clamp(mel, min=1e-10).log10()                   # [..., M, N]
@@ -341,6 +358,23 @@ def log_mel(x: np.ndarray | torch.Tensor, spec: MelSpec = WHISPER,
     filters = torch.tensor(spec.filterbank(), dtype=torch.float32, device=wave.device)  # [M, F]
     mel = filters @ power_spectrum(wave, spec)                        # [M, F] @ [..., F, N]
     return _compress(mel, spec)
+
+
+def whisper_features(x: np.ndarray | torch.Tensor, n_mels: int = 128, pad_to_multiple_of: int = 1,
+                     max_samples: int = WHISPER_CHUNK_S * 16000,
+                     device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What transformers' WhisperFeatureExtractor(padding="longest", pad_to_multiple_of,
+    return_attention_mask) gives for one 16 kHz clip: (log-mel [n_mels, frames] float32,
+    frame mask [frames] long). The clip is cut to max_samples, zero-padded to a multiple of
+    pad_to_multiple_of; frames = padded samples / 160 (the last STFT frame dropped); the mask
+    is the sample mask taken every hop (1 where frame k starts inside the real audio)."""
+    wave = _as_float32(x, device)[..., :max_samples]
+    n = wave.shape[-1]
+    padded = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+    wave = torch.nn.functional.pad(wave, (0, padded - n))
+    mel = log_mel(wave, whisper_spec(n_mels) if n_mels != WHISPER.n_mels else WHISPER)
+    starts = torch.arange(mel.shape[-1], device=mel.device) * WHISPER.hop_length
+    return mel, (starts < n).long()
 
 
 # ---- fixtures ----------------------------------------------------------------------------

@@ -27,6 +27,8 @@ import math
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -36,10 +38,15 @@ import psutil
 import torch
 
 from helpers.device import facts, graph
-from helpers.device.fallbacks import FallbackCapture, capture_fallbacks, parse_fallbacks
+from helpers.device.fallbacks import (
+    FallbackCapture,
+    capture_fallbacks,
+    hiding_settings,
+    parse_fallbacks,
+)
 from helpers.errors import DeviceError
 
-__all__ = ["FallbackCapture", "capture_fallbacks", "parse_fallbacks"]  # re-exported
+__all__ = ["FallbackCapture", "capture_fallbacks", "hiding_settings", "parse_fallbacks"]
 
 BACKENDS = ("cpu", "cuda", "npu")
 VALID_FORMS = "auto, cpu, cuda, cuda:N, npu, npu:N (N = device index, e.g. npu:0)"
@@ -473,6 +480,36 @@ def numeric_settings(sel: Selection) -> dict[str, Any]:
     """The global switches that change numerics: matmul precision, TF32 / HF32, determinism."""
     npu = _import_torch_npu().module if sel.backend == "npu" else None
     return facts.numeric_settings(sel.backend, npu)
+
+
+@contextmanager
+def full_float32(device: torch.device, enabled: bool = True) -> Iterator[list[str]]:
+    """IEEE float32 matmuls and convolutions on `device` for the block, flags restored after.
+
+    CUDA: TF32 off for cuBLAS and cuDNN (the fp32_precision API where torch has it, the
+    allow_tf32 flags otherwise: mixing the two makes torch raise). Ascend: HF32 off
+    (torch.npu.matmul.allow_hf32, torch.npu.conv.allow_hf32; convolutions default to on).
+    The CPU has neither. enabled=False leaves everything as it is. Yields what was set.
+    """
+    targets: list[tuple[Any, str, Any]] = []
+    if enabled and device.type == "cuda":
+        b = torch.backends
+        if hasattr(b.cuda.matmul, "fp32_precision") and hasattr(b.cudnn, "conv"):
+            targets = [(b.cuda.matmul, "fp32_precision", "ieee"),
+                       (b.cudnn.conv, "fp32_precision", "ieee")]
+        else:
+            targets = [(b.cuda.matmul, "allow_tf32", False), (b.cudnn, "allow_tf32", False)]
+    elif enabled and device.type == "npu":
+        api = _import_torch_npu().module.npu
+        targets = [(api.matmul, "allow_hf32", False), (api.conv, "allow_hf32", False)]
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in targets]
+    for obj, name, value in targets:
+        setattr(obj, name, value)
+    try:
+        yield [f"{name}={value}" for _, name, value in targets]
+    finally:
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)
 
 
 def graph_compile(sel: Selection) -> tuple[Any | None, str, str]:

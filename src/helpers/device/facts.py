@@ -156,26 +156,49 @@ def _cann_version_from_files() -> str:
 
 
 def numeric_settings(backend: str, npu: ModuleType | None = None) -> dict[str, Any]:
-    """The global switches that change numerics: matmul precision, TF32 / HF32, determinism."""
+    """The global switches that change numerics: matmul precision, TF32 / HF32, determinism.
+
+    torch >= 2.9 has two ways to set TF32 (the legacy allow_tf32 flags and fp32_precision);
+    once the new one is used, reading a legacy flag raises. Every value is read on its own:
+    one that cannot be read says why instead of failing the stage.
+    """
+    b = torch.backends
     out: dict[str, Any] = {
         "backend": backend,
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "float32_matmul_precision": _read(torch.get_float32_matmul_precision),
+        "cuda_matmul_allow_tf32": _read(lambda: bool(b.cuda.matmul.allow_tf32)),
+        "cudnn_allow_tf32": _read(lambda: bool(b.cudnn.allow_tf32)),
+        "cudnn_benchmark": _read(lambda: bool(b.cudnn.benchmark)),
+        "cudnn_deterministic": _read(lambda: bool(b.cudnn.deterministic)),
+    }
+    # the fp32_precision API (torch >= 2.9): "ieee", "tf32", "bf16" or "none" (= inherit)
+    for key, obj in (("fp32_precision", b), ("cuda_matmul_fp32_precision", b.cuda.matmul),
+                     ("cudnn_fp32_precision", b.cudnn),
+                     ("cudnn_conv_fp32_precision", getattr(b.cudnn, "conv", None)),
+                     ("mkldnn_fp32_precision", getattr(b, "mkldnn", None))):
+        if obj is not None and hasattr(obj, "fp32_precision"):
+            out[key] = _read(lambda o=obj: str(o.fp32_precision))
+    out.update({
         "npu_matmul_allow_hf32": None,
         "npu_conv_allow_hf32": None,
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
         "intra_op_threads": torch.get_num_threads(),
         "inter_op_threads": torch.get_num_interop_threads(),
-    }
+    })
     if backend == "npu" and npu is not None:
         api = npu.npu
         out["npu_matmul_allow_hf32"] = _flag(getattr(api, "matmul", None), "allow_hf32")
         out["npu_conv_allow_hf32"] = _flag(getattr(api, "conv", None), "allow_hf32")
     return out
+
+
+def _read(get: Any) -> Any:
+    """get(), or "unreadable: <why>" when torch refuses to say (mixed TF32 APIs)."""
+    try:
+        return get()
+    except Exception as exc:  # RuntimeError from torch's TF32 API checks, AttributeError
+        return f"unreadable: {str(exc).split(',')[0][:120]}"
 
 
 def _flag(obj: Any, name: str) -> bool | None:

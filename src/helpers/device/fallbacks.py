@@ -68,3 +68,21 @@ def capture_fallbacks() -> Iterator[FallbackCapture]:
         warned = "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
         fb.text = fd_text + warned
         fb.operators = parse_fallbacks(fb.text)
+
+
+# Settings that can keep torch_npu's fallback warnings from being printed at all, so the list
+# read from them may be incomplete: torch_npu's own switches (TORCH_NPU_DISABLED_WARNING in
+# torch_npu 2.9.0.post1, TORCH_NPU_WARNING_DISABLE in newer releases), warnings printed only
+# on rank 0 in distributed runs, and c10's log level above WARNING.
+_HIDING = {
+    "TORCH_NPU_DISABLED_WARNING": lambda v: v.strip().lower() not in ("", "0", "false", "off"),
+    "TORCH_NPU_WARNING_DISABLE": lambda v: v.strip().lower() not in ("", "0", "false", "off"),
+    "RANK": lambda v: v.strip() not in ("", "0"),
+    "TORCH_CPP_LOG_LEVEL": lambda v: v.strip().upper() in ("ERROR", "FATAL", "3", "2"),
+}
+
+
+def hiding_settings(environ: dict[str, str] | None = None) -> list[str]:
+    """The environment settings here that can hide fallback warnings, as NAME=value."""
+    env = os.environ if environ is None else environ
+    return [f"{k}={env[k]}" for k, hides in _HIDING.items() if k in env and hides(env[k])]

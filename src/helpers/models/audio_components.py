@@ -1,97 +1,69 @@
 """The recipes' audio components: gpa's speech tokenizer and codec, covo-audio-chat's vocoder.
 
-Each is a transformers model class (save_pretrained / from_pretrained like the LMs), with a tiny
-config (same classes, same sample rates, frame rates and code-book sizes; small widths) and a
-full-shape config (the published dimensions):
+Each has a tiny config (same classes, same sample rates, frame rates and code-book sizes; small
+widths) and a full-shape config (the published dimensions), and is saved / read with
+save_pretrained / from_pretrained like the LMs:
 
-  speech_tokenizer (gpa)  SpeechTokenizer: transformers' WhisperEncoder at the glm-4-voice /
-                          whisper-large-v3 shape (128 mel bins, d_model 1280, 32 layers, 20
-                          heads, ffn 5120, 1500 positions = 30 s at 50 Hz) -> 4x average pooling
-                          to 12.5 Hz -> nearest code of 16,384 (cdist / argmin). Log-mel in,
-                          token ids out.
-  codec (gpa)             Codec: transformers' DacModel with weight norm on every convolution
-                          (DAC's own layout), downsampling 2*4*5*8 = 320 so the decoder upsamples
-                          by ConvTranspose1d strides 8/5/4/2 to 16 kHz, snake activations, one
-                          vector quantizer of 8,192 codes at 50 Hz (the BiCodec semantic-token
-                          rate and code-book), decoder width 1536, latent 1024. 16 kHz waveform
-                          in, 50 Hz codes and the reconstructed waveform out.
-  vocoder (covo)          transformers' SpeechT5HifiGan (HiFi-GAN generator) at the BigVGAN-v2
-                          24 kHz / 100-band / 256x shape: log-mel (100 bins, hop 256) in, 24 kHz
-                          waveform out. 112.4M parameters (the published BigVGAN-v2 model of
-                          that shape has 112M; its anti-aliased snake activations are replaced
-                          by HiFi-GAN's leaky ReLU, which has no parameters).
+  speech_tokenizer (gpa)  GLM-4-Voice's WhisperVQEncoder, our implementation in
+                          helpers.models.glm_tokenizer, read from and saved as the release's
+                          glm-4-voice-tokenizer/ folder (config.json + model.safetensors +
+                          preprocessor_config.json): Whisper log-mel -> causal convs -> 16
+                          layers -> avg pool 4 (12.5 Hz) -> nearest of 16,384 codes.
+  codec (gpa)             BiCodec, our implementation in helpers.models.bicodec, read from and
+                          saved as the release's BiCodec/ folder (config.yaml + model.safetensors
+                          + wav2vec2-large-xlsr-53/): wav2vec2 layers 11/14/16 -> encoder -> 50 Hz
+                          semantic tokens of 8,192; mel -> ECAPA-TDNN -> perceiver -> residual
+                          FSQ: 32 global tokens of 4,096; prenet + wave generator x320 -> 16 kHz.
+  vocoder (covo)          token2wav as released (helpers.models.token2wav.Token2Wav): audio
+                          tokens (0..16383, 25 Hz) -> flow-matching DiT latents (100 Hz) ->
+                          BigVGAN-style flow-VAE decoder (x240) -> 24 kHz waveform; read from
+                          and saved as the release's token2wav folder (model.pt, config.json,
+                          global_mean_var.npy, prompt/*.npy).
 
-Why not the `bigvgan` package: its wheel (2.4.1) requires torch, auraloss, nnAudio, pesq (a C
-build), tensorboard and ninja, so it does not install cleanly next to a given torch build; the
-HiFi-GAN class in transformers is the same generator family (ConvTranspose1d upsampling +
-multi-receptive-field residual blocks) and needs nothing new.
-
-Profile real: the GPA release's BiCodec/ and glm-4-voice-tokenizer/ folders and Covo's
-token2wav are in their projects' own formats and code, not save_pretrained folders of these
-classes. A model directory's audio folder is read only when its config.json names this
-module's model_type (a save of these classes, as the tiny cache holds); otherwise the recipe
-leaves that component out and says so in its load notes (stage 6 shows it as not loaded).
+Profile real: gpa's two components are read from the release's own folders, strictly (a
+missing, unknown or mis-shaped tensor is an error naming the file); a model directory without
+such a folder leaves that component out and says so. Covo's token2wav is read from the
+release's token2wav/ folder (helpers.models.token2wav, strict the same way); without its
+model.pt the recipe leaves the vocoder out and says so in its load notes (stage 6 shows it as
+not loaded).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    DacConfig,
-    DacModel,
-    SpeechT5HifiGan,
-    SpeechT5HifiGanConfig,
-    WhisperConfig,
-)
-from transformers import initialization as init
-from transformers.models.whisper.modeling_whisper import WhisperEncoder, WhisperPreTrainedModel
-from transformers.utils import ModelOutput
 
 from helpers import audio
+from helpers.models import bicodec, glm_tokenizer, token2wav
+from helpers.models.token2wav import Token2Wav, Token2WavConfig
 
 # ---- shapes --------------------------------------------------------------------------------
 
-GLM_VOICE = ("glm-4-voice-tokenizer (GPA upstream pipeline, as published with the GPA release): "
-             "whisper-large-v3 encoder dims, 4x average pooling to 12.5 Hz, 16,384 codes")
-BICODEC = ("BiCodec (GPA upstream pipeline, as published with the GPA release): 50 Hz semantic tokens from "
-           "8,192 codes, decoder x320 (ConvTranspose1d 8/5/4/2) to 16 kHz, snake, weight norm")
-BIGVGAN = ("BigVGAN-v2 24 kHz 100-band 256x (NVIDIA BigVGAN release config: upsample rates "
-           "4,4,2,2,2,2, kernels 8,8,4,4,4,4, initial channels 1536; model card: 112M parameters)")
+GLM_VOICE = ("glm-4-voice-tokenizer as GPA releases it (" + glm_tokenizer.SOURCE + "): "
+             "WhisperVQEncoder, causal convs, avg pool 4 to 12.5 Hz, 16,384 codes at layer 16")
+BICODEC = ("BiCodec as GPA releases it (SparkAudio/Spark-TTS sparktts/models/bicodec.py; AutoArk/"
+           "GPA models/bicodec_tokenizer/spark_tokenizer.py, spark_detokenizer.py): wav2vec2-"
+           "large-xlsr-53 -> 50 Hz semantic tokens of 8,192 + 32 global tokens of 4,096, x320")
+TOKEN2WAV = ("Covo-Audio-Chat token2wav (GitHub Tencent/Covo-Audio token2wav/config.json: DiT "
+             "12 x 1024, 16 heads, 4x token upsampling, 16,384 tokens, z 64; flow-VAE decoder "
+             "5*3*2*2*2*2 = 240 to 24 kHz)")
 
-TOKENIZER_FULL = dict(num_mel_bins=128, max_source_positions=1500, d_model=1280,
-                      encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
-                      pooling_kernel_size=4, codebook_size=16_384)
-# Tiny: the same input window, rates and code-book sizes; widths small enough that the
-# bfloat16 forward on a CPU (no native bfloat16 convolution there) stays near 0.1 s.
-TOKENIZER_TINY = dict(TOKENIZER_FULL, d_model=32, encoder_layers=2, encoder_attention_heads=2,
-                      encoder_ffn_dim=64)
-CODEC_FULL = dict(encoder_hidden_size=64, downsampling_ratios=[2, 4, 5, 8],
-                  decoder_hidden_size=1536, n_codebooks=1, codebook_size=8192, codebook_dim=8,
-                  sampling_rate=16_000)
-CODEC_TINY = dict(CODEC_FULL, encoder_hidden_size=2, decoder_hidden_size=16)  # 1 channel out
-VOCODER_FULL = dict(model_in_dim=100, sampling_rate=24_000, upsample_initial_channel=1536,
-                    upsample_rates=[4, 4, 2, 2, 2, 2], upsample_kernel_sizes=[8, 8, 4, 4, 4, 4],
-                    resblock_kernel_sizes=[3, 7, 11],
-                    resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-                    normalize_before=False)
-# Tiny: the same hop (256 = 8*8*4) and rate with three upsampling stages and one residual
-# branch instead of six and three: a HiFi-GAN spends its time on the full-rate stages.
-VOCODER_TINY = dict(VOCODER_FULL, upsample_initial_channel=32, upsample_rates=[8, 8, 4],
-                    upsample_kernel_sizes=[16, 16, 8], resblock_kernel_sizes=[3],
-                    resblock_dilation_sizes=[[1, 3, 5]])
+VOCODER_FULL: dict[str, Any] = {}  # token2wav/config.json's values (Token2WavConfig defaults)
+# Tiny: the same token vocabulary, 4x upsampling, hop 240 (5*3*2*2*2*2) and 24 kHz; a 2-layer
+# DiT of width 64, z 16, decoder channels 64 -> 1, 3 ODE steps (the release: 10).
+VOCODER_TINY = dict(token_input_dim=16, z_dim=16, spkr_embed_dim=32, num_layers=2,
+                    hidden_size=64, ffn_hidden_size=128, num_heads=4,
+                    upsample_initial_channel=64, resblock_kernel_sizes=[3],
+                    resblock_dilation_sizes=[[1, 3, 5]], s_steps=3)
 
-# The vocoder's front end: BigVGAN's mel (n_fft 1024, hop 256, 100 slaney bins, magnitude,
-# natural log of clamp 1e-5) at 24 kHz.
+# Mel distance of 24 kHz waveforms (the vocoder's output): BigVGAN's mel (n_fft 1024, hop 256,
+# 100 slaney bins, magnitude, natural log of clamp 1e-5).
 VOCODER_SPEC = audio.codec_spec(sample_rate=24_000, n_mels=100, n_fft=1024, hop_length=256)
 
 
@@ -111,15 +83,16 @@ class AudioPart:
 PARTS: dict[str, AudioPart] = {
     "speech_tokenizer": AudioPart(
         "speech_tokenizer", "tokenizer",
-        "Whisper-large-v3 encoder -> 4x avg pool (12.5 Hz) -> nearest of 16,384 codes",
-        "glm-4-voice-tokenizer", 16_000, 0, GLM_VOICE),
+        "GLM-4-Voice WhisperVQEncoder: log-mel -> 16 layers -> avg pool 4 (12.5 Hz) -> "
+        "16,384 codes", "glm-4-voice-tokenizer", 16_000, 0, GLM_VOICE),
     "codec": AudioPart(
         "codec", "codec",
-        "DAC-style codec: 16 kHz -> 50 Hz codes (8,192) -> ConvTranspose1d x320 -> 16 kHz",
-        "BiCodec", 16_000, 16_000, BICODEC),
+        "BiCodec: wav2vec2 -> 50 Hz semantic tokens (8,192) + 32 global tokens (4,096) -> "
+        "wave generator x320 -> 16 kHz", "BiCodec", 16_000, 16_000, BICODEC),
     "vocoder": AudioPart(
-        "vocoder", "vocoder", "HiFi-GAN generator at BigVGAN-v2 shape: 100-band mel -> 24 kHz",
-        "vocoder", 24_000, 24_000, BIGVGAN),
+        "vocoder", "vocoder",
+        "token2wav: audio tokens -> flow-matching DiT -> flow-VAE decoder -> 24 kHz",
+        "token2wav", 24_000, 24_000, TOKEN2WAV),
 }
 RECIPE_PARTS: dict[str, tuple[str, ...]] = {
     "gpa": ("speech_tokenizer", "codec"),
@@ -127,119 +100,33 @@ RECIPE_PARTS: dict[str, tuple[str, ...]] = {
 }
 
 
-# ---- speech tokenizer ----------------------------------------------------------------------
-
-class SpeechTokenizerConfig(WhisperConfig):
-    """A Whisper config plus the tokenizer's pooling and code book (encoder fields only used)."""
-
-    model_type = "gpa_speech_tokenizer"
-    pooling_kernel_size: int = 4
-    codebook_size: int = 16_384
-
-
-@dataclass
-class SpeechTokenizerOutput(ModelOutput):
-    """token_ids [B, N] (N = positions / pooling, 375 per 30 s), pooled [B, N, D] states,
-    token_lengths [B] (tokens covering the real audio; all N without an attention mask)."""
-
-    token_ids: torch.LongTensor | None = None
-    pooled: torch.FloatTensor | None = None
-    token_lengths: torch.LongTensor | None = None
-
-
-class SpeechTokenizer(WhisperPreTrainedModel):
-    """Log-mel [B, 128, 3000] -> Whisper encoder [B, 1500, D] -> avg pool [B, 375, D] -> ids."""
-
-    config: SpeechTokenizerConfig
-    config_class = SpeechTokenizerConfig
-    main_input_name = "input_features"
-    _no_split_modules = ["WhisperEncoderLayer"]
-
-    def __init__(self, config: SpeechTokenizerConfig) -> None:
-        super().__init__(config)
-        self.encoder = WhisperEncoder(config)
-        self.pooling = nn.AvgPool1d(config.pooling_kernel_size)
-        self.codebook = nn.Embedding(config.codebook_size, config.d_model)
-        self.post_init()
-
-    def forward(self, input_features: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> SpeechTokenizerOutput:
-        states = self.encoder(input_features=input_features).last_hidden_state  # [B, T, D]
-        pooled = self.pooling(states.transpose(1, 2)).transpose(1, 2)  # [B, N, D]
-        # nearest code in float32 at least, whatever the encoder's dtype: cdist has no bfloat16
-        # kernel on the CPU, and bfloat16 distances between 16,384 codes would tie
-        wide = torch.promote_types(pooled.dtype, torch.float32)
-        dist = torch.cdist(pooled.to(wide), self.codebook.weight.to(wide).unsqueeze(0))  # [B, N, K]
-        ids = dist.argmin(dim=-1)  # [B, N]
-        if attention_mask is None:
-            lengths = torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=ids.device)
-        else:
-            lengths = self.token_lengths(attention_mask.sum(dim=-1))
-        return SpeechTokenizerOutput(token_ids=ids, pooled=pooled, token_lengths=lengths)
-
-    def token_lengths(self, frames: torch.Tensor) -> torch.Tensor:
-        """Tokens that cover `frames` mel frames: the stride-2 conv, then the pooling."""
-        states = (frames - 1) // 2 + 1
-        k = self.config.pooling_kernel_size
-        return torch.clamp((states + k - 1) // k, max=self.config.max_source_positions // k)
-
-
-# ---- codec ---------------------------------------------------------------------------------
-
-class CodecConfig(DacConfig):
-    """A DAC config; weight_norm keeps DAC's weight-normalized convolutions in the graph."""
-
-    model_type = "gpa_codec"
-    weight_norm: bool = True
-
-
-class Codec(DacModel):
-    """DacModel with weight norm (torch parametrizations) on every convolution, as DAC and
-    BiCodec build their blocks; the saved tensors are weight_g / weight_v style pairs
-    (parametrizations.weight.original0 / original1)."""
-
-    config: CodecConfig
-    config_class = CodecConfig
-
-    def __init__(self, config: CodecConfig) -> None:
-        super().__init__(config)
-        if config.weight_norm:
-            self.apply_weight_norm()
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        # DAC's init writes module.weight, which a parametrization recomputes on every read;
-        # initialize the direction v instead and set the gain g = ||v|| (so weight == v)
-        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and \
-                parametrize.is_parametrized(module, "weight"):
-            p = module.parametrizations.weight
-            direction, gain = p.original1, p.original0
-            if isinstance(module, nn.ConvTranspose1d):
-                init.kaiming_uniform_(direction, a=math.sqrt(5))  # ConvTranspose1d's own init
-            else:
-                init.trunc_normal_(direction, std=0.02)
-            init.copy_(gain, torch.norm_except_dim(direction, 2, 0))
-            if module.bias is not None:
-                init.zeros_(module.bias)
-            return
-        super()._init_weights(module)
-
-
 # ---- registry ------------------------------------------------------------------------------
 
-AutoConfig.register(SpeechTokenizerConfig.model_type, SpeechTokenizerConfig, exist_ok=True)
-AutoModel.register(SpeechTokenizerConfig, SpeechTokenizer, exist_ok=True)
-AutoConfig.register(CodecConfig.model_type, CodecConfig, exist_ok=True)
-AutoModel.register(CodecConfig, Codec, exist_ok=True)
 
 _CLASSES: dict[str, tuple[type, type]] = {
-    "speech_tokenizer": (SpeechTokenizerConfig, SpeechTokenizer),
-    "codec": (CodecConfig, Codec),
-    "vocoder": (SpeechT5HifiGanConfig, SpeechT5HifiGan),
+    "speech_tokenizer": (glm_tokenizer.WhisperVQConfig, glm_tokenizer.GlmSpeechTokenizer),
+    "codec": (bicodec.BiCodecConfig, bicodec.BiCodecCodec),
+    "vocoder": (Token2WavConfig, Token2Wav),
 }
-_SHAPES: dict[str, dict[str, dict[str, Any]]] = {
-    "speech_tokenizer": {"tiny": TOKENIZER_TINY, "full-shape": TOKENIZER_FULL},
-    "codec": {"tiny": CODEC_TINY, "full-shape": CODEC_FULL},
+# gpa's components: their release formats, configs built from their own modules' shapes
+RELEASE_FORMAT = ("speech_tokenizer", "codec")
+
+
+def _glm_config(shape: dict[str, Any]) -> glm_tokenizer.WhisperVQConfig:
+    return glm_tokenizer.WhisperVQConfig(**shape)
+
+
+def _bicodec_config(shape: tuple[dict[str, Any], dict[str, Any]]) -> bicodec.BiCodecConfig:
+    from transformers import Wav2Vec2Config
+
+    return bicodec.BiCodecConfig(shape[0], Wav2Vec2Config(**shape[1]))
+
+
+_MAKERS: dict[str, Any] = {"speech_tokenizer": _glm_config, "codec": _bicodec_config}
+_SHAPES: dict[str, dict[str, Any]] = {
+    "speech_tokenizer": {"tiny": glm_tokenizer.TINY, "full-shape": glm_tokenizer.FULL},
+    "codec": {"tiny": (bicodec.TINY_YAML, bicodec.WAV2VEC2_TINY),
+              "full-shape": (bicodec.FULL_YAML, bicodec.WAV2VEC2_FULL)},
     "vocoder": {"tiny": VOCODER_TINY, "full-shape": VOCODER_FULL},
 }
 
@@ -261,6 +148,8 @@ def config(name: str, profile: str) -> Any:
     if profile not in _SHAPES[name]:
         raise ValueError(f"audio component {name} has built-in shapes for "
                          f"{', '.join(_SHAPES[name])}, not {profile!r}")
+    if name in _MAKERS:
+        return _MAKERS[name](_SHAPES[name][profile])
     cfg_cls = _CLASSES[name][0]
     return cfg_cls(**_SHAPES[name][profile])
 
@@ -270,7 +159,13 @@ def configs(recipe: str, profile: str) -> dict[str, Any]:
 
 
 def saved_in(folder: Path, name: str) -> bool:
-    """Whether `folder` holds a save_pretrained of this component's class (by model_type)."""
+    """Whether `folder` holds this component: for gpa's (release formats) that the folder
+    exists (its files are checked strictly when read); otherwise a save_pretrained of the
+    component's class (by model_type)."""
+    if part(name).name in RELEASE_FORMAT:
+        return Path(folder).is_dir()
+    if name == "vocoder":  # the release's token2wav folder: its checkpoint (config.json optional)
+        return token2wav.present(Path(folder))
     try:
         data = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -282,6 +177,30 @@ def read_configs(recipe: Any, root: Path) -> dict[str, Any]:
     """Configs of the recipe's audio components that `root` holds saves of (see saved_in)."""
     return {n: _CLASSES[n][0].from_pretrained(str(recipe.component_dir(root, n)))
             for n in names_for(recipe.name) if saved_in(recipe.component_dir(root, n), n)}
+
+
+def config_of(name: str, module: nn.Module | None) -> Any:
+    """The config a gpa component's inputs follow (its padding, reference window); None for
+    the others (their inputs need none)."""
+    if module is None or part(name).name not in RELEASE_FORMAT:
+        return None
+    return getattr(module, "config", None)
+
+
+# The dtype upstream runs each gpa component in (a rule of its code, recorded next to the
+# dtype this run chose): SparkTokenizer / SparkDeTokenizer use float16 on CUDA and float32
+# elsewhere (spark_tokenizer.py, tokenizer_utils.get_dtype); SpeechTokenExtractor keeps the
+# encoder's float32 (gpa_inference.py loads WhisperVQEncoder without a dtype).
+UPSTREAM_DTYPE: dict[str, dict[str, str]] = {
+    "speech_tokenizer": {"cuda": "float32", "default": "float32"},
+    "codec": {"cuda": "float16", "default": "float32"},
+}
+
+
+def upstream_dtype(name: str, device_type: str) -> str:
+    """The dtype upstream would use for this component on this device type ("" unknown)."""
+    rule = UPSTREAM_DTYPE.get(part(name).name)
+    return "" if rule is None else rule.get(device_type, rule["default"])
 
 
 def loader(name: str) -> type:
@@ -299,39 +218,43 @@ def module_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
-def tokenizer_inputs(x16k: Any, device: torch.device, dtype: torch.dtype,
-                     batch: int = 1) -> dict[str, torch.Tensor]:
-    """16 kHz mono audio -> Whisper log-mel of the 30-s window and its frame mask, on device."""
-    window = audio.WHISPER_CHUNK_S * audio.WHISPER.sample_rate
-    x = torch.as_tensor(x16k, dtype=torch.float32)
-    frames = min(x.shape[-1], window) // audio.WHISPER.hop_length
-    mel = audio.log_mel(audio.pad_or_trim(x, window), audio.WHISPER, device=device)  # [128, 3000]
-    mask = torch.zeros(mel.shape[-1], dtype=torch.long, device=mel.device)
-    mask[:frames] = 1
-    return {"input_features": mel.to(dtype).unsqueeze(0).repeat(batch, 1, 1),  # [B, 128, 3000]
-            "attention_mask": mask.unsqueeze(0).repeat(batch, 1)}  # [B, 3000]
+def tokenizer_inputs(x16k: Any, device: torch.device, dtype: torch.dtype, batch: int = 1,
+                     part_config: Any = None) -> dict[str, torch.Tensor]:
+    """16 kHz mono audio -> what GPA's SpeechTokenExtractor feeds WhisperVQEncoder: Whisper
+    log-mel padded to a multiple of 1280 samples [B, 128, T] and its frame mask [B, T]."""
+    part_config = part_config or config("speech_tokenizer", "full-shape")
+    return glm_tokenizer.inputs(x16k, part_config, device, dtype, batch)
 
 
-def codec_inputs(x16k: Any, device: torch.device, dtype: torch.dtype,
-                 batch: int = 1) -> dict[str, torch.Tensor]:
-    """16 kHz mono audio -> input_values [B, 1, T] on device."""
-    x = torch.as_tensor(x16k, dtype=torch.float32).to(device)
-    return {"input_values": x.to(dtype).reshape(1, 1, -1).repeat(batch, 1, 1)}
+def codec_inputs(x16k: Any, device: torch.device, dtype: torch.dtype, batch: int = 1,
+                 part_config: Any = None) -> dict[str, torch.Tensor]:
+    """16 kHz mono audio -> what SparkTokenizer feeds BiCodec: normalized input_values [B, T]
+    for wav2vec2 and the 6-s reference clip ref_wav [B, R] for the speaker mel."""
+    part_config = part_config or config("codec", "full-shape")
+    return bicodec.inputs(x16k, part_config, device, dtype, batch)
 
 
 def vocoder_inputs(x24k: Any, device: torch.device, dtype: torch.dtype,
                    batch: int = 1) -> dict[str, torch.Tensor]:
-    """24 kHz mono audio -> its 100-band log-mel as the vocoder takes it, [B, frames, 100]."""
-    mel = audio.log_mel(torch.as_tensor(x24k, dtype=torch.float32), VOCODER_SPEC, device=device)
-    return {"spectrogram": mel.T.to(dtype).unsqueeze(0).repeat(batch, 1, 1)}
+    """24 kHz audio -> as many audio tokens as its duration holds at 25 Hz (at least 2),
+    seeded random ids in 0..16383 (the LM's audio tokens are its own; these exercise the same
+    decoder on equal input on every side), [B, N] int64."""
+    n = max(2, round(np.asarray(x24k).shape[-1] / 24_000 * token2wav.TOKEN_RATE_HZ))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, token2wav.Token2WavConfig().token_vocab_size, (1, n), generator=gen)
+    del dtype  # token ids stay int64
+    return {"audio_tokens": ids.repeat(batch, 1).to(device)}
 
 
 _INPUTS = {"speech_tokenizer": tokenizer_inputs, "codec": codec_inputs, "vocoder": vocoder_inputs}
 
 
 def inputs_for(name: str, samples: Any, device: torch.device, dtype: torch.dtype,
-               batch: int = 1) -> dict[str, torch.Tensor]:
-    """Forward kwargs of a component for mono audio already at part(name).input_rate."""
+               batch: int = 1, part_config: Any = None) -> dict[str, torch.Tensor]:
+    """Forward kwargs of a component for mono audio already at part(name).input_rate; gpa's
+    take the component's config (padding, reference window; default: the released values)."""
+    if part(name).name in RELEASE_FORMAT:
+        return _INPUTS[name](samples, device, dtype, batch, part_config)
     return _INPUTS[part(name).name](samples, device, dtype, batch)
 
 
@@ -341,7 +264,8 @@ def example_inputs(name: str, module: nn.Module, batch: int = 1,
     p = part(name)
     samples = audio.load_fixture(fixture, sr=p.input_rate)
     dev = next(module.parameters()).device
-    return inputs_for(name, samples, dev, module_dtype(module), batch)
+    cfg = getattr(module, "config", None) if p.name in RELEASE_FORMAT else None
+    return inputs_for(name, samples, dev, module_dtype(module), batch, cfg)
 
 
 # ---- running -------------------------------------------------------------------------------
@@ -357,14 +281,17 @@ def run(name: str, module: nn.Module, inputs: dict[str, torch.Tensor],
     decoder's numerics are compared on equal input, as when it speaks an LM's tokens.
     """
     kind = part(name).kind
-    if kind == "tokenizer":
+    if kind == "tokenizer":  # GLM-4-Voice: ids, the real tokens' count, pre-quantization states
         out = module(**inputs)
-        return {"tokens": out.token_ids, "lengths": out.token_lengths, "states": out.pooled}
-    if kind == "codec":
-        wave_in = inputs["input_values"]  # [B, 1, T]
-        own = module.encode(wave_in).audio_codes  # [B, Q, N]
+        return {"tokens": out["token_ids"], "lengths": out["token_mask"].sum(dim=-1),
+                "states": out["states"]}
+    if kind == "codec":  # BiCodec: codes = the 32 global tokens then the N semantic ones
+        semantic, glob = module.tokenize(inputs["input_values"], inputs["ref_wav"])
+        own = torch.cat([glob.flatten(1).long(), semantic.long()], dim=-1)  # [B, G + N]
         use = own if codes is None else codes.to(own.device)
-        wave = module.decode(audio_codes=use).audio_values[..., :wave_in.shape[-1]]  # [B, T]
-        return {"codes": own, "waveform": wave}
+        g = glob.flatten(1).shape[1]
+        wave = module.detokenize(use[:, g:], use[:, :g].reshape(glob.shape))  # [B, 1, N * 320]
+        return {"codes": own, "semantic_tokens": semantic.long(),
+                "global_tokens": glob.flatten(1).long(), "waveform": wave[:, 0]}
     out = module(**inputs)
     return {"waveform": out if out.dim() == 2 else out.unsqueeze(0)}

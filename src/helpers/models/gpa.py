@@ -8,12 +8,17 @@ Real profile: the GPA release directory (config.json, model.safetensors, modelin
 configuration_qwen3.py, tokenizer files) read with AutoModelForCausalLM.from_pretrained(MODEL_DIR,
 trust_remote_code=True) and AutoTokenizer, as the release is loaded.
 
-Audio components (helpers.models.audio_components), at the tiny and full-shape profiles:
-speech_tokenizer (Whisper-large-v3-shape encoder, 4x pooling to 12.5 Hz, 16,384 codes; folder
-glm-4-voice-tokenizer/ as in the release) and codec (DAC-style, 50 Hz codes from 8,192, x320 to
-16 kHz; folder BiCodec/). The release's own audio sub-models use their projects' code and
-formats, so at profile real they are read only from folders that hold saves of these classes
-(helpers.models.audio_components.saved_in); otherwise the LM alone is loaded.
+Audio components (helpers.models.audio_components), at every profile and in the release's own
+formats: speech_tokenizer (GLM-4-Voice's WhisperVQEncoder, helpers.models.glm_tokenizer; folder
+glm-4-voice-tokenizer/) and codec (BiCodec with its wav2vec2-large-xlsr-53,
+helpers.models.bicodec; folder BiCodec/). At profile real each is read from its folder when
+the folder is there (strictly: a bad file is an error naming it); a MODEL_DIR without the
+folder loads without that component and says so. The tiny profile saves both in those same
+formats and reads them back through the same loaders.
+
+TOKEN_LAYOUT is where the LM's vocabulary holds the audio tokens and the task markers
+(AutoArk/GPA data_utils/audio_dataset_ark_audio.py: the offsets are its constructor defaults,
+the markers the strings its prompts are built from).
 """
 
 from __future__ import annotations
@@ -23,6 +28,28 @@ from typing import Any
 
 from helpers.models import audio_components as ac
 from helpers.models.base import Component, LoadedModel, Recipe, Reference, shipped_tokenizer
+
+# AutoArk/GPA data_utils/audio_dataset_ark_audio.py: glm_semantic_token_offset=151727,
+# global_token_offset=168111, semantic_token_offset=172207 (code-book sizes 16,384 / 4,096 /
+# 8,192 make the three ranges adjacent: 151727 + 16384 = 168111, + 4096 = 172207, + 8192 =
+# 180399 <= vocab 180,445); markers as its STT / TTS / VC prompts spell them.
+TOKEN_LAYOUT: dict[str, Any] = {
+    "glm": {"offset": 151_727, "size": 16_384, "start": "<|start_glm_token|>",
+            "end": "<|end_glm_token|>"},
+    "global": {"offset": 168_111, "size": 4_096, "start": "<|start_global_token|>",
+               "end": "<|end_global_token|>"},
+    "semantic": {"offset": 172_207, "size": 8_192, "start": "<|start_semantic_token|>",
+                 "end": "<|end_semantic_token|>"},
+    "content": {"start": "<|start_content|>", "end": "<|end_content|>"},
+    "eos": "<|im_end|>",
+    "source": "AutoArk/GPA data_utils/audio_dataset_ark_audio.py",
+}
+
+
+def lm_ids(kind: str, tokens: Any) -> Any:
+    """Component token ids (0-based) -> the LM's ids for `kind` (glm, global, semantic)."""
+    return tokens + TOKEN_LAYOUT[kind]["offset"]
+
 
 GPA_REPORT = "GPA on Ascend 910 adaptation report (Qwen3 shape, head_dim 128, tied: 312.6M)"
 
@@ -48,7 +75,9 @@ class GpaRecipe(Recipe):
     )
     model_types = ("qwen3",)  # the release's config.json (Qwen3ForCausalLM)
     layout = ("MODEL_DIR/config.json + model.safetensors (+ modeling_qwen3.py, "
-              "configuration_qwen3.py for trust_remote_code) + tokenizer files")
+              "configuration_qwen3.py for trust_remote_code) + tokenizer files; audio: "
+              "glm-4-voice-tokenizer/ (config.json, model.safetensors, preprocessor_config.json) "
+              "and BiCodec/ (config.yaml, model.safetensors, wav2vec2-large-xlsr-53/)")
 
     def configs(self, profile: str) -> dict[str, Any]:
         from transformers import Qwen3Config
@@ -78,6 +107,11 @@ class GpaRecipe(Recipe):
 
     def saved_here(self, root: Path, name: str) -> bool:
         return ac.saved_in(self.component_dir(root, name), name)
+
+    def dir_components(self, root: Path) -> list[str]:
+        """The save_pretrained-layout components weights.check_dir validates: the LM only (the
+        audio folders are in their release formats and checked by their own loaders)."""
+        return [n for n in self.component_names() if n not in self.builtin_only]
 
     def example_inputs(self, loaded: LoadedModel, component: str, batch: int) -> dict[str, Any]:
         if component in self.builtin_only and component in loaded.components:

@@ -6,9 +6,11 @@ What is compared, per fixture:
               compare() and msprobe's whole-network rule; the difference is shown as a heatmap
   tokenizer   token ids device vs CPU over the tokens that cover the clip (agreement, %), and
               the pooled encoder states under the whole-network rule
-  codec       its 50 Hz codes device vs CPU (agreement, %); then the CPU's codes decoded on
-              each side (the decoder's numerics on equal input, as when it speaks an LM's
-              tokens): waveform SNR (dB), cosine, log-mel distance (dB)
+  codec       its codes device vs CPU (agreement, %; BiCodec: the 32 global and the 50 Hz
+              semantic tokens together and apart); then the CPU's codes decoded on each side
+              (the decoder's numerics on equal input, as when it speaks an LM's tokens):
+              waveform SNR (dB), cosine, log-mel distance (dB); the dtype upstream would use
+              (BiCodec: float16 on CUDA) is recorded next to the run's
   vocoder     the clip's 100-band log-mel vocoded on each side: waveform SNR, cosine, mel distance
 Both sides (helpers.stages.kit.Side) hold the same weights: the reference is built or read on
 the CPU in float32 (tiny: the recipe's cache folder, the same files recipe.load reads;
@@ -77,9 +79,39 @@ class AudioRun:
     errors: dict[str, str] = field(default_factory=dict)  # component -> why it is missing
     modules: dict[str, dict[str, nn.Module]] = field(
         default_factory=lambda: {"target": {}, "reference": {}})  # side role -> name -> module
+    # the target dtype of each component (COMPONENT_DTYPES: the run's DTYPE, or upstream's rule)
+    dtypes: dict[str, torch.dtype] = field(default_factory=dict)
 
     def module(self, side: Side, name: str) -> nn.Module:
         return self.modules[side.role][name]
+
+    def dtype(self, side: Side, name: str) -> torch.dtype:
+        """The dtype `name` runs in on `side` (the reference: always its float32)."""
+        return self.dtypes.get(name, side.dtype) if side is self.dev else side.dtype
+
+    def dtype_name(self, side: Side, name: str) -> str:
+        return str(self.dtype(side, name)).removeprefix("torch.")
+
+
+# component_dtype knob: "run" = every component in the run's DTYPE; "upstream" = each as its
+# upstream code runs it on this device type (helpers.models.audio_components.upstream_dtype:
+# BiCodec float16 on CUDA, float32 elsewhere; the GLM tokenizer float32), others in DTYPE
+COMPONENT_DTYPES = ("run", "upstream")
+
+
+def check_component_dtype(rule: str) -> None:
+    if rule not in COMPONENT_DTYPES:
+        from helpers.errors import ConfigError
+
+        raise ConfigError(f"audio_samples.component_dtype is {rule!r}",
+                          f"use one of {', '.join(COMPONENT_DTYPES)}")
+
+
+def component_dtype(name: str, dev: Side, rule: str) -> torch.dtype:
+    """The target dtype of component `name` under `rule` (see COMPONENT_DTYPES)."""
+    check_component_dtype(rule)
+    chosen = ac.upstream_dtype(name, dev.device.type) if rule == "upstream" else ""
+    return getattr(torch, chosen) if chosen else dev.dtype
 
 
 def load_reference(recipe: Recipe, cfg: RunConfig, names: list[str]) -> dict[str, nn.Module]:
@@ -104,8 +136,10 @@ def load_reference(recipe: Recipe, cfg: RunConfig, names: list[str]) -> dict[str
     return out
 
 
-def prepare(tgt: Target) -> AudioRun:
-    """Load the reference components on the CPU and copy them to the run's target."""
+def prepare(tgt: Target, component_dtypes: str = "run") -> AudioRun:
+    """Load the reference components on the CPU and copy them to the run's target, each in
+    its dtype (see COMPONENT_DTYPES; a bad rule is a ConfigError before anything loads)."""
+    check_component_dtype(component_dtypes)
     cfg = tgt.cfg
     dev, ref = tgt.side, reference_side(REFERENCE_DTYPE)
     recipe = models.get(cfg.model)
@@ -115,13 +149,16 @@ def prepare(tgt: Target) -> AudioRun:
         root = Path(cfg.model_dir).expanduser()
         for n in [n for n in names if not ac.saved_in(recipe.component_dir(root, n), n)]:
             run.errors[n] = (f"{recipe.component_dir(root, n)} holds no save of "
-                             f"{ac.loader(n).__name__} (the release's own format is not read)")
+                             f"{ac.loader(n).__name__}" + (
+                                 "" if n in (*ac.RELEASE_FORMAT, "vocoder")
+                                 else " (the release's own format is not read)"))
         names = [n for n in names if n not in run.errors]
     for n in names:
         try:
             m = load_reference(recipe, cfg, [n])[n]
             run.modules["reference"][n] = m
-            run.modules["target"][n] = copy.deepcopy(m).to(dev.device, dev.dtype).eval()
+            run.dtypes[n] = component_dtype(n, dev, component_dtypes)
+            run.modules["target"][n] = copy.deepcopy(m).to(dev.device, run.dtypes[n]).eval()
         except Exception as exc:  # a component that cannot be built is a row
             run.errors[n] = failure_text(exc)
     run.parts = [n for n in names if n in run.modules["target"]]
@@ -229,11 +266,13 @@ def run_component(name: str, fx: FixtureResult, run: AudioRun) -> ComponentResul
     """One component on one fixture, device vs CPU; an exception becomes the row's error."""
     p = ac.part(name)
     res = ComponentResult(name, p.kind, ok=False)
-    dtype = run.dev.dtype_name
+    dtype = run.dtype_name(run.dev, name)
     try:
         clip = _clip_for(name, fx)
-        ref_in = ac.inputs_for(name, clip, run.ref.device, run.ref.dtype)
-        dev_in = ac.inputs_for(name, clip, run.dev.device, run.dev.dtype)
+        cfg = ac.config_of(name, run.module(run.ref, name))
+        ref_in = ac.inputs_for(name, clip, run.ref.device, run.ref.dtype, part_config=cfg)
+        dev_in = ac.inputs_for(name, clip, run.dev.device, run.dtype(run.dev, name),
+                                part_config=cfg)
         ref = ac.run(name, run.module(run.ref, name), ref_in)
         if p.kind == "tokenizer":
             dev = ac.run(name, run.module(run.dev, name), dev_in)
@@ -253,6 +292,11 @@ def run_component(name: str, fx: FixtureResult, run: AudioRun) -> ComponentResul
                 n = ref["codes"].shape[-1]
                 res.metrics["codes"] = n
                 res.metrics["agreement_pct"] = _agreement(dev["codes"], ref["codes"], n)
+            for kind in ("semantic", "global"):  # BiCodec's two token streams, apart
+                if f"{kind}_tokens" in ref:
+                    t, r = dev[f"{kind}_tokens"], ref[f"{kind}_tokens"]
+                    res.metrics[f"{kind}_tokens"] = r.shape[-1]
+                    res.metrics[f"{kind}_agreement_pct"] = _agreement(t, r, r.shape[-1])
             res.outputs = {"wave_dev": _np(dev["waveform"][0]), "wave_ref": _np(ref["waveform"][0])}
         res.ok = True
     except Exception as exc:  # failures inside the stage are data
@@ -305,8 +349,9 @@ def measure_rtf(run: AudioRun, fixture: str = ac.DEFAULT_FIXTURE, iters: int = 3
 def _rtf_row(name: str, side: Side, clip: np.ndarray, seconds_audio: float,
              protocol: bench.Protocol, fixture: str, run: AudioRun) -> dict[str, Any]:
     try:
-        inputs = ac.inputs_for(name, clip, side.device, side.dtype)
         module = run.module(side, name)
+        inputs = ac.inputs_for(name, clip, side.device, run.dtype(side, name),
+                               part_config=ac.config_of(name, module))
         m = bench.measure(lambda: ac.run(name, module, inputs), side.backend, protocol, name)
         return {**bench.real_time_factor(m, seconds_audio, name, side.label,
                                          f"fixture {fixture}")}
@@ -456,10 +501,13 @@ def summary(results: list[FixtureResult], rtf: list[dict[str, Any]],
         rows = [r.components[name] for r in results if name in r.components]
         good = [c for c in rows if c.ok]
         s: dict[str, Any] = {"kind": ac.part(name).kind, "fixtures_ok": len(good),
-                             "fixtures_failed": len(rows) - len(good)}
+                             "fixtures_failed": len(rows) - len(good),
+                             "dtype": run.dtype_name(run.dev, name),
+                             "upstream_dtype": ac.upstream_dtype(name, run.dev.device.type)}
         if good:
             for key, pick in (("agreement_pct", min), ("snr_db", min), ("cosine", min),
-                              ("states_cosine", min), ("mel_distance_db", max)):
+                              ("states_cosine", min), ("mel_distance_db", max),
+                              ("semantic_agreement_pct", min), ("global_agreement_pct", min)):
                 vals = [c.metrics[key] for c in good if key in c.metrics]
                 if vals:
                     s[f"{key}_{pick.__name__}"] = pick(vals)
@@ -506,7 +554,7 @@ def checks(run: AudioRun, results: list[FixtureResult], rtf: list[dict[str, Any]
     for name, why in run.errors.items():
         # at profile real a missing save is a fact about MODEL_DIR (informational); a
         # built-in shape that fails to build is a failure
-        judged = None if run.profile == "real" and "holds no save" in why else False
+        judged = None if run.profile == "real" and "holds no " in why else False
         out.append(Check(f"{name}: loaded", "no", "loads", judged,
                          "the recipe's audio components", detail=why))
     for name in run.parts:
@@ -528,7 +576,7 @@ def _component_checks(name: str, run: AudioRun, results: list[FixtureResult]) ->
                        detail="; ".join(failed[:2]) or "no errors")]
     if not good:
         return out
-    float32 = run.dev.dtype == torch.float32
+    float32 = run.dtype(run.dev, name) == torch.float32
     if any("agreement_pct" in c.metrics for c in good):
         op, limit, source = agreement_limit()
         what = "tokens" if ac.part(name).kind == "tokenizer" else "codes"
@@ -539,7 +587,7 @@ def _component_checks(name: str, run: AudioRun, results: list[FixtureResult]) ->
         else:
             out.append(Check(f"{name}: {what} agree device vs CPU (%, lowest fixture)", value,
                              f"{op} {limit} judged at float32 only", None, source,
-                             detail=f"{run.dev.dtype_name} vs a float32 reference: a "
+                             detail=f"{run.dtype_name(run.dev, name)} vs a float32 reference: a "
                              "nearest-code search flips where two codes are almost equally "
                              "near; no published standard for reduced precision"))
     if any("states_cosine" in c.metrics for c in good):

@@ -31,10 +31,12 @@ ENV_PATTERNS = (r"^ASCEND_", r"^TASK_QUEUE_ENABLE$", r"^TORCH_NPU_", r"^PYTORCH_
                 r"^HCCL_", r"^CUDA_VISIBLE_DEVICES$", r"^CUDA_LAUNCH_BLOCKING$",
                 r"^PYTORCH_CUDA_ALLOC_CONF$", r"^CUBLAS_WORKSPACE_CONFIG$", r"^NVIDIA_",
                 r"^OMP_NUM_THREADS$", r"^MKL_NUM_THREADS$", r"^HF_HUB_OFFLINE$",
-                r"^TRANSFORMERS_OFFLINE$", r"^HF_HOME$", r"^LD_PRELOAD$")
+                r"^TRANSFORMERS_OFFLINE$", r"^HF_HOME$", r"^LD_PRELOAD$", r"^TORCH_CPP_LOG_LEVEL$",
+                r"^RANK$", r"^LOCAL_RANK$", r"^WORLD_SIZE$")
 # Shown even when unset, so a reader sees they were looked at.
-ENV_ALWAYS = ("ASCEND_RT_VISIBLE_DEVICES", "TASK_QUEUE_ENABLE", "TORCH_NPU_WARNING_DISABLE",
-              "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+# (torch_npu 2.9.0.post1 reads TORCH_NPU_DISABLED_WARNING; newer releases the other name)
+ENV_ALWAYS = ("ASCEND_RT_VISIBLE_DEVICES", "TASK_QUEUE_ENABLE", "TORCH_NPU_DISABLED_WARNING",
+              "TORCH_NPU_WARNING_DISABLE", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
 
 
 def package_versions() -> dict[str, str]:

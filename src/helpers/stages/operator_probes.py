@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from helpers.config import RunConfig
+from helpers.device.fallbacks import hiding_settings
 from helpers.probes import catalog, isolate, report
 from helpers.probes.catalog import Probe
 from helpers.probes.isolate import Outcome, Worker, WorkerStartError
@@ -39,6 +40,7 @@ from helpers.probes.report import (
 )
 from helpers.probes.report import checks as _checks
 from helpers.probes.verdict import RULES, STATUSES, Verdict
+from helpers.records import Check
 from helpers.stages.kit import Target
 
 __all__ = [
@@ -67,7 +69,14 @@ class ProbeRun:
         return [*self.catalog, *self.model]
 
     def checks(self) -> list[Any]:
-        return _checks(self.catalog, self.model, self.trace)
+        out = _checks(self.catalog, self.model, self.trace)
+        hidden = hiding_settings()
+        if hidden:
+            out.append(Check("fallback list may be incomplete", ", ".join(hidden), "none set",
+                             None, "torch_npu prints fallback warnings only when allowed",
+                             "these settings can keep torch_npu's fallback warnings from being "
+                             "printed, so operators that ran on the CPU may be missing above"))
+        return out
 
     def metrics(self) -> dict[str, Any]:
         """Plain JSON values for the stage results."""
@@ -234,4 +243,8 @@ def summary(run: ProbeRun) -> str:
                f"{run.worker['starts']} worker process start(s), torch on "
                f"{run.worker.get('threads', '?')} CPU thread(s) in the worker.")
     out.append(m["compared"])
+    hidden = hiding_settings()
+    if hidden:
+        out.append(f"**The fallback list may be incomplete**: {', '.join(hidden)} can keep "
+                   "torch_npu's fallback warnings from being printed.")
     return "\n\n".join(out)

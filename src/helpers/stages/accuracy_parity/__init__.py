@@ -34,6 +34,7 @@ from helpers.stages.accuracy_parity.sections import (
     layer_frame,
     layers_section,
     logits_section,
+    weights_section,
 )
 from helpers.stages.accuracy_parity.sides import (
     Runs,
@@ -43,6 +44,7 @@ from helpers.stages.accuracy_parity.sides import (
     golden_decision,
     greedy,
     run_all,
+    weight_digests,
 )
 
 __all__ = [
@@ -50,5 +52,5 @@ __all__ = [
     "components_section", "determinism_section", "display_frame", "divergence",
     "frontend_section", "generation_section", "golden_decision", "golden_section", "greedy",
     "headline", "largest_increase", "layer_figure", "layer_frame", "layers_section",
-    "load_prompts", "logits_section", "plan", "run_all",
+    "load_prompts", "logits_section", "plan", "run_all", "weight_digests", "weights_section",
 ]

@@ -35,6 +35,7 @@ class Plan:
     new_tokens: int
     languages: tuple[str, ...]
     model: str = ""
+    tf32: bool = False  # let float32 matmuls / convolutions use TF32 (CUDA) or HF32 (Ascend)
 
     @property
     def golden_side(self) -> Side:
@@ -59,16 +60,20 @@ class Plan:
                          "must be exactly zero.")
         lines.append(f"Workload: prompts in {', '.join(self.languages)}; greedy generation of "
                      f"{self.new_tokens} new tokens.")
+        lines.append("Reduced-precision float32 (TF32 on CUDA, HF32 on Ascend): "
+                     + ("**allowed** (knob tf32 = True): float32 differences include it."
+                        if self.tf32 else "off for every side (knob tf32 = False), so float32 "
+                        "means IEEE float32 on the device as on the CPU."))
         return "\n\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target.label, "reference": self.reference.label,
                 "golden": self.golden, "reason": self.reason, "new_tokens": self.new_tokens,
-                "languages": list(self.languages)}
+                "languages": list(self.languages), "tf32": self.tf32}
 
 
 def plan(tgt: Target, reference_dtype: str = "float32", golden: str = "auto",
-         new_tokens: int = 0, languages: str = "en,zh") -> Plan:
+         new_tokens: int = 0, languages: str = "en,zh", tf32: bool = False) -> Plan:
     """The sides and workload for a run's target and the stage knobs (checked here)."""
     if reference_dtype not in REFERENCE_DTYPES:
         raise ConfigError(f"reference_dtype {reference_dtype!r} is not valid",
@@ -79,10 +84,13 @@ def plan(tgt: Target, reference_dtype: str = "float32", golden: str = "auto",
     if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 0:
         raise ConfigError(f"new_tokens must be an integer >= 0, got {new_tokens!r}",
                           "0 means auto (8 on the tiny profile, 64 otherwise)")
+    if not isinstance(tf32, bool):
+        raise ConfigError(f"tf32 must be True or False, got {tf32!r}",
+                          "True lets float32 parity use TF32 (CUDA) / HF32 (Ascend)")
     langs = _languages(languages)
     reference = reference_side(getattr(torch, reference_dtype))
     n = new_tokens or NEW_TOKENS_AUTO.get(tgt.cfg.profile, NEW_TOKENS_DEFAULT)
-    return Plan(tgt.side, reference, golden, tgt.reason, n, langs, tgt.cfg.model)
+    return Plan(tgt.side, reference, golden, tgt.reason, n, langs, tgt.cfg.model, tf32)
 
 
 def _languages(text: str) -> tuple[str, ...]:

@@ -70,6 +70,45 @@ def _rules(dtype: str) -> list[str]:
     return table.get(dtype, table["float32"] if dtype == "float64" else table["bfloat16"])
 
 
+# -- identical weights
+
+WEIGHTS_SOURCE = ("stage contract: every side runs the reference's weights, each cast to its "
+                  "own dtype, so a difference is the device's, not the model's")
+
+
+def weights_section(runs: Runs) -> Section:
+    """Every side holds the reference's weights: per tensor, the sha256 of the reference's
+    weights cast on the CPU to the side's dtype against the side's own."""
+    ref = runs.reference
+    why = ref.failed("weights")
+    if why:
+        return Section.failure("weights", why)
+    rows, checks = [], []
+    for other in (runs.target, runs.golden):
+        if other is None:
+            continue
+        why = other.failed("weights")
+        if why:
+            checks.append(Section.failure(f"weights ({other.side.role})", why).checks[0])
+            continue
+        dtype = other.side.dtype_name
+        mine, want = other.digests.get(dtype, {}), ref.digests.get(dtype, {})
+        names = sorted(set(mine) | set(want))
+        differ = [n for n in names if mine.get(n) != want.get(n)]
+        rows.append({"side": other.side.role, "config": other.side.label, "tensors": len(names),
+                     "identical": len(names) - len(differ),
+                     "first differing": differ[0] if differ else "none"})
+        checks.append(Check.judge(
+            f"weights: the {other.side.role} holds the reference's weights in {dtype} "
+            "(tensors identical)", len(names) - len(differ), "==", len(names),
+            WEIGHTS_SOURCE, detail=(f"differ: {', '.join(differ[:3])}" if differ
+                                    else "sha256 of every tensor equal")))
+    note = (f"sha256 of each of the {len(ref.digests.get(ref.side.dtype_name, {}))} weight "
+            "tensors, the reference's cast on the CPU to each side's dtype against that "
+            "side's own: equal means the sides compute with the same numbers.")
+    return Section("weights", pd.DataFrame(rows), checks, {"rows": rows}, [note])
+
+
 # -- logits
 
 def _logit_row(p: Prompt, t: torch.Tensor, r: torch.Tensor, dtype: str) -> dict[str, Any]:

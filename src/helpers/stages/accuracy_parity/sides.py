@@ -4,6 +4,7 @@ generation, audio components) on the same inputs, keep the outputs on the host, 
 from __future__ import annotations
 
 import gc
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ class SideRun:
     errors: dict[str, str] = field(default_factory=dict)  # part -> "TypeError: ..."
     seconds: dict[str, float] = field(default_factory=dict)  # part -> synchronized seconds
     parameters: int = 0
+    digests: dict[str, dict[str, str]] = field(default_factory=dict)  # dtype -> tensor -> sha256
 
     def failed(self, *parts: str) -> str:
         """'' when the parts ran; else the first error, named with side and part."""
@@ -217,13 +219,35 @@ def run_component(loaded: LoadedModel, name: str, kwargs: dict[str, torch.Tensor
             for k, v in outs.items()}
 
 
+def weight_digests(loaded: LoadedModel, dtypes: tuple[torch.dtype, ...],
+                   ) -> dict[str, dict[str, str]]:
+    """sha256 of every weight tensor, cast on the CPU to each of `dtypes`: dtype name ->
+    "component.parameter" -> digest. Two sides hold the same weights when the reference's
+    digests in the other side's dtype equal that side's own."""
+    out: dict[str, dict[str, str]] = {}
+    for dtype in dict.fromkeys(dtypes):
+        table = {}
+        for comp, module in loaded.components.items():
+            for name, param in module.named_parameters():  # a tied tensor once
+                t = param.detach().cpu()
+                t = t.to(dtype) if t.is_floating_point() else t
+                raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                table[f"{comp}.{name}"] = hashlib.sha256(raw).hexdigest()
+        out[devices.dtype_name(dtype)] = table
+    return out
+
+
 def collect_loaded(loaded: LoadedModel, side: Side, prompts: list[Prompt], new_tokens: int,
                    inputs: dict[str, dict[str, torch.Tensor]] | None = None,
-                   again: bool = False, reference: SideRun | None = None) -> SideRun:
+                   again: bool = False, reference: SideRun | None = None,
+                   digest_dtypes: tuple[torch.dtype, ...] = ()) -> SideRun:
     """Run every part on an already-loaded model. `inputs` are the component inputs to use
     (None: make them here, from this side, as the reference does); `again` repeats the forward
-    and the generation for the determinism check; `reference` lends its codec codes."""
+    and the generation for the determinism check; `reference` lends its codec codes;
+    digest_dtypes: the dtypes to fingerprint the weights in (default: the side's own)."""
     run = SideRun(side, parameters=loaded.parameters_total)
+    _part(run, side.backend, "weights", lambda: run.digests.update(
+        weight_digests(loaded, digest_dtypes or (side.dtype,))))
     be = side.backend
     with torch.inference_mode():
         _part(run, be, "forward", lambda: run.logits.extend(forward_prompts(run, loaded, prompts)))
@@ -255,7 +279,8 @@ def _keep_inputs(run: SideRun, loaded: LoadedModel) -> None:
 
 def collect(cfg: RunConfig, side: Side, prompts: list[Prompt], new_tokens: int,
             inputs: dict[str, dict[str, torch.Tensor]] | None = None,
-            again: bool = False, reference: SideRun | None = None) -> SideRun:
+            again: bool = False, reference: SideRun | None = None,
+            digest_dtypes: tuple[torch.dtype, ...] = ()) -> SideRun:
     """Load one side, run every part, free the model; a failed load is recorded, not raised."""
     be = side.backend
     try:
@@ -265,7 +290,8 @@ def collect(cfg: RunConfig, side: Side, prompts: list[Prompt], new_tokens: int,
         run = SideRun(side)
         run.errors["load"] = f"{type(exc).__name__}: {exc}"
         return run
-    run = collect_loaded(loaded, side, prompts, new_tokens, inputs, again, reference)
+    run = collect_loaded(loaded, side, prompts, new_tokens, inputs, again, reference,
+                         digest_dtypes)
     run.seconds["load"] = round(t.seconds, 4)
     del loaded
     gc.collect()
@@ -322,13 +348,15 @@ def golden_decision(mode: str, parameters: int) -> tuple[bool, str]:
 def run_all(cfg: RunConfig, p: Plan) -> Runs:
     """Reference, then target (twice for determinism), then the golden when wanted."""
     prompts = load_prompts(p.languages)
-    ref = collect(cfg, p.reference, prompts, p.new_tokens)
-    tgt = collect(cfg, p.target, prompts, p.new_tokens, inputs=ref.inputs, again=True,
-                  reference=ref)
-    tgt.inputs_note = ref.inputs_note
-    use, note = golden_decision(p.golden, ref.parameters)
-    if p.reference.dtype == torch.float64:
-        use, note = False, "no separate golden: the reference itself runs in float64"
-    gold = (collect(cfg, p.golden_side, prompts, 0, inputs=ref.inputs, reference=ref)
-            if use else None)
+    with devices.full_float32(p.target.device, enabled=not p.tf32):
+        ref = collect(cfg, p.reference, prompts, p.new_tokens,
+                      digest_dtypes=(p.reference.dtype, p.target.dtype, torch.float64))
+        tgt = collect(cfg, p.target, prompts, p.new_tokens, inputs=ref.inputs, again=True,
+                      reference=ref)
+        tgt.inputs_note = ref.inputs_note
+        use, note = golden_decision(p.golden, ref.parameters)
+        if p.reference.dtype == torch.float64:
+            use, note = False, "no separate golden: the reference itself runs in float64"
+        gold = (collect(cfg, p.golden_side, prompts, 0, inputs=ref.inputs, reference=ref)
+                if use else None)
     return Runs(p, prompts, ref, tgt, gold, note)

@@ -19,7 +19,7 @@ sections, graph (eager vs graph mode, the compile cap), inductor_cache (the comp
 its cleanup), figures.
 """
 
-from helpers.stages.performance import graph, inductor_cache
+from helpers.stages.performance import graph, inductor_cache, sections
 from helpers.stages.performance.figures import bandwidth_figure, roofline_figure, sweeps_figure
 from helpers.stages.performance.generation import (
     Run,
@@ -59,5 +59,5 @@ __all__ = [
     "generate_fn", "graph", "graph_cap", "graph_config", "headline", "host_load",
     "inductor_cache", "latency", "lm_inputs", "matmul_flops", "measure_generate",
     "memory_table", "modes", "pad_id", "prompt_sweep", "roofline", "roofline_figure", "rtf",
-    "sanity", "setup", "sleep_probe", "sweeps_figure", "throughput_table", "time_cap",
+    "sanity", "sections", "setup", "sleep_probe", "sweeps_figure", "throughput_table", "time_cap",
 ]
