@@ -92,6 +92,7 @@ class CovoRecipe(Recipe):
     )
     builtin_only = ("vocoder",)
     model_types = (cm.MODEL_TYPE,)
+    fixture = FIXTURE  # the clip its example inputs are made from
     references = (
         Reference("audio_encoder+adapter+lm", 8_402_417_920, 0.5, "8,402,417,920", COVO_SOURCE),
         Reference("lm", 7_730_240_000, 0.5, "7,730,240,000", COVO_SOURCE),

@@ -154,8 +154,9 @@ def component_inputs(loaded: LoadedModel) -> tuple[dict[str, dict[str, torch.Ten
     """Host copies of the inputs each audio component is compared on, and what they are.
 
     A Whisper-style encoder (config with num_mel_bins and max_source_positions, taking
-    input_features) gets the log-mel of a shipped speech fixture, zero-padded to its window;
-    every other component gets the recipe's example inputs (seeded)."""
+    input_features) gets the recipe's own front end on a shipped fixture where the recipe has
+    one (fixture_features), else the plain Whisper log-mel of a fixture zero-padded to its
+    window; every other component gets the recipe's example inputs (seeded)."""
     inputs, notes = {}, {}
     for name in audio_components(loaded):
         kwargs = {k: v.detach().cpu() for k, v in loaded.example_inputs(name).items()}
@@ -164,6 +165,12 @@ def component_inputs(loaded: LoadedModel) -> tuple[dict[str, dict[str, torch.Ten
         if typed is not None:
             fixture = getattr(typed, "DEFAULT_FIXTURE", "")
             notes[name] += f" (made from fixture {fixture})" if fixture else ""
+            inputs[name] = kwargs
+            continue
+        if "input_features" in kwargs and hasattr(loaded.recipe, "fixture_features"):
+            # the release's own front end (Covo: 24 kHz -> hop trim -> 16 kHz -> log-mel)
+            fixture = getattr(loaded.recipe, "fixture", FRONTEND_FIXTURE)
+            notes[name] = f"the recipe's release front end on fixture {fixture}"
             inputs[name] = kwargs
             continue
         mel = _fixture_features(loaded.components[name], kwargs)
