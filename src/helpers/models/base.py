@@ -376,16 +376,30 @@ class Recipe:
     def _load_random(self, seed: int, device: torch.device, dtype: torch.dtype, device_map: str,
                      be: Backend, timings: dict[str, float], notes: list[str]) -> tuple[Any, Any, Any]:
         with be.timer() as t:
-            skel = self.skeletons(self.configs("full-shape"), dtype)
+            configs = self.configs("full-shape")
+            skel = self.skeletons(configs, dtype)
             maps = self._plan(skel, device, dtype, device_map, notes)
-            modules = {n: _dispatch(weights.materialize(m, maps[n], seed + i), maps[n])
-                       for i, (n, m) in enumerate(skel.items())}
+            modules = self.random_components(configs, skel, maps, seed, dtype)
         timings["config_init_s"] = t.seconds
         with be.timer() as t:
-            tok = shipped_tokenizer()
+            tok = self.random_tokenizer()
         timings.update(tokenizer_s=t.seconds, weights_read_s=0.0, to_device_s=0.0)
-        notes.append(FULL_SHAPE_NOTE)
+        notes.extend([FULL_SHAPE_NOTE, *self.random_notes])
         return modules, tok, maps
+
+    # full-shape hooks: a recipe whose release is one module (covo) builds it its own way
+    random_notes: tuple[str, ...] = ()
+
+    def random_components(self, configs: dict[str, Any], skel: dict[str, nn.Module],
+                          maps: dict[str, dict[str, str]], seed: int,
+                          dtype: torch.dtype) -> dict[str, nn.Module]:
+        """Random-weight components placed by maps (component i seeded with seed + i)."""
+        return {n: _dispatch(weights.materialize(m, maps[n], seed + i), maps[n])
+                for i, (n, m) in enumerate(skel.items())}
+
+    def random_tokenizer(self) -> Any:
+        """The tokenizer of the full-shape profile (no release tokenizer ships)."""
+        return shipped_tokenizer()
 
 
 @dataclass

@@ -44,7 +44,6 @@ from helpers.models import covo_model as cm
 from helpers.models import placement, weights
 from helpers.models import token2wav as t2w
 from helpers.models.base import (
-    FULL_SHAPE_NOTE,
     TOKENIZER_DIR,
     Component,
     LoadedModel,
@@ -199,20 +198,17 @@ class CovoRecipe(Recipe):
         tiny_tokenizer().save_pretrained(str(out))
         modules["vocoder"].save_pretrained(out / VOCODER_SUB)
 
-    def _load_random(self, seed: int, device: torch.device, dtype: torch.dtype, device_map: str,
-                     be: Any, timings: dict[str, float], notes: list[str]) -> tuple[Any, Any, Any]:
-        with be.timer() as t:
-            configs = self.configs("full-shape")
-            maps = self._plan(self.skeletons(configs, dtype), device, dtype, device_map, notes)
-            whole, modules = self._random(configs, maps, seed, dtype)
-        timings["config_init_s"] = t.seconds
-        with be.timer() as t:
-            tok = tiny_tokenizer()
-        timings.update(tokenizer_s=t.seconds, weights_read_s=0.0, to_device_s=0.0)
-        notes.append(FULL_SHAPE_NOTE)
-        notes.append("full-shape uses the tiny tokenizer (no release tokenizer is shipped); "
-                     "its ids stay inside the 168,055-token vocabulary")
-        return modules, tok, maps
+    random_notes = ("full-shape uses the tiny tokenizer (no release tokenizer is shipped); "
+                    "its ids stay inside the 168,055-token vocabulary",)
+
+    def random_components(self, configs: dict[str, Any], skel: dict[str, nn.Module],
+                          maps: dict[str, dict[str, str]], seed: int,
+                          dtype: torch.dtype) -> dict[str, nn.Module]:
+        """The whole CovoAudioForCausalLM at once (the release's one module), then its parts."""
+        return self._random(configs, maps, seed, dtype)[1]
+
+    def random_tokenizer(self) -> Any:
+        return tiny_tokenizer()
 
     # ---- reading the release folder -------------------------------------------------------
     def _load_dir(self, root: Path, device: torch.device, dtype: torch.dtype, device_map: str,

@@ -53,6 +53,7 @@ from transformers import (
 from transformers import initialization as init
 
 from helpers.errors import ModelLoadError
+from helpers.records import write_json
 
 MODEL_TYPE = "covo_audio"
 AUDIO_TOKEN = "<|cAUDIO|>"  # the placeholder (modeling_covo_audio.py, get_dialog_prompt)
@@ -386,7 +387,7 @@ def save_release(model: CovoAudioForCausalLM, out: Path, shards: int = 2) -> lis
     out.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
     config["architectures"] = ["CovoAudioForCausalLM"]
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_json(out / "config.json", config)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     keys = list(state)
     per = -(-len(keys) // shards)
@@ -399,6 +400,5 @@ def save_release(model: CovoAudioForCausalLM, out: Path, shards: int = 2) -> lis
         files.append(out / name)
     index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
              "weight_map": weight_map}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n",
-                                                       encoding="utf-8")
+    write_json(out / "model.safetensors.index.json", index)
     return files

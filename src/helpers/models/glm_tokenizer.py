@@ -45,6 +45,7 @@ from torch import nn
 from helpers import audio
 from helpers.errors import ModelLoadError
 from helpers.models import release_io as rio
+from helpers.records import write_json
 
 SOURCE = ("THUDM/GLM-4-Voice speech_tokenizer/modeling_whisper.py (WhisperVQEncoder), "
           "AutoArk/GPA models/glm_speech_tokenizer/speech_token_extractor.py")
@@ -122,10 +123,7 @@ class WhisperVQConfig:
                 "point the gpa recipe at the release's glm-4-voice-tokenizer folder")
 
     def save(self, folder: Path) -> None:
-        import json
-
-        (folder / "config.json").write_text(json.dumps(self.fields, indent=2) + "\n",
-                                            encoding="utf-8")
+        write_json(folder / "config.json", self.fields)
         features_config(self).save_pretrained(str(folder))
 
 

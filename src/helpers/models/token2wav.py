@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.errors import ModelLoadError
+from helpers.records import write_json
 
 SAMPLE_RATE = 24_000
 CHECKPOINT = "model.pt"
@@ -598,8 +599,7 @@ class Token2Wav(nn.Module):
         """The release's layout: config.json, model.pt, global_mean_var.npy, prompt/*.npy."""
         out = Path(folder)
         (out / PROMPT_DIR).mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(self.config.to_release(), indent=2) + "\n",
-                                         encoding="utf-8")
+        write_json(out / "config.json", self.config.to_release())
         torch.save({"model": {k: v.detach().cpu() for k, v in self.state_dict().items()}},
                    out / CHECKPOINT)
         mv = torch.cat([self.global_mean, self.global_var]).cpu().numpy()[None]  # [1, 2z]
