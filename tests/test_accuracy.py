@@ -89,8 +89,36 @@ def test_notebook_runs_the_tiny_gpa_parity_and_passes(gpa_stage: dict) -> None:
     assert all(c["source"] for c in gpa_stage["checks"])
 
 
+def test_notebook_compares_the_audio_components_on_every_fixture(gpa_stage: dict) -> None:
+    from helpers import audio
+    from helpers.stages.accuracy_parity import components
+
+    m = gpa_stage["metrics"]["audio_fixtures"]
+    assert m["dtype"] == "bfloat16" and m["reference"] == "cpu float32"
+    fixtures = m["fixtures"]
+    assert len(fixtures) == len(audio.fixtures()) and all(f["ok"] for f in fixtures)
+    comps = m["components"]
+    assert set(comps) == {"speech_tokenizer", "codec"}
+    assert all(c["fixtures_ok"] == len(fixtures) for c in comps.values())
+    assert 0 <= comps["speech_tokenizer"]["agreement_pct_min"] <= 100
+    assert comps["codec"]["snr_db_min"] >= components.snr_limit()[0]
+    # BiCodec's two token streams are compared apart; the dtypes are recorded
+    assert 0 <= comps["codec"]["semantic_agreement_pct_min"] <= 100
+    assert 0 <= comps["codec"]["global_agreement_pct_min"] <= 100
+    assert comps["codec"]["dtype"] == "bfloat16" and comps["codec"]["upstream_dtype"] == "float32"
+    names = [c["name"] for c in gpa_stage["checks"]]
+    assert "speech_tokenizer: tokens agree device vs CPU (%, lowest fixture)" in names
+    assert "codec: decoded waveform (CPU codes) SNR device vs CPU (dB, lowest fixture)" in names
+    # players for the three default fixtures: the input and the codec's two outputs each,
+    # every one with its print figure
+    text = (Path(gpa_stage["run_dir"]) / "04.ipynb").read_text()
+    assert text.count("data:audio/wav;base64,") == 9
+    assert "print-only" in text and "random weights" in text
+
+
 def test_notebook_writes_the_layer_figure_and_its_wall_time(gpa_stage: dict) -> None:
-    assert gpa_stage["figures"] == ["accuracy_parity-layers.png"]
+    assert gpa_stage["figures"] == ["accuracy_parity-layers.png", *(
+        f"accuracy_parity-fixture-{n}.png" for n in ("en_fox", "zh_weather", "en_stereo_48k"))]
     assert (Path(gpa_stage["run_dir"]) / "figures" / "accuracy_parity-layers.png").stat().st_size > 5000
     # the floor is 30 s on an idle 2-core CPU; shared test machines get slack
     assert gpa_stage["seconds"] > 0

@@ -261,11 +261,11 @@ class Recipe:
                     for i, (n, m) in enumerate(skel.items())}
 
     def save_random(self, out: Path, profile: str, seed: int) -> None:
-        """Write a random-weight model directory with the shipped tokenizer (tiny cache)."""
+        """Write a random-weight model directory with the recipe's tokenizer (tiny cache)."""
         modules = self.build(profile, seed)
         for name, module in modules.items():
             module.save_pretrained(str(self.component_dir(out, name)))
-        shipped_tokenizer().save_pretrained(str(out))
+        self.random_tokenizer().save_pretrained(str(out))
 
     # ---- loading ------------------------------------------------------------------------
     def import_code(self, profile: str) -> None:
@@ -398,7 +398,7 @@ class Recipe:
                 for i, (n, m) in enumerate(skel.items())}
 
     def random_tokenizer(self) -> Any:
-        """The tokenizer of the full-shape profile (no release tokenizer ships)."""
+        """The tokenizer of the tiny and full-shape profiles (no release tokenizer ships)."""
         return shipped_tokenizer()
 
 

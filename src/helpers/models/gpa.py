@@ -46,9 +46,66 @@ TOKEN_LAYOUT: dict[str, Any] = {
 }
 
 
+AUDIO_KINDS = ("glm", "global", "semantic")  # in vocabulary order, adjacent
+AUDIO_TOKENS = sum(TOKEN_LAYOUT[k]["size"] for k in AUDIO_KINDS)  # 28,672
+MARKERS = tuple(TOKEN_LAYOUT[k][e] for k in (*AUDIO_KINDS, "content") for e in ("start", "end"))
+# the release's tokenizer names the BiCodec tokens (gpa_inference.py parses
+# <|bicodec_semantic_N|> out of the decoded text; Spark-TTS names the global ones alike)
+TOKEN_NAMES = {"global": "<|bicodec_global_{}|>", "semantic": "<|bicodec_semantic_{}|>"}
+
+
 def lm_ids(kind: str, tokens: Any) -> Any:
-    """Component token ids (0-based) -> the LM's ids for `kind` (glm, global, semantic)."""
+    """Component token ids (0-based) -> the LM's ids for `kind` (glm, global, semantic),
+    at the release's offsets."""
     return tokens + TOKEN_LAYOUT[kind]["offset"]
+
+
+def gpa_tokenizer() -> Any:
+    """The tiny / full-shape tokenizer: the shipped byte-level BPE plus the task markers and
+    <|im_end|> as special tokens (the release's tokenizer has them; the audio tokens follow the
+    text vocabulary as plain ids, see layout)."""
+    tok = shipped_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": [*MARKERS, TOKEN_LAYOUT["eos"]]},
+                           replace_extra_special_tokens=False)
+    return tok
+
+
+def layout(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
+    """Where this model's vocabulary holds the audio tokens: {kind: offset, size}, marker ids.
+
+    The release's offsets (TOKEN_LAYOUT) when the LM's vocabulary holds them (real GPA, and the
+    full-shape profile); a tokenizer that names the BiCodec tokens must agree with them. A
+    smaller vocabulary (the tiny profile) holds the three ranges right after the text tokenizer,
+    in the release's order and sizes.
+    """
+    from helpers.errors import ModelLoadError
+
+    release_end = TOKEN_LAYOUT["semantic"]["offset"] + TOKEN_LAYOUT["semantic"]["size"]
+    start = TOKEN_LAYOUT["glm"]["offset"] if vocab_size >= release_end else len(tokenizer)
+    out: dict[str, Any] = {"source": TOKEN_LAYOUT["source"] if vocab_size >= release_end else
+                           "tiny profile: the audio ranges follow the text tokenizer"}
+    for kind in AUDIO_KINDS:
+        out[kind] = {"offset": start, "size": TOKEN_LAYOUT[kind]["size"]}
+        start += TOKEN_LAYOUT[kind]["size"]
+        named = tokenizer.convert_tokens_to_ids(TOKEN_NAMES.get(kind, "").format(0)) if (
+            kind in TOKEN_NAMES) else None
+        if named not in (None, tokenizer.unk_token_id) and named != out[kind]["offset"]:
+            raise ModelLoadError(
+                f"gpa: the tokenizer puts {TOKEN_NAMES[kind].format(0)} at id {named}, the LM's "
+                f"layout at {out[kind]['offset']} ({out['source']})",
+                "use the release's tokenizer files with its model.safetensors")
+    if start > vocab_size:
+        raise ModelLoadError(f"gpa: the LM's vocabulary ({vocab_size:,}) cannot hold the audio "
+                             f"tokens (they end at id {start:,})",
+                             "the config.json is not GPA's (vocab_size 180,445)")
+    missing = [m for m in (*MARKERS, TOKEN_LAYOUT["eos"])
+               if tokenizer.convert_tokens_to_ids(m) in (None, tokenizer.unk_token_id)]
+    if missing:
+        raise ModelLoadError(f"gpa: the tokenizer has no token {', '.join(missing)}",
+                             "use the release's tokenizer files (they hold the task markers)")
+    out["markers"] = {m: tokenizer.convert_tokens_to_ids(m) for m in (*MARKERS,
+                                                                      TOKEN_LAYOUT["eos"])}
+    return out
 
 
 GPA_REPORT = "GPA on Ascend 910 adaptation report (Qwen3 shape, head_dim 128, tied: 312.6M)"
@@ -82,12 +139,12 @@ class GpaRecipe(Recipe):
     def configs(self, profile: str) -> dict[str, Any]:
         from transformers import Qwen3Config
 
-        tok = shipped_tokenizer()
+        tok = gpa_tokenizer()
         ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
         if profile == "full-shape":
             return {"lm": Qwen3Config(**FULL, **ids), **ac.configs(self.name, profile)}
-        if profile == "tiny":
-            return {"lm": Qwen3Config(vocab_size=len(tok), **TINY, **ids),
+        if profile == "tiny":  # the text tokenizer, then the 28,672 audio tokens (see layout)
+            return {"lm": Qwen3Config(vocab_size=len(tok) + AUDIO_TOKENS, **TINY, **ids),
                     **ac.configs(self.name, profile)}
         return super().configs(profile)
 
@@ -104,6 +161,9 @@ class GpaRecipe(Recipe):
 
     def read_kwargs(self, component: str) -> dict[str, Any]:
         return {} if component in self.builtin_only else {"trust_remote_code": True}
+
+    def random_tokenizer(self) -> Any:
+        return gpa_tokenizer()
 
     def saved_here(self, root: Path, name: str) -> bool:
         return ac.saved_in(self.component_dir(root, name), name)

@@ -1,28 +1,22 @@
-"""Stage 6 (audio samples): the SNR and mel metrics, failures as rows, the notebook end to end
-with papermill on the tiny recipes, and the covo vocoder path."""
+"""The audio components on every fixture (accuracy parity stage): the SNR and mel metrics,
+failures as rows, and the covo vocoder path (the notebook end to end is test_accuracy's)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 
-import nbformat
 import numpy as np
-import papermill as pm
 import pytest
 import torch
 
-from helpers import audio, models, parity, paths
+from helpers import audio, models, parity
 from helpers.config import RunConfig
 from helpers.models import cache
-from helpers.stages import audio_samples as audio_stage
+from helpers.stages.accuracy_parity import components as audio_stage
 from helpers.stages.kit import target
-
-NOTEBOOK = paths.NOTEBOOKS / "06_audio_samples.ipynb"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +94,7 @@ def test_unreadable_fixture_is_a_row(gpa_run, tmp_path: Path) -> None:
     fx = audio.Fixture("empty", str(bad), "en", "", "", 16000, 1, "PCM_16", "WAV", 0, 0.0)
     res = audio_stage.run_fixture(fx, gpa_run)
     assert not res.ok and "0 bytes" in res.error and not res.components
-    checks = audio_stage.checks(gpa_run, [res], [])
+    checks = audio_stage.checks(gpa_run, [res])
     assert checks[0].name == "all fixtures load without errors" and checks[0].passed is False
 
 
@@ -114,7 +108,7 @@ def test_component_failure_is_a_row(gpa_run) -> None:
     assert not res.components["codec"].ok and "KeyError" in res.components["codec"].error
     table = audio_stage.parity_table([res], "codec")
     assert "KeyError" in table.loc[0, "error"]
-    names = {c.name: c for c in audio_stage.checks(gpa_run, [res], [])}
+    names = {c.name: c for c in audio_stage.checks(gpa_run, [res])}
     assert names["codec: runs on every loaded fixture on both sides"].passed is False
 
 
@@ -131,7 +125,7 @@ def test_real_profile_reads_saved_components_only(model_cache: Path, tmp_path: P
     assert "holds no save of BiCodecCodec" in run.errors["codec"]
     res = audio_stage.run_fixture(audio.fixture("zh_station"), run)
     assert res.components["speech_tokenizer"].metrics["agreement_pct"] == 100.0
-    checks = {c.name: c for c in audio_stage.checks(run, [res], [])}
+    checks = {c.name: c for c in audio_stage.checks(run, [res])}
     assert checks["codec: loaded"].passed is None
     assert checks["speech_tokenizer: tokens agree device vs CPU (%, lowest fixture)"].passed
 
@@ -165,49 +159,6 @@ def ac_tokens(name: str) -> int:
     return round(audio.load_fixture(name, 24_000).shape[0] / 24_000 * 25)
 
 
-# ---- the notebook, end to end ---------------------------------------------------------------
-
-
-def test_stage_notebook_on_tiny_gpa(model_cache: Path, tmp_path: Path) -> None:
-    out_nb = tmp_path / "06_audio_samples.ipynb"
-    t0 = time.perf_counter()
-    pm.execute_notebook(str(NOTEBOOK), str(out_nb), kernel_name="python3", progress_bar=False,
-                        parameters={"run_dir": str(tmp_path), "device": "cpu"})
-    wall = time.perf_counter() - t0
-    res = json.loads((tmp_path / "results" / "audio_samples.json").read_text())
-    assert res["status"] == "passed", [c for c in res["checks"] if c["passed"] is False]
-    assert res["metrics"]["dtype"] == "bfloat16" and res["metrics"]["reference"] == "cpu float32"
-    fixtures = res["metrics"]["fixtures"]
-    assert len(fixtures) == len(audio.fixtures()) and all(f["ok"] for f in fixtures)
-    comps = res["metrics"]["components"]
-    assert set(comps) == {"speech_tokenizer", "codec"}
-    for c in comps.values():
-        assert c["fixtures_ok"] == len(fixtures) and c["rtf_device"] > 0 and c["rtf_cpu"] > 0
-        assert c["x_real_time_device"] == pytest.approx(1 / c["rtf_device"])
-    assert 0 <= comps["speech_tokenizer"]["agreement_pct_min"] <= 100
-    assert comps["codec"]["snr_db_min"] >= audio_stage.snr_limit()[0]
-    # BiCodec's two token streams are compared apart; the dtypes are recorded
-    assert 0 <= comps["codec"]["semantic_agreement_pct_min"] <= 100
-    assert 0 <= comps["codec"]["global_agreement_pct_min"] <= 100
-    assert comps["codec"]["dtype"] == "bfloat16" and comps["codec"]["upstream_dtype"] == "float32"
-    names = [c["name"] for c in res["checks"]]
-    assert "speech_tokenizer: tokens agree device vs CPU (%, lowest fixture)" in names
-    assert "codec: decoded waveform (CPU codes) SNR device vs CPU (dB, lowest fixture)" in names
-    assert all(c["source"] for c in res["checks"])
-    assert sorted(res["figures"]) == sorted(f"audio_samples-{n}.png" for n in
-                                            audio_stage.PLAYERS_DEFAULT)
-    # players: 3 inputs and 2 outputs each, embedded; every one has its print figure
-    text = out_nb.read_text()
-    assert text.count("data:audio/wav;base64,") == 9
-    assert text.count("data:image/png;base64,") >= 9 and "print-only" in text
-    assert "random weights" in text
-    nb = nbformat.read(str(out_nb), 4)
-    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
-    assert out_nb.stat().st_size < 3e6  # the HTML the stage adds stays small
-    # the stage's wall time is reported, not asserted (shared CPUs make wall clocks noisy)
-    assert 0 < res["seconds"] <= wall
-
-
 def test_component_dtype_knob_follows_upstream_or_the_run(model_cache: Path) -> None:
     """component_dtype=upstream: each gpa component as upstream runs it on this device type
     (on a CPU: float32 for both), recorded per component; a bad value names the choices."""
@@ -219,7 +170,7 @@ def test_component_dtype_knob_follows_upstream_or_the_run(model_cache: Path) -> 
     assert ac_module_dtype(run, "codec") == torch.float32
     res = audio_stage.run_fixture(audio.fixture("en_paris"), run)
     assert res.components["codec"].metrics["snr_db"] == math.inf  # float32 CPU on both sides
-    summary = audio_stage.summary([res], [], run)
+    summary = audio_stage.summary([res], run)
     assert summary["codec"]["dtype"] == "float32" == summary["codec"]["upstream_dtype"]
     from helpers.models import audio_components as ac
 

@@ -1,0 +1,61 @@
+"""What one task wrote on one side, and the comparison of the target's with the reference's."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class TaskOutput:
+    """One task on one clip on one side, on the host.
+
+    Timings (host clock from a synchronized start; every step brings its token to the host):
+    first_token_s from the start of the task (its audio tokenization included) to the first
+    generated id; first_audio_s to the first playable chunk (see the task's module); seconds
+    the whole task, decoding to a waveform included.
+    """
+
+    task: str
+    clip: str
+    prompt: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    stopped: str = ""
+    wave: np.ndarray | None = None
+    rate: int = 0
+    semantic: list[int] = field(default_factory=list)  # the audio ids the waveform is made of
+    first_token_s: float = math.nan
+    first_audio_s: float = math.nan
+    seconds: float = math.nan
+    audio_in_s: float = 0.0
+    audio_out_s: float = 0.0
+    sampling: str = ""
+    voice: str = ""  # the reference clip of tts-a / vc
+    roundtrip: str = ""  # the model's own transcript of its output
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.task, self.clip
+
+    @property
+    def rtf(self) -> float:
+        """End-to-end real-time factor: task seconds over the audio it writes (or, for a text
+        output, the audio it hears); below 1 is faster than real time."""
+        audio = self.audio_out_s or self.audio_in_s
+        return self.seconds / audio if audio and math.isfinite(self.seconds) else math.nan
+
+    def record(self) -> dict[str, Any]:
+        """JSON values (no arrays)."""
+        return {"task": self.task, "clip": self.clip, "prompt_tokens": len(self.prompt),
+                "tokens": len(self.tokens), "text": self.text, "stopped": self.stopped,
+                "audio_tokens": len(self.semantic), "first_token_s": self.first_token_s,
+                "first_audio_s": self.first_audio_s, "seconds": self.seconds,
+                "audio_in_s": self.audio_in_s, "audio_out_s": self.audio_out_s,
+                "rtf": self.rtf, "sampling": self.sampling, "voice": self.voice,
+                "roundtrip": self.roundtrip, "error": self.error}
