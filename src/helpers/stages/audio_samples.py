@@ -418,19 +418,19 @@ def checks(runs: TaskRuns, frame: pd.DataFrame) -> list[Check]:
                                  "reference: after one different id the two continue from "
                                  "different prefixes"))
         rates = sub.dropna(subset=["rate target", "rate reference"])
-        if len(rates):
-            metric = rates["metric"].iloc[0]
-            drop = float(metrics.drop_points(rates["rate target"].mean(),
-                                             rates["rate reference"].mean()))
+        for metric, group in rates.groupby("metric", sort=True):  # WER (en) and CER (zh) apart
+            drop = float(metrics.drop_points(group["rate target"].mean(),
+                                             group["rate reference"].mean()))
             label = "" if task == "stt" else " (round trip: the model's own stt of its output)"
             name = f"{task}: {metric} drop target vs reference (points){label}"
+            detail = f"mean over {len(group)} input(s); normalization: {metrics.NORMALIZATION}"
             if real:
                 out.append(Check.judge(name, drop, "<=", metrics.MAX_DROP_POINTS,
-                                       metrics.DROP_SOURCE))
+                                       metrics.DROP_SOURCE, detail=detail))
             else:
                 out.append(Check(name, drop, f"<= {metrics.MAX_DROP_POINTS}", None,
                                  metrics.DROP_SOURCE, detail="random weights: an error rate "
-                                 "of noise means nothing; shown, not judged"))
+                                 "of noise means nothing; shown, not judged. " + detail))
         if "snr_db" in sub and sub["snr_db"].notna().any():
             lim, src = _snr_rule()
             out.append(Check.judge(f"{task}: waveform SNR target vs reference where the ids "

@@ -1,0 +1,209 @@
+"""The tasks stage: WER / CER against hand-computed cases, AUDIO_DIR with good and bad files,
+the decoding loop's rules, and the tasks of both recipes end to end on the tiny profile."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from helpers import audio
+from helpers.config import RunConfig
+from helpers.errors import ConfigError
+from helpers.stages import audio_samples as tasks
+from helpers.stages.kit import target
+from helpers.tasks import decode, inputs, metrics
+
+# ---- WER / CER -----------------------------------------------------------------------------
+
+
+def test_wer_hand_computed() -> None:
+    # one substitution (brown -> black) and one deletion (lazy) over 9 reference words
+    r = metrics.error_rate("The quick brown fox jumps over the lazy dog.",
+                           "the quick black fox jumps over the dog", "en")
+    assert r["metric"] == "WER" and r["reference_tokens"] == 9
+    assert (r["substitutions"], r["deletions"], r["insertions"]) == (1, 1, 0)
+    assert r["rate"] == pytest.approx(2 / 9)
+    # normalization: case, punctuation and spacing do not count
+    assert metrics.error_rate("Hello, World!", "hello   world", "en")["rate"] == 0.0
+    # an insertion can push the rate over 1
+    assert metrics.error_rate("yes", "no no no", "en")["rate"] == pytest.approx(3.0)
+
+
+def test_cer_chinese_without_spaces() -> None:
+    # 今天天气很好 vs 今天天气不好: one substituted character of six
+    r = metrics.error_rate("今天天气很好。", "今天 天气不好", "zh")
+    assert r["metric"] == "CER" and r["reference_tokens"] == 6
+    assert r["rate"] == pytest.approx(1 / 6)
+    # full-width punctuation and spaces are removed; a missing character is a deletion
+    r = metrics.error_rate("请打电话给我。", "请打电话给", "zh")
+    assert (r["deletions"], r["rate"]) == (1, pytest.approx(1 / 6))
+    assert metrics.language_of("北京欢迎你") == "zh" and metrics.language_of("hi") == "en"
+
+
+def test_empty_reference_and_corpus_rate() -> None:
+    assert metrics.error_rate("...", "x", "en")["rate"] is None
+    pooled = metrics.corpus_rate([("a b c d", "a b c d", "en"), ("a b", "a x", "en"),
+                                  ("好的", "好", "zh")])
+    assert pooled["WER"]["rate"] == pytest.approx(1 / 6)  # 1 edit over 6 words, not a mean
+    assert pooled["CER"]["rate"] == pytest.approx(1 / 2)
+    assert metrics.drop_points(0.12, 0.10) == pytest.approx(2.0)
+
+
+# ---- AUDIO_DIR ------------------------------------------------------------------------------
+
+
+def _tone(seconds: float, rate: int = 16_000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def test_audio_dir_mixes_good_and_bad_files(tmp_path: Path) -> None:
+    sf.write(tmp_path / "good.wav", _tone(1.0), 16_000)
+    (tmp_path / "good.txt").write_text("hello there\n", encoding="utf-8")
+    sf.write(tmp_path / "zh.flac", _tone(0.8, 22_050), 22_050)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "junk.wav").write_bytes(b"this is not audio at all" * 10)
+    sf.write(tmp_path / "short.wav", _tone(0.02), 16_000)
+    sf.write(tmp_path / "long.wav", _tone(31.0), 16_000)
+    nan = _tone(0.5)
+    nan[10] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16_000, subtype="FLOAT")
+    (tmp_path / "notes.mp3").write_bytes(b"ID3")
+    (tmp_path / inputs.MANIFEST).write_text(
+        "# file\ttext\tlanguage\nzh.flac\t你好世界\ngood.wav\tignored: the .txt wins\n"
+        "gone.wav\tthis file is missing\n", encoding="utf-8")
+    clips = {c.name: c for c in inputs.from_dir(tmp_path)}
+    assert clips["good"].usable and clips["good"].text == "hello there"
+    assert clips["zh"].usable and clips["zh"].language == "zh" and clips["zh"].text == "你好世界"
+    assert clips["zh"].seconds == pytest.approx(0.8, abs=1e-3)  # resampled to 16 kHz
+    why = {n: c.error for n, c in clips.items() if not c.usable}
+    assert "0 bytes" in why["empty"]
+    assert "cannot read" in why["junk"]
+    assert "shorter than" in why["short"]
+    assert "over the 30-s window" in why["long"]
+    assert "NaN" in why["nan"]
+    assert "not a .wav or .flac" in why["notes"]
+    assert "names gone.wav, which is not in" in why["gone"]
+    assert len([c for c in clips.values() if c.usable]) == 2
+
+
+def test_audio_dir_errors_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not a folder"):
+        inputs.from_dir(tmp_path / "missing")
+    clips = inputs.from_dir(tmp_path)  # an empty folder is one row that says so
+    assert len(clips) == 1 and "holds no .wav / .flac" in clips[0].error
+
+
+def test_fixtures_are_the_default() -> None:
+    clips = inputs.clips()
+    assert [c.name for c in clips] == [f.name for f in audio.fixtures()]
+    assert all(c.usable and c.text for c in clips)
+
+
+# ---- decoding --------------------------------------------------------------------------------
+
+
+def test_repetition_penalties_follow_the_release_rules() -> None:
+    scores = torch.tensor([2.0, -2.0, 1.0, 0.5], dtype=torch.float64)
+    seen = torch.tensor([0, 1, 3, 3])
+    out = decode.process(scores, seen, decode.Sampling(repetition_penalty=2.0))
+    assert out.tolist() == [1.0, -4.0, 1.0, 0.25]  # positive / p, negative * p, unseen kept
+    out = decode.process(scores, seen, decode.Sampling(window_penalty=2.0, window=1))
+    assert out.tolist() == [2.0, -2.0, 1.0, 0.25]  # only the last id is in the window
+    allow = decode.process(scores, seen, decode.Sampling(allow=((2, 3),)), eos={0})
+    assert math.isinf(allow[1]) and math.isinf(allow[3]) and allow[2] == 1.0 and allow[0] == 2.0
+
+
+def test_sampling_is_the_same_draw_on_every_side() -> None:
+    s = decode.Sampling(True, temperature=0.5, top_k=3, top_p=0.9, seed=7)
+    scores = torch.tensor([1.0, 0.9, 0.2, -1.0, 3.0], dtype=torch.float64)
+    a = [decode.choose(decode.process(scores, torch.tensor([]), s),
+                       s, torch.Generator().manual_seed(7)) for _ in range(3)]
+    b = [decode.choose(decode.process(scores.to(torch.float32).to(torch.float64),
+                                      torch.tensor([]), s), s,
+                       torch.Generator().manual_seed(7)) for _ in range(3)]
+    assert a == b and all(x in (0, 1, 4) for x in a)  # top-k 3 keeps ids 4, 0, 1
+    greedy = s.greedy()
+    assert decode.choose(scores, greedy, torch.Generator()) == 4 and "greedy" in greedy.describe()
+
+
+def test_agreement_and_first_divergence() -> None:
+    assert decode.agreement([1, 2, 3], [1, 2, 3]) == {
+        "agreement_pct": 100.0, "first_divergence": None, "tokens_target": 3,
+        "tokens_reference": 3, "identical": True}
+    a = decode.agreement([1, 9, 3, 4], [1, 2, 3])
+    assert a["first_divergence"] == 1 and a["agreement_pct"] == 50.0 and not a["identical"]
+    assert decode.agreement([1, 2], [1, 2, 3])["first_divergence"] == 2
+
+
+def test_bad_knobs_name_the_choices() -> None:
+    cfg = RunConfig.from_params(model="gpa")
+    with pytest.raises(ConfigError, match="greedy, release"):
+        tasks.settings(cfg, decoding="beam")
+    with pytest.raises(ConfigError, match="auto, on or off"):
+        tasks.settings(cfg, audio_ids_only="maybe")
+
+
+# ---- the tasks end to end on the tiny profile ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpa_runs(model_cache: Path) -> tuple[tasks.TaskRuns, object]:
+    cfg = RunConfig.from_params(model="gpa", device="cpu", dtype="float32")
+    runs = tasks.run_all(target(cfg), fixtures="en_fox,zh_weather",
+                         s=tasks.settings(cfg, max_new_tokens=8))
+    return runs, tasks.compare(runs)
+
+
+def test_gpa_tasks_agree_on_identical_sides(gpa_runs) -> None:
+    runs, frame = gpa_runs
+    assert not runs.target.error and not runs.reference.error
+    assert sorted(set(frame["task"])) == ["stt", "tts-a", "vc"] and len(frame) == 6
+    assert frame["error"].isna().all()
+    # float32 on the CPU on both sides, the same weights: every id agrees
+    assert (frame["agreement %"] == 100.0).all() and (frame["prompt agreement %"] == 100.0).all()
+    speech = frame[frame["task"].isin(["tts-a", "vc"])]
+    assert (speech["snr_db"] == math.inf).all() and (speech["mel_distance_db"] == 0.0).all()
+    stt = frame[frame["task"] == "stt"]
+    assert set(stt["metric"]) == {"WER", "CER"}  # en_fox is English, zh_weather Chinese
+    assert stt["rate target"].notna().all()
+    out = runs.target.get("tts-a", "en_fox")
+    assert out.rate == 16_000 and out.wave.shape[0] == len(out.semantic) * 320
+    assert out.first_token_s > 0 and out.first_audio_s >= out.first_token_s and out.rtf > 0
+    checks = {c.name: c for c in tasks.checks(runs, frame)}
+    assert checks["stt: generated ids agree target vs reference (%, lowest input)"].passed
+    assert checks["tts-a: waveform SNR target vs reference where the ids agree (dB, lowest "
+                  "input)"].passed
+    assert checks["stt: CER drop target vs reference (points)"].passed is None  # tiny: info
+
+
+def test_gpa_players_and_results(gpa_runs) -> None:
+    runs, frame = gpa_runs
+    shown = tasks.players(runs, 1)
+    assert [h for h, _ in shown] == ["stt: en_fox", "tts-a: en_fox", "vc: en_fox"]
+    html = shown[1][1].data
+    assert html.count("data:audio/wav;base64,") == 3  # the input and both sides' speech
+    section = tasks.results_section(runs, frame)
+    assert section.metrics["settings"]["max_new_tokens"] == 8
+    assert len(section.metrics["outputs"]["target"]) == 6
+    assert any("random weights" in n for n in section.metrics["notes"])
+
+
+def test_covo_dialogue_two_rounds(model_cache: Path) -> None:
+    cfg = RunConfig.from_params(model="covo-audio-chat", device="cpu", dtype="float32")
+    runs = tasks.run_all(target(cfg), fixtures="en_fox,zh_ai",
+                         s=tasks.settings(cfg, max_new_tokens=6))
+    frame = tasks.compare(runs)
+    assert list(frame["input"]) == ["en_fox (round 1)", "zh_ai (round 2)"] * 2
+    assert frame["error"].isna().all() and (frame["agreement %"] == 100.0).all()
+    a2ta = runs.target.get("a2ta", "zh_ai (round 2)")
+    assert a2ta.extra["round"] == 2 and a2ta.wave is not None and a2ta.rate == 24_000
+    assert frame[frame["task"] == "a2t"]["rate target"].isna().all()  # a reply, not a transcript
+    # round 2 continues round 1's cache: its prompt has no system prompt
+    r1, r2 = runs.target.get("a2t", "en_fox (round 1)"), runs.target.get("a2t", "zh_ai (round 2)")
+    assert len(r2.prompt) < len(r1.prompt)
