@@ -207,3 +207,14 @@ def test_covo_dialogue_two_rounds(model_cache: Path) -> None:
     # round 2 continues round 1's cache: its prompt has no system prompt
     r1, r2 = runs.target.get("a2t", "en_fox (round 1)"), runs.target.get("a2t", "zh_ai (round 2)")
     assert len(r2.prompt) < len(r1.prompt)
+
+
+def test_release_sampling_draws_the_same_ids_on_both_sides(model_cache: Path) -> None:
+    """decoding=release samples tts-a (temperature 0.2) from one seeded CPU stream: two sides
+    with the same weights and precision draw the same ids."""
+    cfg = RunConfig.from_params(model="gpa", device="cpu", dtype="float32")
+    runs = tasks.run_all(target(cfg), fixtures="zh_ai", s=tasks.settings(
+        cfg, max_new_tokens=6, decoding="release", roundtrip=False))
+    frame = tasks.compare(runs)
+    assert (frame["agreement %"] == 100.0).all()
+    assert "sampling (temperature 0.2" in runs.target.get("tts-a", "zh_ai").sampling

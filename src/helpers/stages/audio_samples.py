@@ -406,8 +406,12 @@ def checks(runs: TaskRuns, frame: pd.DataFrame) -> list[Check]:
         sub = ok[ok["task"] == task]
         if sub.empty:
             continue
-        for col, what in (("prompt agreement %", "prompt ids (the clip's audio tokens)"),
-                          ("agreement %", "generated ids")):
+        # a gpa prompt holds the clip's audio token ids (each side tokenizes the clip); a covo
+        # prompt holds placeholders for continuous features (compared in stage 4)
+        compared = [("agreement %", "generated ids")]
+        if task in ("stt", "tts-a", "vc"):
+            compared.insert(0, ("prompt agreement %", "prompt ids (the clip's audio tokens)"))
+        for col, what in compared:
             value = float(sub[col].min())
             name = f"{task}: {what} agree target vs reference (%, lowest input)"
             if float32:
