@@ -7,9 +7,9 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 # Command-line variables except this Makefile's own; the CLI rejects unknown names.
-PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=%,$(MAKEOVERRIDES))
+PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=% GPU_CHECK_ARGS=%,$(MAKEOVERRIDES))
 
-.PHONY: setup report test lint lab clean clean-interrupted data
+.PHONY: setup report test lint lab clean clean-interrupted data gpu-check
 .DEFAULT_GOAL := report
 
 setup: $(STAMP)
@@ -26,6 +26,12 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# One short run on a CUDA GPU (< 8 min): graph capture verified, both decode figures, bandwidth,
+# parity with identical weights; summary printed and written to report/gpu-check.json. Not part
+# of `make test`. Dry run on a CPU: make gpu-check GPU_CHECK_ARGS="--device cpu --profile tiny"
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 # Regenerate the shipped speech fixtures in data/audio/ (needs espeak-ng; the report does not).
 data: $(STAMP)

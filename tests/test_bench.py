@@ -135,3 +135,69 @@ def test_sleep_of_0_2_s_is_never_measured_short(cpu):
     m = bench.measure(lambda: time.sleep(0.2), cpu, Protocol(warmup=1, min_iters=3, min_seconds=0))
     assert m.stats.min >= 0.2
     assert m.stats.p50 < 2.0
+
+
+# ---- warm up until the figure settles -----------------------------------------------------
+
+
+class ScriptedTimer:
+    """A backend whose timer reports the next of a list of run times (the protocol's logic
+    under test, not the clock); every call of the timed function is counted."""
+
+    timer_protocol = "scripted"
+
+    def __init__(self, seconds: list[float]) -> None:
+        self.seconds = list(seconds)
+        self.runs = 0
+
+    def timer(self):
+        backend = self
+
+        class _T:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                backend.runs += 1
+                self.seconds = self.host_seconds = backend.seconds.pop(0)
+
+        return _T()
+
+
+def test_settled_compares_against_the_smaller_run():
+    assert bench.settled(1.00, 1.04, 0.05) and bench.settled(1.04, 1.00, 0.05)
+    assert not bench.settled(1.00, 1.06, 0.05)
+
+
+def test_warmup_goes_on_until_two_consecutive_runs_agree():
+    be = ScriptedTimer([9.0, 3.0, 2.0, 1.30, 1.02, 1.00, 1.01, 0.99, 1.0, 1.0])
+    p = Protocol(warmup=1, min_iters=3, min_seconds=0, settle=0.05, max_warmup=10)
+    m = bench.measure(lambda: None, be, p)
+    assert m.warmup_s == [9.0, 3.0, 2.0, 1.30, 1.02, 1.00]  # 1.02 vs 1.00 agree within 5%
+    assert m.settled is True and m.samples == [1.01, 0.99, 1.0]
+    assert "settled: the last two agreed within 5%" in m.describe()
+    assert Measurement.from_dict(json.loads(json.dumps(m.to_dict()))).settled is True
+
+
+def test_warmup_that_never_settles_is_bounded_and_says_so():
+    be = ScriptedTimer([4.0, 2.0, 1.0, 0.5, 0.25, 0.25])
+    m = bench.measure(lambda: None, be, Protocol(warmup=1, min_iters=1, min_seconds=0,
+                                                 settle=0.05, max_warmup=4))
+    assert len(m.warmup_s) == 4 and m.settled is False
+    assert "NOT settled within 5% after 4 runs" in m.describe()
+
+
+def test_fixed_warmup_when_settle_is_off_or_warmup_is_zero():
+    m = bench.measure(lambda: None, ScriptedTimer([5.0, 1.0, 1.0]),
+                      Protocol(warmup=1, min_iters=2, min_seconds=0))
+    assert m.warmup_s == [5.0] and m.settled is None
+    m = bench.measure(lambda: None, ScriptedTimer([5.0, 1.0]),
+                      Protocol(warmup=0, min_iters=2, min_seconds=0, settle=0.05))
+    assert m.warmup_s == [] and m.settled is None
+
+
+@pytest.mark.parametrize("kw,match", [({"settle": 1.5}, "settle"), ({"settle": -0.1}, "settle"),
+                                      ({"max_warmup": 0}, "max_warmup")])
+def test_protocol_rejects_bad_settle_knobs(kw, match):
+    with pytest.raises(BenchError, match=match):
+        Protocol(**kw)

@@ -6,6 +6,7 @@ module's probe functions (_import_torch_npu, _probe_npu, _probe_cuda), never tor
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import subprocess
@@ -19,6 +20,7 @@ import torch
 
 from helpers import device
 from helpers.device import DeviceError, NpuImport, Selection, facts
+from helpers.device import graph as graph_mod
 
 MIB = 1024 * 1024
 TORCH_BASE = torch.__version__.split("+")[0]
@@ -173,7 +175,8 @@ def test_npu_backend_without_torch_npu_is_a_clear_error(no_npu):
 
 
 def test_auto_dtype_is_bfloat16_on_cpu_and_float32_on_accelerators(monkeypatch):
-    monkeypatch.setattr(device, "_cuda_bf16_supported", lambda: True)
+    monkeypatch.setattr(device, "_cuda_bf16_supported", lambda index=0: True)
+    monkeypatch.setattr(device, "_npu_bf16_supported", lambda index=0: True)
     assert device.resolve_dtype(_sel("cpu"), "auto") is torch.bfloat16
     assert device.resolve_dtype(_sel("cuda"), "auto") is torch.float32
     assert device.resolve_dtype(_sel("npu"), "auto") is torch.float32
@@ -182,7 +185,7 @@ def test_auto_dtype_is_bfloat16_on_cpu_and_float32_on_accelerators(monkeypatch):
 
 
 def test_dtype_the_device_cannot_run_names_the_supported_ones(monkeypatch):
-    monkeypatch.setattr(device, "_cuda_bf16_supported", lambda: False)
+    monkeypatch.setattr(device, "_cuda_bf16_supported", lambda index=0: False)
     with pytest.raises(DeviceError) as err:
         device.resolve_dtype(_sel("cuda"), "bfloat16")
     assert "supported dtypes there: float32, float16, float64" in str(err.value)
@@ -191,7 +194,8 @@ def test_dtype_the_device_cannot_run_names_the_supported_ones(monkeypatch):
 
 
 def test_dtype_support_per_backend(monkeypatch):
-    monkeypatch.setattr(device, "_cuda_bf16_supported", lambda: True)
+    monkeypatch.setattr(device, "_cuda_bf16_supported", lambda index=0: True)
+    monkeypatch.setattr(device, "_npu_bf16_supported", lambda index=0: True)
     assert device.dtype_support("npu")["float64"] == "limited"
     assert set(device.supported_dtypes("cuda")) == {"float32", "float16", "float64", "bfloat16"}
     assert device.backend(_sel("cpu")).supported_dtypes() == [
@@ -258,7 +262,7 @@ def test_stack_versions_are_strings_and_never_raise(no_npu, monkeypatch):
     for key in ("ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"):
         monkeypatch.delenv(key, raising=False)
     v = device.stack_versions()
-    assert set(v) == {"torch", "torch_npu", "cann", "cuda_runtime", "cudnn"}
+    assert set(v) == {"torch", "torch_npu", "cann", "cuda_runtime", "rocm_hip", "cudnn"}
     assert all(isinstance(s, str) and s for s in v.values())
     assert v["torch"] == torch.__version__
     if torch.version.cuda is None:
@@ -394,3 +398,201 @@ def test_settings_that_can_hide_fallback_warnings_are_named():
     env = {"RANK": "1", "TORCH_NPU_DISABLED_WARNING": "1", "TORCH_CPP_LOG_LEVEL": "ERROR"}
     assert device.hiding_settings(env) == ["TORCH_NPU_DISABLED_WARNING=1", "RANK=1",
                                            "TORCH_CPP_LOG_LEVEL=ERROR"]
+
+
+# ---- bfloat16 asked of the device, ROCm builds ---------------------------------------------
+
+
+def test_bfloat16_is_asked_of_the_selected_device(monkeypatch):
+    asked = []
+
+    def cuda_bf16(index=0):
+        asked.append(index)
+        return index == 0  # device 0 has native bfloat16, device 1 does not
+
+    monkeypatch.setattr(device, "_cuda_bf16_supported", cuda_bf16)
+    assert "bfloat16" in device.supported_dtypes("cuda", 0)
+    assert "bfloat16" not in device.supported_dtypes("cuda", 1)
+    sel1 = Selection("cuda:1", torch.device("cuda", 1), "cuda", 1, "test")
+    with pytest.raises(DeviceError, match="cannot run on cuda:1"):
+        device.resolve_dtype(sel1, "bfloat16")
+    assert asked == [0, 1, 1]
+    monkeypatch.setattr(device, "_npu_bf16_supported", lambda index=0: False)
+    assert device.supported_dtypes("npu") == ["float32", "float16", "float64"]
+
+
+def test_a_rocm_build_is_not_called_a_build_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    count, why = device._probe_cuda()
+    assert count == 0 and "ROCm build (HIP 6.2.41133)" in why and "without CUDA" not in why
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert "build without CUDA or ROCm" in device._probe_cuda()[1]
+
+
+# ---- every device of a placement (a fake backend API with two devices) ---------------------
+
+
+class FakeDeviceApi:
+    """Stands for torch.cuda with two devices: per-device allocator figures, and a log of the
+    calls (synchronize, current device, empty_cache, peak resets) the backend makes."""
+
+    def __init__(self) -> None:
+        self.mib = {0: [100, 150, 300, 400], 1: [40, 60, 90, 120]}  # alloc, reserved, peaks
+        self.calls: list[str] = []
+        self.current = 0
+
+    def set_device(self, index):
+        self.current = index
+        self.calls.append(f"set_device {index}")
+
+    def synchronize(self, dev):
+        self.calls.append(f"sync {dev}")
+
+    def _get(self, dev, i):
+        return self.mib[torch.device(dev).index][i] * MIB
+
+    def memory_allocated(self, dev):
+        return self._get(dev, 0)
+
+    def memory_reserved(self, dev):
+        return self._get(dev, 1)
+
+    def max_memory_allocated(self, dev):
+        return self._get(dev, 2)
+
+    def max_memory_reserved(self, dev):
+        return self._get(dev, 3)
+
+    def reset_peak_memory_stats(self, dev):
+        self.calls.append(f"reset {dev}")
+        i = torch.device(dev).index
+        self.mib[i][2], self.mib[i][3] = self.mib[i][0], self.mib[i][1]
+
+    def empty_cache(self):
+        self.calls.append(f"empty_cache on {self.current}")
+        self.mib[self.current][1] = self.mib[self.current][0]  # cached blocks returned
+
+    @contextlib.contextmanager
+    def device(self, dev):
+        before, self.current = self.current, torch.device(dev).index
+        try:
+            yield
+        finally:
+            self.current = before
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    api = FakeDeviceApi()
+    monkeypatch.setattr(device, "_device_api", lambda name: api if name == "cuda" else None)
+    sel = Selection("cuda:0", torch.device("cuda", 0), "cuda", 0, "test")
+    return api, device.backend(sel)
+
+
+def test_a_backend_over_two_devices_gets_one_memory_row_each_and_a_total(two_gpus):
+    api, single = two_gpus
+    assert single.devices == (torch.device("cuda", 0),) and not single.spread
+    be = single.spanning(["cuda:1", "cuda:0", "cpu"])  # a DEVICE_MAP=auto plan with cpu offload
+    assert be.devices == (torch.device("cuda", 0), torch.device("cuda", 1)) and be.spread
+    rows = be.memory_rows()
+    assert [r["device"] for r in rows] == ["cuda:0", "cuda:1", "total"]
+    assert [r["allocated"] // MIB for r in rows] == [100, 40, 140]
+    assert [r["peak_reserved"] // MIB for r in rows] == [400, 120, 520]
+    mem = be.memory()
+    assert mem["peak_allocated"] == 390 * MIB and mem["host_rss"] > 0  # totals, flat
+    assert single.memory()["peak_allocated"] == 300 * MIB  # the first card alone
+    assert [r["device"] for r in single.memory_rows()] == ["cuda:0"]  # no total for one
+
+
+def test_synchronize_and_peak_reset_cover_every_device(two_gpus):
+    api, single = two_gpus
+    be = single.spanning(["cuda:0", "cuda:1"])
+    api.calls.clear()
+    with be.timer() as t:
+        pass
+    assert api.calls == ["sync cuda:0", "sync cuda:1", "sync cuda:0", "sync cuda:1"]
+    assert t.seconds == t.host_seconds  # events cannot span devices: host time between syncs
+    assert "cuda:0, cuda:1" in be.timer_protocol and "perf_counter" in be.timer_protocol
+    api.calls.clear()
+    be.reset_peak()
+    # the cache of each device is emptied (each made current in turn) before its peaks reset
+    assert api.calls == ["sync cuda:0", "sync cuda:1", "empty_cache on 0", "empty_cache on 1",
+                         "reset cuda:0", "reset cuda:1"]
+    rows = be.memory_rows()
+    assert [r["peak_reserved"] // MIB for r in rows] == [100, 40, 140]  # = allocated: no stale cache
+
+
+def test_the_selected_index_becomes_the_current_device(two_gpus, monkeypatch):
+    api, _ = two_gpus
+    device.backend(Selection("cuda:1", torch.device("cuda", 1), "cuda", 1, "test"))
+    assert api.calls[-1] == "set_device 1" and api.current == 1
+
+
+# ---- graph capture: what was captured ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, supported", [
+    ("Ascend910B2", True), ("Ascend910B4-1", True), ("Ascend910_9392", True),
+    ("Ascend910A", False), ("Ascend910B", False), ("Ascend910ProB", False),
+    ("Ascend310P3", None),
+])
+def test_aclgraph_needs_atlas_a2_or_a3(name, supported):
+    got, why = graph_mod.aclgraph_support(name)
+    assert got is supported and name in why
+    if supported is False:
+        backend, _, how = graph_mod.graph_compile("npu", name)
+        assert backend is None and "Atlas A2 / A3" in how
+
+
+class FakeGraph:
+    """Stands for torch.cuda.CUDAGraph: capture_end and replay are what the watch counts."""
+
+    def capture_end(self):
+        return "captured"
+
+    def replay(self):
+        return "replayed"
+
+
+def test_capture_watch_counts_graphs_breaks_and_replays():
+    def step(x):
+        y = x * 2
+        torch._dynamo.graph_break()  # a real graph break, recorded by dynamo
+        return y + 1
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="eager")
+    original = FakeGraph.replay
+    with graph_mod.CaptureWatch("cuda", FakeGraph) as watch:
+        compiled(torch.ones(4))
+        g = FakeGraph()
+        assert g.capture_end() == "captured" and g.replay() == "replayed"
+        g.replay()
+    assert FakeGraph.replay is original  # restored after the block
+    cap = watch.report(compiled=True)
+    assert (cap.captures, cap.replays) == (1, 2)
+    assert cap.unique_graphs >= 2 and sum(cap.graph_breaks.values()) >= 1
+    assert not cap.verified and any("graph break" in p for p in cap.problems)
+    assert "CUDA graphs" not in cap.label and "not verified" in cap.label
+
+
+def test_capture_watch_without_replays_or_compile_is_not_verified():
+    with graph_mod.CaptureWatch("cuda", FakeGraph) as watch:
+        pass
+    cap = watch.report(compiled=False)
+    assert any("declined" in p for p in cap.problems)
+    assert any("no CUDA graphs replay" in p for p in cap.problems)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: x * 3, backend="eager")
+    with graph_mod.CaptureWatch("cuda", FakeGraph) as watch:
+        compiled(torch.ones(2))
+        FakeGraph().replay()
+    ok = watch.report(compiled=True)
+    assert ok.verified, ok.problems
+    assert ok.label == "graph: static cache + CUDA graphs"
+    cpu = graph_mod.CaptureWatch("cpu", None)
+    with cpu:
+        pass
+    assert cpu.report(compiled=None).captures is None

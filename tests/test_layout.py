@@ -97,3 +97,18 @@ def test_no_untyped_config_or_dtype_strings_in_the_source() -> None:
             if needle in text:
                 offenders.append(f"{name}: {needle}")
     assert offenders == []
+
+
+def test_every_parameter_line_is_one_papermill_reads() -> None:
+    """papermill skips a parameters-cell line it cannot parse (e.g. a comment holding '='),
+    and a run parameter or knob on such a line would silently never arrive."""
+    import nbformat
+    import papermill
+
+    for nb_path in sorted(paths.NOTEBOOKS.glob("*.ipynb")):
+        nb = nbformat.read(nb_path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assigned = [t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+                    for t in node.targets if isinstance(t, ast.Name)]
+        read = list(papermill.inspect_notebook(str(nb_path)))
+        assert read == assigned, f"{nb_path.name}: papermill reads {read}, the cell assigns {assigned}"

@@ -19,12 +19,13 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCau
 from helpers import paths
 from helpers.bench import Measurement, Protocol
 from helpers.config import RunConfig
+from helpers.device.graph import Capture
 from helpers.errors import CapReached
 from helpers.stages import performance as perf
 from helpers.stages.kit import Stage, target
 from helpers.stages.performance import Settings
 
-QUICK = dict(new_tokens=8, warmup=1, min_iters=2, min_seconds=0.0, sweep_min_iters=2,
+QUICK = dict(new_tokens=8, warmup=1, max_warmup=3, min_iters=2, min_seconds=0.0, sweep_min_iters=2,
              sweep_min_seconds=0.0, sweep_batches=(1, 2), sweep_prompt_lengths=(8, 32),
              sweep_new_tokens=4, copy_mib=8)
 
@@ -54,6 +55,8 @@ def run():
     ({"copy_mib": 0}, "copy_mib"),
     ({"graph_cap_s": -1}, "graph_cap_s"),
     ({"min_iters": 0}, "min_iters"),
+    ({"settle_tol": 2.0}, "settle"),
+    ({"max_warmup": 0}, "max_warmup"),
 ])
 def test_settings_reject_bad_knobs(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -379,3 +382,101 @@ def test_headline_marks_timings_unreliable_on_a_busy_host(run, tmp_path, monkeyp
     monkeypatch.setattr(perf.sections, "host_load", lambda: {"host_note": "host quiet"})
     frame = perf.headline(Stage("performance", str(tmp_path)), run, [])
     assert "timings" not in set(frame["quantity"])
+
+
+# ---- the two decode figures, graph capture verification, the cap between steps -----------------
+
+
+def test_static_decode_loop_makes_generates_tokens_run_after_run(run):
+    inputs = perf.lm_inputs(run)
+    want = perf.generate_fn(run.lm, inputs, 12, pad=perf.pad_id(run.loaded.tokenizer))()
+    fn, first = perf.static_decode_fn(run.lm, inputs, 12)
+    for _ in range(3):  # each run rewinds the static cache to the prefilled prompt
+        got = fn()
+        assert got.shape == (1, 12) and torch.equal(got, want[:, -12:])
+    assert int(first) == int(want[0, -12])
+
+
+def test_latency_shows_both_decode_figures_named_for_what_they_time(run):
+    lat = perf.latency(run)
+    m = lat.metrics
+    assert m["static_decode_tokens_per_s"] == pytest.approx(
+        (run.settings.new_tokens - 1) / m["static_decode"]["stats"]["mean"])
+    assert m["static_decode_same_tokens"] is True
+    quantities = list(perf.throughput_table(lat)["quantity"])
+    hf = next(i for i, q in enumerate(quantities) if q.startswith("decode throughput: HF generate, dynamic cache"))
+    assert quantities[hf + 1].startswith("decode throughput: decode step, static cache")
+    assert m["static_decode"]["settled"] in (True, False)  # settle warmup was asked, and said
+    assert "settled" in m["static_decode"]["described"]
+
+
+def test_memory_table_has_one_row_per_device_and_a_total():
+    metrics = {"memory": {"host_rss": 2 * 2**20, "peak_rss": 3 * 2**20, "peak_rss_since_reset": None},
+               "memory_devices": [
+                   {"device": d, "allocated": a * 2**20, "reserved": a * 2**20,
+                    "peak_allocated": 2 * a * 2**20, "peak_reserved": 2 * a * 2**20}
+                   for d, a in (("cuda:0", 10), ("cuda:1", 5), ("total", 15))]}
+    from helpers.stages.kit import Section
+
+    frame = perf.memory_table(Section("latency", None, metrics=metrics))
+    peaks = frame[frame["memory"].str.endswith("peak allocated")]
+    assert list(peaks["memory"]) == ["device cuda:0: peak allocated", "device cuda:1: peak allocated",
+                                     "device total: peak allocated"]
+    assert list(peaks["MiB"]) == [20.0, 10.0, 30.0]
+
+
+def test_graph_mode_is_declined_for_a_model_spread_over_devices(run, monkeypatch):
+    import types
+
+    spread = types.SimpleNamespace(spread=True, devices=(torch.device("cuda", 0), torch.device("cuda", 1)))
+    monkeypatch.setattr(run, "placed", spread)
+    eager = Measurement("e2e", Protocol(), "test", warmup_s=[1.0], samples=[0.5, 0.5],
+                        host_samples=[0.5, 0.5], stopped_by="min_iters+min_seconds")
+    from helpers.stages.kit import Section
+
+    sec = perf.modes(run, Section("latency", None, data={"e2e": eager}))
+    assert sec.table["status"].tolist() == ["measured", "not measured"]
+    assert "declined" in sec.metrics["graph_problem"] and "cuda:0, cuda:1" in sec.metrics["graph_problem"]
+    assert sec.checks == []
+
+
+def _capture(verified: bool) -> Capture:
+    cap = Capture("cuda", True, 1, {}, 0, [], 1, 5)
+    if not verified:
+        cap.cudagraph_skips = 1
+        cap.problems.append("inductor skipped CUDA graphs 1 time(s): mutated inputs")
+    return cap
+
+
+def test_speedup_is_judged_only_for_a_verified_capture(run):
+    cuda_run = type("R", (), {"sel": type("S", (), {"backend": "cuda"})(), "loaded": run.loaded})()
+    judged = perf.graph._speedup_check(cuda_run, 12.5, _capture(verified=True))
+    assert judged.passed is True and judged.threshold == ">= 10.0"
+    slow = perf.graph._speedup_check(cuda_run, 1.2, _capture(verified=True))
+    assert slow.passed is False
+    info = perf.graph._speedup_check(cuda_run, 12.5, _capture(verified=False))
+    assert info.passed is None and "not judged" in info.source and "mutated inputs" in info.detail
+    assert _capture(False).label == "graph: static cache + torch.compile (capture not verified)"
+    assert _capture(True).label == "graph: static cache + CUDA graphs"
+
+
+def test_step_cap_stops_generate_between_decode_steps(run):
+    from transformers import StoppingCriteriaList
+
+    cap = perf.StepCap(1e-9)  # already past the cap when the first step returns
+    cap.start()
+    fn = perf.generate_fn(run.lm, perf.lm_inputs(run), 8, pad=0,
+                          stopping_criteria=StoppingCriteriaList([cap]))
+    with pytest.raises(CapReached, match="checked after decode step 1"):
+        fn()
+    assert cap.steps == 1
+    free = perf.StepCap(0)  # 0 = no cap: never stops a run
+    fn = perf.generate_fn(run.lm, perf.lm_inputs(run), 8, pad=0,
+                          stopping_criteria=StoppingCriteriaList([free]))
+    assert fn().shape[1] == perf.lm_inputs(run)["input_ids"].shape[1] + 8 and free.steps >= 7
+
+
+def test_the_signal_cap_is_used_only_where_no_graph_is_captured():
+    from helpers.device.graph import captures_graphs
+
+    assert captures_graphs("cuda") and captures_graphs("npu") and not captures_graphs("cpu")

@@ -3,7 +3,9 @@
 Protocol (one `measure` call):
   1. warmup runs, each timed on its own and kept apart: the first call (which pays for lazy
      initialisation, kernel selection and any graph compilation) is reported separately and
-     never enters the statistics;
+     never enters the statistics; with `settle` > 0 warmup goes on past `warmup` runs until two
+     consecutive runs agree within that relative tolerance (at most `max_warmup` runs; the
+     result says whether the figure settled);
   2. timed runs until BOTH `min_iters` runs and `min_seconds` of timed work are reached (or
      `max_iters` / `max_seconds` stop it first, which the result says);
   3. every run is bracketed by the device backend's timer (helpers.device: synchronize before
@@ -40,9 +42,16 @@ class Protocol:
     min_seconds: float = 1.0  # ... and at least this much timed work (seconds)
     max_iters: int = 1000  # hard stop on the number of timed runs
     max_seconds: float = 120.0  # hard stop on timed work, for slow runs on slow devices
+    settle: float = 0.0  # > 0: warm up until two consecutive runs agree within this fraction ...
+    max_warmup: int = 10  # ... but at most this many warmup runs
 
     def __post_init__(self) -> None:
         _check_int("warmup", self.warmup, 0)
+        _check_int("max_warmup", self.max_warmup, 1)
+        _check_number("settle", self.settle)
+        if self.settle >= 1:
+            raise BenchError(f"settle is a relative tolerance below 1 (e.g. 0.05 = 5%), got "
+                             f"{self.settle!r}", "use 0 for a fixed number of warmup runs")
         _check_int("min_iters", self.min_iters, 1)
         _check_int("max_iters", self.max_iters, 1)
         _check_number("min_seconds", self.min_seconds)
@@ -56,9 +65,21 @@ class Protocol:
         return Protocol(**{**asdict(self), **changes})
 
     def describe(self) -> str:
-        return (f"{self.warmup} warmup run(s) kept apart, then timed runs until >= "
+        return (f"{self.warmup_rule()}, then timed runs until >= "
                 f"{self.min_iters} runs and >= {self.min_seconds:g} s of timed work "
                 f"(stop at {self.max_iters} runs or {self.max_seconds:g} s)")
+
+
+    def warmup_rule(self) -> str:
+        if self.settle > 0 and self.warmup > 0:
+            return (f"warmup kept apart: at least {self.warmup} run(s), until two consecutive "
+                    f"runs agree within {self.settle:.0%} (at most {max(self.max_warmup, self.warmup)})")
+        return f"{self.warmup} warmup run(s) kept apart"
+
+
+def settled(a: float, b: float, tolerance: float) -> bool:
+    """Whether two consecutive run times agree: |a - b| <= tolerance x the smaller one."""
+    return abs(a - b) <= tolerance * min(a, b)
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
@@ -104,6 +125,7 @@ class Measurement:
     samples: list[float]  # timed runs, seconds
     host_samples: list[float]  # the same runs by perf_counter on the host
     stopped_by: str  # "min_iters+min_seconds" | "max_iters" | "max_seconds"
+    settled: bool | None = None  # settle warmup: the last two warmup runs agreed (None: not asked)
     stats: LatencyStats = field(init=False)
     output: Any = field(default=None, repr=False)  # what the last timed run returned
 
@@ -122,7 +144,12 @@ class Measurement:
         """The protocol as it actually ran, in one sentence for the report."""
         first = (f"first call {self.first_call_s:.4g} s" if self.warmup_s
                  else "no warmup: the first call is among the samples")
-        return (f"{len(self.warmup_s)} warmup run(s) kept apart ({first}); "
+        settle = ""
+        if self.settled is not None:
+            tol = f"{self.protocol.settle:.0%}"
+            settle = (f", settled: the last two agreed within {tol}" if self.settled
+                      else f", NOT settled within {tol} after {len(self.warmup_s)} runs")
+        return (f"{len(self.warmup_s)} warmup run(s) kept apart ({first}{settle}); "
                 f"{self.stats.count} timed runs, {sum(self.samples):.3g} s of timed work, "
                 f"stopped by {self.stopped_by}; each run: {self.timer}")
 
@@ -132,14 +159,15 @@ class Measurement:
             "first_call_s": self.first_call_s, "warmup_s": self.warmup_s,
             "stats": self.stats.to_dict(), "samples": self.samples,
             "host_samples": self.host_samples, "stopped_by": self.stopped_by,
-            "described": self.describe(),
+            "settled": self.settled, "described": self.describe(),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
         return cls(name=data["name"], protocol=Protocol(**data["protocol"]), timer=data["timer"],
                    warmup_s=list(data["warmup_s"]), samples=list(data["samples"]),
-                   host_samples=list(data["host_samples"]), stopped_by=data["stopped_by"])
+                   host_samples=list(data["host_samples"]), stopped_by=data["stopped_by"],
+                   settled=data.get("settled"))
 
 
 def timed(be: Backend, fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -153,10 +181,7 @@ def measure(fn: Callable[[], Any], be: Backend, protocol: Protocol | None = None
             name: str = "") -> Measurement:
     """Time fn() by the protocol on backend `be` (a helpers.device.Backend)."""
     protocol = protocol or Protocol()
-    warm: list[float] = []
-    for _ in range(protocol.warmup):
-        _, seconds, _ = timed(be, fn)
-        warm.append(seconds)
+    warm, settled_ = warm_up(fn, be, protocol)
     samples: list[float] = []
     host: list[float] = []
     out: Any = None
@@ -171,7 +196,23 @@ def measure(fn: Callable[[], Any], be: Backend, protocol: Protocol | None = None
             break
     return Measurement(name=name or getattr(fn, "__name__", "run"), protocol=protocol,
                        timer=be.timer_protocol, warmup_s=warm, samples=samples,
-                       host_samples=host, stopped_by=stop, output=out)
+                       host_samples=host, stopped_by=stop, settled=settled_, output=out)
+
+
+def warm_up(fn: Callable[[], Any], be: Backend, protocol: Protocol) -> tuple[list[float], bool | None]:
+    """The protocol's warmup runs: (their times, whether they settled; None when not asked)."""
+    warm: list[float] = []
+    for _ in range(protocol.warmup):
+        warm.append(timed(be, fn)[1])
+    if protocol.settle <= 0 or protocol.warmup == 0:
+        return warm, None
+    limit = max(protocol.max_warmup, protocol.warmup)
+    while True:
+        if len(warm) >= 2 and settled(warm[-2], warm[-1], protocol.settle):
+            return warm, True
+        if len(warm) >= limit:
+            return warm, False
+        warm.append(timed(be, fn)[1])
 
 
 def _stop_reason(p: Protocol, count: int, total: float) -> str:

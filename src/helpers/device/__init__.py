@@ -20,6 +20,7 @@ checked against torch_npu's own sources / documentation (Ascend/pytorch, torch_n
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.metadata
 import importlib.util
@@ -27,7 +28,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,9 @@ _DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
 }
 # How well each backend runs each dtype: "full" or "limited" (runs, but many kernels lack it).
-_NPU_DTYPES = {"float32": "full", "bfloat16": "full", "float16": "full", "float64": "limited"}
+# bfloat16 on an accelerator is asked of the device itself (is_bf16_supported), not listed here.
+_NPU_DTYPES = {"float32": "full", "float16": "full", "float64": "limited"}
+_CUDA_DTYPES = {"float32": "full", "float16": "full", "float64": "full"}
 _CPU_DTYPES = {"float32": "full", "bfloat16": "full", "float16": "full", "float64": "full"}
 
 
@@ -130,21 +133,48 @@ def _probe_npu() -> tuple[int, str]:
     return count, "" if count else "torch_npu imported but sees no NPU (check npu-smi info)"
 
 
+def rocm_build() -> str:
+    """The HIP version when torch is a ROCm build ("" otherwise): torch.cuda then drives AMD GPUs."""
+    return str(getattr(torch.version, "hip", None) or "")
+
+
 def _probe_cuda() -> tuple[int, str]:
     """(number of visible CUDA devices, why 0 when it is 0)."""
-    if torch.version.cuda is None:
-        return 0, f"CUDA not available (torch {torch.__version__} is a build without CUDA)"
+    hip = rocm_build()
+    if torch.version.cuda is None and not hip:
+        return 0, (f"CUDA not available (torch {torch.__version__} is a build without CUDA "
+                   "or ROCm)")
     if not torch.cuda.is_available():
-        return 0, "CUDA not available (no GPU or driver visible to torch)"
+        build = f"a ROCm build (HIP {hip})" if hip else "a CUDA build"
+        return 0, (f"CUDA not available (torch {torch.__version__} is {build}; no GPU or "
+                   "driver visible to torch)")
     return torch.cuda.device_count(), ""
 
 
-def _cuda_bf16_supported() -> bool:
-    """Native bfloat16 on the current CUDA device (not the slow emulation)."""
+def _cuda_bf16_supported(index: int = 0) -> bool:
+    """Native bfloat16 on CUDA device `index` (not the slow emulation).
+
+    torch.cuda.is_bf16_supported asks the current device, so it is asked inside
+    torch.cuda.device(index).
+    """
+    with torch.cuda.device(index):
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # older torch without the keyword
+            return bool(torch.cuda.is_bf16_supported())
+
+
+def _npu_bf16_supported(index: int = 0) -> bool:
+    """bfloat16 on NPU `index`, as torch_npu says (torch.npu.is_bf16_supported(), current device)."""
+    imp = _import_torch_npu()
+    if imp.module is None:
+        return False
+    api = imp.module.npu
     try:
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    except TypeError:  # older torch without the keyword
-        return bool(torch.cuda.is_bf16_supported())
+        with api.device(index):
+            return bool(api.is_bf16_supported())
+    except Exception:  # a release without the call: the device cannot be asked
+        return False
 
 
 def device_count(backend: str) -> int:
@@ -188,7 +218,8 @@ def _select_auto(request: str) -> Selection:
     seen.append(why_npu)
     n_cuda, why_cuda = _probe_cuda()
     if n_cuda:
-        seen.append(f"CUDA sees {n_cuda} device(s); using cuda:0")
+        rocm = f" (torch is a ROCm build, HIP {rocm_build()})" if rocm_build() else ""
+        seen.append(f"CUDA sees {n_cuda} device(s){rocm}; using cuda:0")
         return Selection(request, torch.device("cuda", 0), "cuda", 0, "; ".join(seen))
     seen += [why_cuda, "using cpu"]
     return Selection(request, torch.device("cpu"), "cpu", None, "; ".join(seen))
@@ -205,8 +236,9 @@ def _select_cuda(request: str, idx: int) -> Selection:
             f"DEVICE={request} but this machine has {count} CUDA device(s) "
             f"(valid: cuda:0 .. cuda:{count - 1}); check CUDA_VISIBLE_DEVICES"
         )
+    rocm = f" (torch is a ROCm build, HIP {rocm_build()})" if rocm_build() else ""
     return Selection(request, torch.device("cuda", idx), "cuda", idx,
-                     f"requested cuda:{idx}; CUDA sees {count} device(s)")
+                     f"requested cuda:{idx}; CUDA sees {count} device(s){rocm}")
 
 
 def _torch_npu_install_hint() -> str:
@@ -260,22 +292,29 @@ def dtype_from_name(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def dtype_support(backend: str) -> dict[str, str]:
-    """dtype name -> "full" | "limited" for that backend (only the dtypes it can run)."""
+def dtype_support(backend: str, index: int | None = None) -> dict[str, str]:
+    """dtype name -> "full" | "limited" for that backend (only the dtypes it can run).
+
+    On cuda and npu bfloat16 is there when device `index` (default 0) says it supports it:
+    torch.cuda.is_bf16_supported(including_emulation=False), torch.npu.is_bf16_supported().
+    """
     if backend == "cpu":
         return dict(_CPU_DTYPES)
     if backend == "npu":
-        return dict(_NPU_DTYPES)
+        out = dict(_NPU_DTYPES)
+        if _npu_bf16_supported(index or 0):
+            out["bfloat16"] = "full"
+        return out
     if backend == "cuda":
-        out = {"float32": "full", "float16": "full", "float64": "full"}
-        if _cuda_bf16_supported():
+        out = dict(_CUDA_DTYPES)
+        if _cuda_bf16_supported(index or 0):
             out["bfloat16"] = "full"
         return out
     raise DeviceError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
 
 
-def supported_dtypes(backend: str) -> list[str]:
-    return list(dtype_support(backend))
+def supported_dtypes(backend: str, index: int | None = None) -> list[str]:
+    return list(dtype_support(backend, index))
 
 
 def resolve_dtype(sel: Selection, name: str = "auto") -> torch.dtype:
@@ -283,7 +322,7 @@ def resolve_dtype(sel: Selection, name: str = "auto") -> torch.dtype:
     text = str(name).strip().lower()
     if text == "auto":
         text = "bfloat16" if sel.backend == "cpu" else "float32"
-    supported = supported_dtypes(sel.backend)
+    supported = supported_dtypes(sel.backend, sel.index)
     if text not in supported:
         raise DeviceError(
             f"DTYPE={name!r} cannot run on {sel.device} ({sel.backend}); "
@@ -298,10 +337,13 @@ def resolve_dtype(sel: Selection, name: str = "auto") -> torch.dtype:
 class Timer:
     """Wall time of a block, synchronized: `with be.timer() as t: ...; t.seconds`.
 
-    On cuda/npu the device is synchronized before the start, a pair of device events
-    (Event(enable_timing=True)) brackets the block, and the device is synchronized at the end;
-    seconds = event elapsed time. On cpu: time.perf_counter around the block.
-    host_seconds is the perf_counter time of the same block on every backend.
+    On cuda/npu every device of the backend's placement is synchronized before the start and
+    after the end. On one device a pair of device events (Event(enable_timing=True)) on its
+    current stream brackets the block and seconds = event elapsed time; over several devices
+    (DEVICE_MAP=auto) events on one stream cannot bracket work queued on the others, so
+    seconds = host perf_counter time between the two all-device synchronizations. On cpu:
+    time.perf_counter around the block. host_seconds is the perf_counter time of the same
+    block on every backend.
     """
 
     def __init__(self, backend: Backend) -> None:
@@ -318,7 +360,7 @@ class Timer:
     def __enter__(self) -> Timer:
         be = self._be
         be.synchronize()
-        if be.api is not None:
+        if be.api is not None and not be.spread:
             stream = be.api.current_stream(be.sel.device)
             start = be.api.Event(enable_timing=True)
             end = be.api.Event(enable_timing=True)
@@ -343,75 +385,135 @@ class Timer:
             self.seconds = self.host_seconds
 
 
-class Backend:
-    """One interface over cpu / cuda / npu; `api` is torch.cuda or torch.npu (None on cpu)."""
+MEMORY_KEYS = ("allocated", "reserved", "peak_allocated", "peak_reserved")
 
-    def __init__(self, sel: Selection) -> None:
+
+class Backend:
+    """One interface over cpu / cuda / npu; `api` is torch.cuda or torch.npu (None on cpu).
+
+    `devices` are the devices of the placement it measures: the selected one, or every
+    accelerator a DEVICE_MAP=auto plan uses (`spanning`). Synchronization, memory and peak
+    resets cover all of them. On an accelerator the selected index becomes the current device
+    (set_device), so streams and events without an explicit device live on it.
+    """
+
+    def __init__(self, sel: Selection, devices: Iterable[torch.device] = ()) -> None:
         self.sel = sel
         self.name = sel.backend
         self.api: Any = _device_api(sel.backend)
+        self.devices: tuple[torch.device, ...] = tuple(devices) or (sel.device,)
+        if self.api is not None and sel.index is not None:
+            self.api.set_device(sel.index)
 
     def __repr__(self) -> str:
-        return f"Backend({self.sel.device})"
+        return f"Backend({', '.join(str(d) for d in self.devices)})"
+
+    @property
+    def spread(self) -> bool:
+        """Whether the placement uses more than one device."""
+        return len(self.devices) > 1
+
+    def spanning(self, placement: Iterable[str | torch.device]) -> Backend:
+        """This backend over every device of its type that `placement` uses (the selected one
+        first, then by index); itself when that is only the selected device. Modules placed
+        on the cpu (accelerate's offload) are host memory, which memory() reports as RSS."""
+        found = {torch.device(d) for d in placement}
+        mine = sorted((d for d in found if d.type == self.name and self.api is not None),
+                      key=lambda d: (d != self.sel.device, d.index or 0))
+        if self.sel.device not in mine:
+            mine.insert(0, self.sel.device)
+        if len(mine) == 1:
+            return self
+        return Backend(self.sel, mine)
 
     @property
     def timer_protocol(self) -> str:
         if self.api is None:
             return "time.perf_counter around the block (cpu: work is synchronous)"
-        return (f"torch.{self.name}.Event pair (enable_timing=True) around the block; "
-                f"torch.{self.name}.synchronize before the start and after the end")
+        sync = (f"torch.{self.name}.synchronize of "
+                f"{', '.join(str(d) for d in self.devices)} before the start and after the end")
+        if self.spread:
+            return f"time.perf_counter between {sync} (events cannot span devices)"
+        return f"torch.{self.name}.Event pair (enable_timing=True) around the block; {sync}"
 
     def synchronize(self) -> None:
-        """Wait until all queued work on the device has finished (no-op on cpu)."""
+        """Wait until all queued work on every device of the placement has finished (no-op on cpu)."""
         if self.api is not None:
-            self.api.synchronize(self.sel.device)
+            for dev in self.devices:
+                self.api.synchronize(dev)
 
     def timer(self) -> Timer:
         return Timer(self)
 
+    def memory_rows(self) -> list[dict[str, Any]]:
+        """One row per device of the placement (bytes: allocated, reserved, peak_allocated,
+        peak_reserved) and, over several devices, a "total" row; [] on cpu (no allocator).
+
+        The total of the peaks is the sum of each device's own peak (they need not coincide).
+        """
+        if self.api is None:
+            return []
+        rows = [{"device": str(dev),
+                 "allocated": int(self.api.memory_allocated(dev)),
+                 "reserved": int(self.api.memory_reserved(dev)),
+                 "peak_allocated": int(self.api.max_memory_allocated(dev)),
+                 "peak_reserved": int(self.api.max_memory_reserved(dev))} for dev in self.devices]
+        if len(rows) > 1:
+            rows.append({"device": "total", **{k: sum(r[k] for r in rows) for k in MEMORY_KEYS}})
+        return rows
+
     def memory(self) -> dict[str, int | None]:
         """Bytes: allocated, reserved, peak_allocated, peak_reserved (None on cpu), host RSS.
 
+        Device figures are totals over the placement's devices (memory_rows has each one).
         peak_rss is the process's lifetime peak RSS (getrusage); peak_rss_since_reset is the
         Linux VmHWM, which reset_peak() rewinds (None where that is not available).
         """
-        dev = self.sel.device
-        out: dict[str, int | None] = {
-            "allocated": None, "reserved": None, "peak_allocated": None, "peak_reserved": None,
-        }
-        if self.api is not None:
-            out["allocated"] = int(self.api.memory_allocated(dev))
-            out["reserved"] = int(self.api.memory_reserved(dev))
-            out["peak_allocated"] = int(self.api.max_memory_allocated(dev))
-            out["peak_reserved"] = int(self.api.max_memory_reserved(dev))
+        out: dict[str, int | None] = dict.fromkeys(MEMORY_KEYS)
+        rows = self.memory_rows()
+        if rows:
+            out.update({k: rows[-1][k] for k in MEMORY_KEYS})  # the total, or the one device
         out["host_rss"] = host_rss()
         out["peak_rss"] = peak_rss()
         out["peak_rss_since_reset"] = _vm_hwm()
         return out
 
     def reset_peak(self) -> None:
-        """Restart peak tracking: the device allocator's peaks, and the host VmHWM on Linux."""
+        """Restart peak tracking on every device of the placement, and the host VmHWM on Linux.
+
+        The allocator's cache is emptied first: a peak reserved restarts at the bytes reserved
+        now, so blocks cached by earlier work would otherwise count in this measurement's peak.
+        """
         if self.api is not None:
-            self.api.reset_peak_memory_stats(self.sel.device)
+            self.synchronize()
+            gc.collect()  # tensors waiting for the collector return their blocks first
+            self.empty_cache()
+            for dev in self.devices:
+                self.api.reset_peak_memory_stats(dev)
         _reset_vm_hwm()
 
     def empty_cache(self) -> None:
-        """Return cached, unused device blocks to the driver (no-op on cpu)."""
+        """Return cached, unused blocks of every device of the placement to the driver (no-op
+        on cpu). empty_cache acts on the current device, so each device is made current in turn."""
         if self.api is not None:
-            self.api.empty_cache()
+            for dev in self.devices:
+                with self.api.device(dev):
+                    self.api.empty_cache()
 
     def properties(self) -> dict[str, Any]:
         if self.name == "cuda":
-            return facts.cuda_properties(self.sel.index or 0, _cuda_bf16_supported())
+            return facts.cuda_properties(self.sel.index or 0, _cuda_bf16_supported(self.sel.index or 0))
         if self.name == "npu":
-            return facts.npu_properties(self.api, self.sel.index or 0)
+            props = facts.npu_properties(self.api, self.sel.index or 0)
+            props["aclgraph"] = graph.aclgraph_support(str(props["name"]))[1]
+            return props
         return facts.cpu_properties()
 
     def dtype_support(self) -> dict[str, str]:
-        return dtype_support(self.name)
+        return dtype_support(self.name, self.sel.index)
 
     def supported_dtypes(self) -> list[str]:
-        return supported_dtypes(self.name)
+        return supported_dtypes(self.name, self.sel.index)
 
 
 def backend(sel: Selection) -> Backend:
@@ -514,11 +616,30 @@ def full_float32(device: torch.device, enabled: bool = True) -> Iterator[list[st
 
 def graph_compile(sel: Selection) -> tuple[Any | None, str, str]:
     """(torch.compile backend, mode, what that means) for graph capture on this selection."""
+    name = ""
     if sel.backend == "npu":
-        _import_torch_npu()  # torchair is importable once torch_npu is
-    return graph.graph_compile(sel.backend)
+        api = _import_torch_npu().module.npu  # torchair is importable once torch_npu is
+        name = str(api.get_device_name(sel.index or 0))
+    return graph.graph_compile(sel.backend, name)
 
 
 def graph_compile_cap_s(sel: Selection) -> float:
     """Default time cap for the first graph-mode call on this backend."""
     return graph.graph_compile_cap_s(sel.backend)
+
+
+def graph_watch(be: Backend) -> graph.CaptureWatch:
+    """What a graph-mode block really captured on this backend (see graph.CaptureWatch)."""
+    return graph.CaptureWatch(be.name, _graph_class(be.name))
+
+
+def _graph_class(name: str) -> Any:
+    """The class whose capture_end / replay every graph capture goes through, None on cpu:
+    torch.cuda.CUDAGraph (inductor's CUDA graph trees record and replay with it) and
+    torch.npu.NPUGraph (torch_npu/npu/graphs.py; torchair's aclgraph captures with
+    torch_npu.npu.graph(NPUGraph) and replays NPUGraph.replay, torchair _acl_concrete_graph)."""
+    if name == "cuda":
+        return torch.cuda.CUDAGraph
+    if name == "npu":
+        return getattr(_import_torch_npu().module.npu, "NPUGraph", None)
+    return None

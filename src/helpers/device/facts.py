@@ -55,13 +55,14 @@ def cpu_name() -> str:
 def cuda_properties(idx: int, bf16_native: bool) -> dict[str, Any]:
     p = torch.cuda.get_device_properties(idx)
     return {
-        "name": p.name,
+        "name": torch.cuda.get_device_name(idx),
         "total_memory": int(p.total_memory),
         "multi_processor_count": p.multi_processor_count,
         "capability": f"{p.major}.{p.minor}",
         "major": p.major,
         "minor": p.minor,
         "bf16_native": bf16_native,
+        "rocm_hip": str(getattr(torch.version, "hip", None) or "") or "not a ROCm build",
     }
 
 
@@ -89,6 +90,8 @@ def stack_versions(npu: ModuleType | None = None) -> dict[str, str]:
         "torch_npu": _dist_version("torch-npu", "torch_npu"),
         "cann": _cann_version(npu),
         "cuda_runtime": torch.version.cuda or NOT_INSTALLED,
+        # a ROCm build of torch drives AMD GPUs through torch.cuda; torch.version.hip is its HIP
+        "rocm_hip": str(getattr(torch.version, "hip", None) or "") or NOT_INSTALLED,
         "cudnn": _cudnn_version(),
     }
 

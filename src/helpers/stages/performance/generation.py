@@ -1,5 +1,6 @@
-"""The run of the performance stage (target, model, knobs) and greedy generation of exactly
-N new tokens, measured with the one timing protocol."""
+"""The run of the performance stage (target, model, knobs) and the two ways it decodes greedily:
+HF generate of exactly N new tokens (dynamic cache), and a minimal greedy loop of decode steps
+over a static KV cache; both measured with the one timing protocol."""
 
 from __future__ import annotations
 
@@ -21,11 +22,16 @@ from helpers.stages.performance.settings import Settings
 
 @dataclass
 class Run:
-    """What every section needs: the target (device, backend, dtype), the loaded model, knobs."""
+    """What every section needs: the target (device, backend, dtype), the loaded model, knobs.
+
+    `placed` is the backend over every device of the model's placement (DEVICE_MAP=auto can
+    spread it over several): timers synchronize, and memory covers, all of them.
+    """
 
     target: Target
     loaded: LoadedModel
     settings: Settings
+    placed: devices.Backend | None = None
 
     @property
     def sel(self) -> devices.Selection:
@@ -33,7 +39,7 @@ class Run:
 
     @property
     def be(self) -> devices.Backend:
-        return self.target.backend
+        return self.placed or self.target.backend
 
     @property
     def lm(self) -> torch.nn.Module:
@@ -45,8 +51,11 @@ class Run:
 
 
 def setup(tgt: Target, settings: Settings | None = None) -> Run:
-    """Load the recipe's model on the run's target, with the stage's knobs."""
-    return Run(tgt, tgt.load(), settings or Settings())
+    """Load the recipe's model on the run's target, with the stage's knobs, measured over its
+    placement (every device a DEVICE_MAP=auto plan uses)."""
+    loaded = tgt.load()
+    return Run(tgt, loaded, settings or Settings(),
+               placed=tgt.backend.spanning(loaded.placement.values()))
 
 
 
@@ -109,3 +118,74 @@ def decode_rates(ttft: Measurement, e2e: Measurement, new_tokens: int,
         "decode_tokens_per_s": batch / tpot if tpot > 0 else math.nan,
         "e2e_tokens_per_s": batch * new_tokens / e2e.stats.mean,
     }
+
+
+# ---- a minimal greedy loop over a static KV cache ------------------------------------------
+
+
+def static_decode_fn(lm: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                     new_tokens: int) -> tuple[Callable[[], torch.Tensor], torch.Tensor]:
+    """(one run of new_tokens - 1 greedy decode steps, the prompt's first token) over a static cache.
+
+    The prompt is prefilled once here, outside any timer, into a StaticCache of prompt +
+    new_tokens positions; its greedy token is the first new token. Each run then makes the
+    other new_tokens - 1 tokens, one forward of one token per step at cache positions S, S+1,
+    ...: a run rewrites the same slots, and attention sees only positions up to the current
+    one, so every run decodes the same tokens from the same prefilled cache. Nothing but the
+    model's forward and an argmax happens per step (no logits processors, no stopping
+    criteria): the decode step itself, as gpt-fast times it.
+    """
+    from transformers import StaticCache
+
+    ids = inputs["input_ids"]  # [B, S]
+    prompt = ids.shape[1]
+    cache = StaticCache(config=lm.config, max_cache_len=prompt + new_tokens)
+    key = _cache_keyword(lm)
+    with torch.inference_mode():
+        logits = lm(input_ids=ids, use_cache=True,
+                    cache_position=torch.arange(prompt, device=ids.device), **{key: cache}).logits
+        first = logits[:, -1].argmax(-1)  # [B]
+    positions = [torch.tensor([prompt + i], device=ids.device) for i in range(new_tokens - 1)]
+
+    def run() -> torch.Tensor:
+        _rewind(cache, prompt)
+        tok, out = first, [first]
+        with torch.inference_mode():
+            for pos in positions:
+                logits = lm(input_ids=tok[:, None], cache_position=pos, position_ids=pos[None],
+                            use_cache=True, **{key: cache}).logits  # [B, 1, V]
+                tok = logits[:, -1].argmax(-1)  # [B]
+                out.append(tok)
+        return torch.stack(out, dim=1)  # [B, new_tokens]
+
+    run.__name__ = f"static_decode_{new_tokens - 1}_steps"
+    return run, first
+
+
+def _rewind(cache: Any, length: int) -> None:
+    """Set a static cache's fill level back to `length` positions (the prefilled prompt).
+
+    transformers >= 5 counts the positions a static layer holds (cumulative_length, a tensor
+    with a static address) and writes there; older releases write at the cache_position given.
+    """
+    for layer in getattr(cache, "layers", []):
+        filled = getattr(layer, "cumulative_length", None)
+        if isinstance(filled, torch.Tensor):
+            filled.fill_(length)
+        elif isinstance(filled, int):
+            layer.cumulative_length = length
+
+
+def _cache_keyword(lm: torch.nn.Module) -> str:
+    """The forward's name for the KV cache: `cache` (transformers >= 5.x) or past_key_values."""
+    import inspect
+
+    names = inspect.signature(lm.forward).parameters
+    return "cache" if "cache" in names else "past_key_values"
+
+
+def measure_static_decode(run: Run, new_tokens: int, protocol: Protocol,
+                          name: str = "") -> Measurement:
+    """The decode step's own speed: new_tokens - 1 greedy steps over a static cache per run."""
+    fn, _ = static_decode_fn(run.lm, lm_inputs(run), new_tokens)
+    return bench.measure(fn, run.be, protocol, name=name or fn.__name__)

@@ -1,6 +1,12 @@
 """Eager versus graph mode: plain generate against a static KV cache whose decode step is
 compiled and captured (CUDA graphs on CUDA, torchair's aclgraph on an NPU, inductor on the CPU),
-with the first call (the compile) under a time cap."""
+with the first call (the compile) under a time cap, and what was really captured recorded.
+
+The cap never interrupts a graph capture: where graph mode captures device graphs (cuda, npu)
+it is checked between decode steps, by a stopping criterion that generate calls after each
+step (no capture is open then); only on the CPU, where nothing is captured, a SIGALRM also
+stops a long inductor build mid-compile.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +20,12 @@ from typing import Any
 
 import pandas as pd
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from helpers import bench, paths
 from helpers import device as devices
 from helpers.bench import Measurement
+from helpers.device.graph import Capture, captures_graphs
 from helpers.errors import CapReached
 from helpers.records import Check
 from helpers.stages.kit import Section, failure_row
@@ -29,6 +37,7 @@ from helpers.stages.performance.generation import Run, generate_fn, lm_inputs, p
 def time_cap(seconds: float) -> Iterator[bool]:
     """Raise CapReached in the block after `seconds` (SIGALRM; main thread on POSIX only).
 
+    Only for blocks that capture no device graph: the handler can fire anywhere in the block.
     Yields whether the cap is enforced; where it cannot be, the caller checks afterwards.
     """
     usable = (seconds > 0 and hasattr(signal, "setitimer")
@@ -47,6 +56,31 @@ def time_cap(seconds: float) -> Iterator[bool]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+class StepCap(StoppingCriteria):
+    """Raise CapReached between decode steps once `seconds` have passed since start().
+
+    generate calls a stopping criterion after each step's forward has returned, so a graph
+    capture inside the step has ended when this runs; it never stops generation otherwise.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.steps = 0
+        self._t0 = time.perf_counter()
+
+    def start(self) -> None:
+        self.steps = 0
+        self._t0 = time.perf_counter()
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        self.steps += 1
+        spent = time.perf_counter() - self._t0
+        if self.seconds > 0 and spent > self.seconds:
+            raise CapReached(f"first graph-mode call still running after the {self.seconds:g} s "
+                             f"cap (checked after decode step {self.steps}, {spent:.1f} s)")
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def graph_config(sel: devices.Selection) -> tuple[Any | None, str]:
@@ -71,39 +105,68 @@ def graph_cap(run: Run) -> float:
     return run.settings.graph_cap_s or devices.graph_compile_cap_s(run.sel)
 
 
+SPREAD_REASON = (
+    "graph mode declined: the model is spread over {devices} (DEVICE_MAP=auto). A captured "
+    "graph replays on one device's stream: inductor skips CUDA graphs for a graph that uses "
+    "several devices (torch/_inductor/cudagraph_utils.py, check_multiple_devices_or_any_cpu_nodes), "
+    "torchair's graph mode supports one NPU per process (torchair user guide, 使用约束), and "
+    "transformers does not compile a model with CPU offload"
+)
+GRAPH_ROW = "graph: static cache + torch.compile"
+
+
 def modes(run: Run, lat: Section) -> Section:
-    """Eager (the latency section's N-token runs) vs static cache + graph capture, batch 1."""
+    """Eager (the latency section's N-token runs) vs static cache + graph capture, batch 1.
+
+    The speed-up is judged only when the capture is verified (CaptureWatch); otherwise its row
+    is info and says why. The row's name says "CUDA graphs" / "aclgraph" only for a verified
+    capture.
+    """
     s = run.settings
     eager: Measurement = lat.data["e2e"]
-    rows = [_mode_row("eager: generate, dynamic cache", eager, s.new_tokens, "")]
+    rows = [_mode_row("eager: HF generate, dynamic cache", eager, s.new_tokens, "")]
     metrics: dict[str, Any] = {"eager_tokens_per_s": eager.rate(s.new_tokens)}
     checks: list[Check] = []
-    graph, how, problem = _graph_measurement(run) if s.graph_mode else (None, "", "graph_mode=False")
+    if not s.graph_mode:
+        graph, how, problem, capture = None, "", "graph_mode=False", None
+    elif run.be.spread:
+        graph, how, capture = None, "", None
+        problem = SPREAD_REASON.format(devices=", ".join(str(d) for d in run.be.devices))
+    else:
+        graph, how, problem, capture = _graph_measurement(run)
     metrics["graph_how"] = how
+    if capture is not None:
+        metrics["capture"] = capture.as_dict()
     if graph is None:
-        rows.append({"mode": "graph: static cache + torch.compile", "status": "not measured",
+        rows.append({"mode": capture.label if capture else GRAPH_ROW, "status": "not measured",
                      "note": problem})
         metrics["graph_problem"] = problem
         return Section("modes", pd.DataFrame(rows), checks, metrics,
                        notes=[f"graph mode not measured: {problem}"])
-    rows.append(_mode_row("graph: static cache + torch.compile", graph, s.new_tokens, how))
+    assert capture is not None
+    rows.append(_mode_row(capture.label, graph, s.new_tokens, f"{how}; {capture.summary()}"))
     ratio = graph.rate(s.new_tokens) / eager.rate(s.new_tokens)
     same = _same_tokens(eager.output, graph.output)
     metrics.update(graph_tokens_per_s=graph.rate(s.new_tokens), speedup=ratio,
-                   compile_s=graph.first_call_s, same_tokens=same, graph=graph.to_dict())
+                   compile_s=graph.first_call_s, same_tokens=same, graph=graph.to_dict(),
+                   graph_label=capture.label, capture_verified=capture.verified)
     checks.append(Check.judge("graph mode: same greedy tokens as eager", same["fraction"], "==",
                               1.0, "graph capture must not change results: both modes run the same greedy decode",
                               detail=same["detail"]))
-    checks.append(_speedup_check(run, ratio))
-    return Section("modes", pd.DataFrame(rows), checks, metrics,
-                   notes=[f"first graph call (compile + capture): {graph.first_call_s:.2f} s"])
+    checks.append(_capture_check(capture))
+    checks.append(_speedup_check(run, ratio, capture))
+    notes = [f"first graph call (compile + capture): {graph.first_call_s:.2f} s",
+             f"capture: {capture.summary()}"]
+    if not capture.verified:
+        notes.append("capture not verified: " + "; ".join(capture.problems))
+    return Section("modes", pd.DataFrame(rows), checks, metrics, notes=notes)
 
 
-def _graph_measurement(run: Run) -> tuple[Measurement | None, str, str]:
-    """(measurement or None, how graph mode was made, why it is missing)."""
+def _graph_measurement(run: Run) -> tuple[Measurement | None, str, str, Capture | None]:
+    """(measurement or None, how graph mode was made, why it is missing, what was captured)."""
     cc, how = graph_config(run.sel)
     if cc is None:
-        return None, how, how
+        return None, how, how, None
     with inductor_cache.use(inductor_cache.FOLDER) as files_before:
         shown = os.path.relpath(inductor_cache.FOLDER, paths.ROOT)
         how += (f"; compile cache {shown} "
@@ -111,33 +174,62 @@ def _graph_measurement(run: Run) -> tuple[Measurement | None, str, str]:
         return _graph_runs(run, cc, how)
 
 
-def _graph_runs(run: Run, cc: Any, how: str) -> tuple[Measurement | None, str, str]:
+def _graph_runs(run: Run, cc: Any, how: str) -> tuple[Measurement | None, str, str, Capture | None]:
     s = run.settings
     cap = graph_cap(run)
-    fn = generate_fn(run.lm, lm_inputs(run), s.new_tokens, pad_id(run.loaded.tokenizer),
-                     cache_implementation="static", compile_config=cc)
+    inputs, pad = lm_inputs(run), pad_id(run.loaded.tokenizer)
+    step_cap = StepCap(cap)
+    first = generate_fn(run.lm, inputs, s.new_tokens, pad, cache_implementation="static",
+                        compile_config=cc, stopping_criteria=StoppingCriteriaList([step_cap]))
+    fn = generate_fn(run.lm, inputs, s.new_tokens, pad, cache_implementation="static",
+                     compile_config=cc)
     prewarm_s = _prewarm(run, cc)
+    # a signal may land anywhere: only where no device graph is captured (the CPU)
+    signal_cap = cap if not captures_graphs(run.sel.backend) else 0.0
     timer = run.be.timer()
     started = time.time()  # file timestamps, to find what a cut-short compile wrote
-    try:
-        with time_cap(cap) as enforced, timer:
-            fn()
-    except Exception as exc:  # CapReached, or a compiler that is missing or fails
-        _reset_compiled(run.lm)
-        spent = timer.host_seconds
-        if isinstance(exc, CapReached) or spent >= cap:
-            inductor_cache.discard_partial(inductor_cache.FOLDER, started)  # half-written artifacts must not be reused
-            return None, how, (f"{how}: the first call (compile) did not finish within the "
-                               f"{cap:g} s cap (stopped after {spent:.1f} s); graph_cap_s raises it")
-        return None, how, f"{how}: failed: {failure_row('graph', exc)['error']}"
-    first_s = timer.seconds
-    if not enforced and first_s > cap:
-        how += f" (cap {cap:g} s not enforceable in this thread; first call took {first_s:.1f} s)"
-    protocol = s.protocol().with_(warmup=max(2, s.warmup) - 1)  # CUDA graphs record on call 2-3
-    m = bench.measure(fn, run.be, protocol, name="graph")
+    watch = devices.graph_watch(run.be)
+    with watch:
+        try:
+            with time_cap(signal_cap), timer:
+                step_cap.start()
+                first()
+        except Exception as exc:  # CapReached, or a compiler that is missing or fails
+            _reset_compiled(run.lm)
+            spent = timer.host_seconds
+            if _cap_reached(exc) or spent >= cap:
+                inductor_cache.discard_partial(inductor_cache.FOLDER, started)  # half-written artifacts must not be reused
+                return None, how, (f"{how}: the first call (compile) did not finish within the "
+                                   f"{cap:g} s cap (stopped after {spent:.1f} s, "
+                                   f"{_where(exc, step_cap)}); graph_cap_s raises it"), None
+            return None, how, f"{how}: failed: {failure_row('graph', exc)['error']}", None
+        compiled = hasattr(run.lm, "_compiled_call")  # transformers' get_compiled_call sets it
+        first_s = timer.seconds
+        protocol = s.protocol().with_(warmup=max(2, s.warmup) - 1)  # CUDA graphs record on call 2-3
+        m = bench.measure(fn, run.be, protocol, name="graph")
+    capture = watch.report(compiled)
     m.warmup_s.insert(0, first_s)
     _reset_compiled(run.lm)
-    return m, f"{how}; compiler stack start-up {prewarm_s:.2f} s (outside the cap)", ""
+    return m, f"{how}; compiler stack start-up {prewarm_s:.2f} s (outside the cap)", "", capture
+
+
+def _cap_reached(exc: BaseException | None) -> bool:
+    """Whether the cap stopped the call: CapReached itself, or wrapped by the compiler
+    (inductor re-raises what interrupts it as InductorError, with the cause chained)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, CapReached) or "CapReached" in str(exc).split("\n", 1)[0]:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _where(exc: BaseException, step_cap: StepCap) -> str:
+    if not _cap_reached(exc):
+        return f"then failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    if "decode step" in str(exc):
+        return f"checked between decode steps, after step {step_cap.steps}"
+    return "interrupted during the compile (no device graph is captured on this backend)"
 
 
 def _prewarm(run: Run, cc: Any) -> float:
@@ -181,10 +273,25 @@ def _same_tokens(a: torch.Tensor, b: torch.Tensor) -> dict[str, Any]:
     return {"fraction": frac, "detail": f"{int(eq.sum())}/{eq.numel()} tokens equal; {where}"}
 
 
-def _speedup_check(run: Run, ratio: float) -> Check:
+def _capture_check(capture: Capture) -> Check:
+    detail = capture.summary()
+    if not capture.verified:
+        detail += "; not verified: " + "; ".join(capture.problems)
+    return Check("graph mode: capture verified", capture.verified, "", None,
+                 "what dynamo, inductor and the device graph class recorded during graph mode "
+                 "(helpers.device.graph.CaptureWatch)", detail=detail)
+
+
+def _speedup_check(run: Run, ratio: float, capture: Capture) -> Check:
     name = "graph mode speedup over eager (tokens/s ratio)"
+    if not capture.verified:
+        return Check(name, round(ratio, 3), "", None,
+                     "not judged: the graph capture is not verified, so this is not the speed-up "
+                     "of graph mode", detail="; ".join(capture.problems))
     if run.sel.backend == "cuda" and run.loaded.recipe.name == "gpa":
         return Check.judge(name, round(ratio, 3), ">=", 10.0,
-                           "project target: static cache + CUDA graphs at least 10x eager HF generate for the GPA LM at batch 1 (launch-bound decode)")
+                           "project target: static cache + CUDA graphs at least 10x eager HF generate for the GPA LM at batch 1 (launch-bound decode)",
+                           detail=capture.summary())
     return Check(name, round(ratio, 3), "", None,
-                 "project target of 10x applies to the GPA LM on CUDA; here informational")
+                 "project target of 10x applies to the GPA LM on CUDA; here informational",
+                 detail=capture.summary())

@@ -22,7 +22,13 @@ from helpers.device import dtype_name
 from helpers.models.base import LoadedModel
 from helpers.records import Check
 from helpers.stages.kit import Section, Stage, failure_row
-from helpers.stages.performance.generation import Run, decode_rates, lm_inputs, measure_generate
+from helpers.stages.performance.generation import (
+    Run,
+    decode_rates,
+    lm_inputs,
+    measure_generate,
+    measure_static_decode,
+)
 from helpers.stages.performance.settings import (
     CACHE_SIZED,
     DEFAULT_WAVEFORM_RATE,
@@ -90,28 +96,49 @@ def sanity(run: Run) -> Section:
 
 
 def latency(run: Run) -> Section:
-    """TTFT, N-token latency (batch 1), decode throughput, TPOT, peak memory during the runs."""
+    """TTFT, N-token latency (batch 1), decode throughput and TPOT, peak memory during the runs,
+    and the decode step's own throughput over a static cache, next to HF generate's."""
     s = run.settings
     p = s.protocol()
     ttft = measure_generate(run, 1, p, name="ttft")
     run.be.reset_peak()
     e2e = measure_generate(run, s.new_tokens, p, name=f"e2e_{s.new_tokens}")
     mem = run.be.memory()
+    mem_rows = run.be.memory_rows()
+    static = measure_static_decode(run, s.new_tokens, p, name=f"static_decode_{s.new_tokens - 1}")
     rates = decode_rates(ttft, e2e, s.new_tokens)
-    rows = [_stats_row(f"time to first token (prompt {lm_inputs(run)['input_ids'].shape[1]} tokens)", ttft),
-            _stats_row(f"latency, {s.new_tokens} new tokens", e2e)]
+    rates["static_decode_tokens_per_s"] = static.rate(s.new_tokens - 1)
+    same = static.output.cpu() == e2e.output[:, -s.new_tokens:].cpu()
+    prompt = lm_inputs(run)["input_ids"].shape[1]
+    rows = [_stats_row(f"time to first token (prompt {prompt} tokens)", ttft),
+            _stats_row(f"latency, {s.new_tokens} new tokens (HF generate, dynamic cache)", e2e),
+            _stats_row(f"{s.new_tokens - 1} decode steps (greedy loop, static cache)", static)]
     metrics = {"new_tokens": s.new_tokens, "batch": 1, **rates, "memory": mem,
-               "ttft": ttft.to_dict(), "e2e": e2e.to_dict(), "protocol": e2e.describe()}
+               "memory_devices": mem_rows, "ttft": ttft.to_dict(), "e2e": e2e.to_dict(),
+               "static_decode": static.to_dict(),
+               "static_decode_same_tokens": bool(same.all()), "protocol": e2e.describe()}
     checks = [Check("decode throughput (tokens/s)", round(rates["decode_tokens_per_s"], 3), "",
-                    None, GPA_REPORT, detail=f"GPA on Ascend 910 reported 26.1 tok/s "
-                    f"({s.new_tokens}-token end-to-end here: {rates['e2e_tokens_per_s']:.2f} tok/s)")]
+                    None, GPA_REPORT, detail=f"HF generate, dynamic cache, 1 / TPOT; GPA on "
+                    f"Ascend 910 reported 26.1 tok/s ({s.new_tokens}-token end-to-end here: "
+                    f"{rates['e2e_tokens_per_s']:.2f} tok/s; decode step, static cache: "
+                    f"{rates['static_decode_tokens_per_s']:.2f} tok/s)")]
+    checks += _settled_checks(ttft, e2e, static)
     load = host_load()
     metrics["host"] = load
-    notes = [f"protocol: {e2e.describe()}"]
+    notes = [f"protocol: {e2e.describe()}",
+             f"decode step, static cache: {static.describe()}; same greedy tokens as HF generate: "
+             f"{'yes' if same.all() else 'no'}"]
     if run.sel.backend == "cpu" and load.get("host_note", "host quiet") != "host quiet":
         notes.append(load["host_note"])
     return Section("latency", pd.DataFrame(rows), checks, metrics, notes=notes,
-                   data={"ttft": ttft, "e2e": e2e})
+                   data={"ttft": ttft, "e2e": e2e, "static": static})
+
+
+def _settled_checks(*ms: Measurement) -> list[Check]:
+    """An info row for each measurement whose warmup did not settle (its figure may still drift)."""
+    return [Check(f"warmup settled: {m.name}", False, "", None,
+                  "timing protocol: warm up until two consecutive runs agree",
+                  detail=m.describe()) for m in ms if m.settled is False]
 
 
 def _stats_row(what: str, m: Measurement) -> dict[str, Any]:
@@ -122,29 +149,42 @@ def _stats_row(what: str, m: Measurement) -> dict[str, Any]:
 
 
 def throughput_table(sec: Section) -> pd.DataFrame:
+    """The throughput figures, each named for what it times; the two decode figures side by side."""
     m = sec.metrics
+    n = m["new_tokens"]
     return pd.DataFrame([
         {"quantity": "time to first token (HF generate of 1 token: prefill + first step)",
          "value": m["ttft_s"], "unit": "s"},
         {"quantity": "time per output token (HF generate, dynamic cache)",
          "value": m["tpot_s"] * 1e3, "unit": "ms"},
-        {"quantity": "decode throughput (HF generate, dynamic cache)",
+        {"quantity": f"decode throughput: HF generate, dynamic cache ((N - 1) / (latency - TTFT), N = {n})",
          "value": m["decode_tokens_per_s"], "unit": "tokens/s"},
-        {"quantity": f"end-to-end throughput (HF generate, {m['new_tokens']} tokens / latency)",
+        {"quantity": f"decode throughput: decode step, static cache (greedy loop of {n - 1} steps)",
+         "value": m["static_decode_tokens_per_s"], "unit": "tokens/s"},
+        {"quantity": f"end-to-end throughput (HF generate, {n} tokens / latency)",
          "value": m["e2e_tokens_per_s"], "unit": "tokens/s"},
     ])
 
 
 def memory_table(sec: Section) -> pd.DataFrame:
-    """Peak device memory (allocated, reserved) and host RSS around the N-token runs, MiB."""
+    """Peak device memory (allocated, reserved) per device of the placement, their total when
+    there are several, and host RSS around the N-token runs, MiB."""
     mem = sec.metrics["memory"]
-    labels = {"peak_allocated": "device peak allocated", "peak_reserved": "device peak reserved",
-              "allocated": "device allocated now", "reserved": "device reserved now",
-              "host_rss": "host RSS now", "peak_rss_since_reset": "host peak RSS during the runs",
-              "peak_rss": "host peak RSS, process lifetime"}
-    rows = [{"memory": label, "MiB": None if mem.get(k) is None else mem[k] / MIB,
-             "note": "" if mem.get(k) is not None else "not available on this backend"}
-            for k, label in labels.items()]
+    rows: list[dict[str, Any]] = []
+    labels = {"peak_allocated": "peak allocated", "peak_reserved": "peak reserved",
+              "allocated": "allocated now", "reserved": "reserved now"}
+    per = sec.metrics.get("memory_devices") or []
+    for r in per:
+        rows += [{"memory": f"device {r['device']}: {label}", "MiB": r[k] / MIB, "note": ""}
+                 for k, label in labels.items()]
+    if not per:
+        rows += [{"memory": f"device {label}", "MiB": None, "note": "not available on this backend"}
+                 for label in labels.values()]
+    host = {"host_rss": "host RSS now", "peak_rss_since_reset": "host peak RSS during the runs",
+            "peak_rss": "host peak RSS, process lifetime"}
+    rows += [{"memory": label, "MiB": None if mem.get(k) is None else mem[k] / MIB,
+              "note": "" if mem.get(k) is not None else "not available on this backend"}
+             for k, label in host.items()]
     return pd.DataFrame(rows)
 
 
@@ -211,20 +251,29 @@ def bandwidth(run: Run, lat: Section) -> Section:
     wbytes, welems, how = decode_weight_bytes(run.lm)
     copy_m, copy_bps = copy_bandwidth(run)
     tps = lat.metrics["decode_tokens_per_s"]
+    static_tps = lat.metrics.get("static_decode_tokens_per_s")
     achieved = wbytes * tps
     ratio = achieved / copy_bps
-    table = pd.DataFrame([
+    rows = [
         {"quantity": "weights read per decoded token", "value": wbytes / 1e6, "unit": "MB", "how": how},
-        {"quantity": "decode throughput (batch 1)", "value": tps, "unit": "tokens/s", "how": "latency section"},
-        {"quantity": "achieved weight-read bandwidth", "value": achieved / 1e9, "unit": "GB/s",
-         "how": "weights per token x tokens/s"},
+        {"quantity": "decode throughput (batch 1, HF generate, dynamic cache)", "value": tps,
+         "unit": "tokens/s", "how": "latency section"},
+        {"quantity": "achieved weight-read bandwidth (HF generate)", "value": achieved / 1e9,
+         "unit": "GB/s", "how": "weights per token x tokens/s"},
         {"quantity": "measured device bandwidth (copy)", "value": copy_bps / 1e9, "unit": "GB/s",
          "how": f"{run.settings.copy_mib} MiB copy, (read + write) / time, {copy_m.stats.count} runs"},
-        {"quantity": "bandwidth utilization", "value": ratio, "unit": "ratio", "how": "achieved / measured"},
-    ])
+        {"quantity": "bandwidth utilization (HF generate)", "value": ratio, "unit": "ratio",
+         "how": "achieved / measured"},
+    ]
     metrics = {"weight_bytes_per_token": wbytes, "weight_elements": welems, "counted": how,
                "achieved_bytes_per_s": achieved, "copy_bytes_per_s": copy_bps,
                "utilization": ratio, "copy": copy_m.to_dict()}
+    if static_tps:
+        metrics["utilization_static_decode"] = wbytes * static_tps / copy_bps
+        rows.append({"quantity": "bandwidth utilization (decode step, static cache)",
+                     "value": metrics["utilization_static_decode"], "unit": "ratio",
+                     "how": f"weights per token x {static_tps:.1f} tokens/s / measured"})
+    table = pd.DataFrame(rows)
     checks = [Check("bandwidth utilization (decode, batch 1)", round(ratio, 4), "", None,
                     "informational (gpt-fast reports achieved GB/s the same way)",
                     detail=f"{achieved / 1e9:.3f} GB/s of {copy_bps / 1e9:.2f} GB/s measured")]
@@ -399,6 +448,7 @@ def headline(st: Stage, run: Run, sections: Sequence[Section]) -> pd.DataFrame:
     if lat:
         rows.update(ttft_s=lat.metrics["ttft_s"], tpot_s=lat.metrics["tpot_s"],
                     decode_tokens_per_s=lat.metrics["decode_tokens_per_s"],
+                    decode_tokens_per_s_static_cache=lat.metrics["static_decode_tokens_per_s"],
                     e2e_tokens_per_s=lat.metrics["e2e_tokens_per_s"],
                     latency_mean_s=lat.data["e2e"].stats.mean,
                     latency_p99_s=lat.data["e2e"].stats.p99,
@@ -410,7 +460,8 @@ def headline(st: Stage, run: Run, sections: Sequence[Section]) -> pd.DataFrame:
     if md:
         rows.update(eager_tokens_per_s=md.metrics.get("eager_tokens_per_s"),
                     graph_tokens_per_s=md.metrics.get("graph_tokens_per_s"),
-                    graph_speedup=md.metrics.get("speedup"))
+                    graph_speedup=md.metrics.get("speedup"),
+                    graph_mode=md.metrics.get("graph_label") or md.metrics.get("graph_problem"))
     load = host_load()
     rows.update(load)
     if run.sel.backend == "cpu" and load.get("host_note", "host quiet") != "host quiet":

@@ -26,7 +26,9 @@ class Settings:
     """The stage's knobs (notebook parameters); validated on construction."""
 
     new_tokens: int = 128  # tokens per end-to-end run (the GPA report's 128)
-    warmup: int = 1
+    warmup: int = 1  # minimum warmup runs of the headline measurements ...
+    settle_tol: float = 0.05  # ... then on until two consecutive runs agree within this (0 = off)
+    max_warmup: int = 10  # ... at most this many warmup runs
     min_iters: int = 5
     min_seconds: float = 0.5
     max_iters: int = 200
@@ -65,7 +67,8 @@ class Settings:
     def protocol(self) -> Protocol:
         return Protocol(warmup=self.warmup, min_iters=self.min_iters,
                         min_seconds=self.min_seconds, max_iters=self.max_iters,
-                        max_seconds=self.max_seconds)
+                        max_seconds=self.max_seconds, settle=self.settle_tol,
+                        max_warmup=self.max_warmup)
 
     def rtf_protocol(self) -> Protocol:
         return self.sweep_protocol().with_(min_iters=self.rtf_min_iters,
