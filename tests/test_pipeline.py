@@ -64,6 +64,9 @@ def test_failing_stage_is_recorded_shown_and_exits_nonzero(tmp_path):
     assert "report-alert" in html and "planted failure in the broken fixture stage" in html
     assert "output before the failure" in html  # what the stage produced before failing is kept
     assert "Broken fixture" in html and "1. Environment" in html
+    # the markdown export is written too; what the run could not measure says so
+    md = (first.run_dir / "adaptation-report.md").read_text()
+    assert "## Key figures" in md and "| not measured | stage accuracy_parity not run |" in md
 
     before = first.html.read_bytes()
     second = run_pipeline(cfg, notebooks_dir=nbs, figures_dir=None, pdf=False)

@@ -1,7 +1,8 @@
 """Command line: `python -m helpers.report [KEY=VALUE ...]` runs the whole report.
 
 Keys are the run parameters (case-insensitive): MODEL, MODEL_DIR, PROFILE, DEVICE, DTYPE,
-DEVICE_MAP, STAGES, EXTRA_STAGES, OUT, SEED, STRICT; and stage knobs, STAGE.KNOB=VALUE (stage
+DEVICE_MAP, STAGES, EXTRA_STAGES, OUT, SEED, STRICT, REPORT_LANG (en or zh: the language
+of the published report); and stage knobs, STAGE.KNOB=VALUE (stage
 by name or number, e.g. performance.new_tokens=32 4.golden=off). `make report MODEL=gpa
 DEVICE=npu:0 performance.new_tokens=32` passes its variables through unchanged. Everything is
 checked before a run folder is made; a bad value exits with code 2.

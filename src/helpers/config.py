@@ -368,6 +368,8 @@ class RunConfig:
     out: str = _opt("report", "folder that receives one sub-folder per run")
     seed: int = _opt(0, "seed for random weights and inputs")
     strict: bool = _opt(True, "exit 1 when a check fails (0 only when every check passes; 2 for bad input or a stage that raised); STRICT=0 exits 0 on failed checks, for runs that publish known failures")
+    report_lang: str = _opt("en", "language of the published report: en or zh (headings, explanations, table headers, verdict words; numbers and code stay as they are)")
+    audio_dir: str = _opt("", "folder of the user's own .wav / .flac clips for the tasks stage (transcripts as <name>.txt or transcripts.tsv); '' = the shipped fixtures")
     knobs: Knobs = _opt(Knobs(), "stage knobs, STAGE.KNOB=VALUE (stage by name or number); --list-knobs lists them")
 
     def __post_init__(self) -> None:
@@ -400,6 +402,9 @@ class RunConfig:
         _choice("profile", self.profile, PROFILES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("device_map", self.device_map, DEVICE_MAPS)
+        from helpers import i18n
+
+        i18n.check(self.report_lang)
         if not _DEVICE_RE.match(self.device):
             raise ConfigError(
                 f"device {self.device!r} is not valid; use auto, cpu, cuda, cuda:N, npu or npu:N"
@@ -432,7 +437,7 @@ class RunConfig:
     def stage_fields(cls) -> tuple[str, ...]:
         """The fields a stage notebook declares and builds its config from (the others steer
         the runner: which stages, where, knobs, exit code)."""
-        runner = {"stages", "out", "strict", "extra_stages", "knobs"}
+        runner = {"stages", "out", "strict", "extra_stages", "knobs", "report_lang", "audio_dir"}
         return tuple(n for n in cls.field_names() if n not in runner)
 
     @classmethod
@@ -492,7 +497,7 @@ class RunConfig:
         from helpers import models
 
         changes = {}
-        for name in ("model_dir", "extra_stages"):
+        for name in ("model_dir", "extra_stages", "audio_dir"):
             if getattr(self, name):
                 changes[name] = str(Path(getattr(self, name)).expanduser().resolve())
         if models.is_path(self.model):
@@ -503,7 +508,7 @@ class RunConfig:
 _TYPES: dict[str, type] = {
     "model": str, "model_dir": str, "profile": str, "device": str, "dtype": str,
     "device_map": str, "stages": tuple, "extra_stages": str, "out": str, "seed": int,
-    "strict": bool, "knobs": Knobs,
+    "strict": bool, "report_lang": str, "audio_dir": str, "knobs": Knobs,
 }
 
 

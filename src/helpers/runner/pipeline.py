@@ -324,13 +324,18 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
 def preflight(cfg: RunConfig) -> None:
     """What must hold before a run folder is made, each with one message (exit 2): the device
     and dtype exist here, OUT is a writable folder, and MODEL_DIR is of the recipe's
-    architecture."""
+    architecture; AUDIO_DIR is a folder."""
     try:
         sel = devices.select(cfg.device)
         devices.resolve_dtype(sel, cfg.dtype)
     except DeviceError as exc:
         raise ConfigError(str(exc)) from exc
     rundir.check_out(cfg.out)
+    if cfg.audio_dir and not Path(cfg.audio_dir).expanduser().is_dir():
+        raise ConfigError(f"AUDIO_DIR={cfg.audio_dir} is not a folder",
+                          "give a folder of .wav / .flac clips (with <name>.txt or "
+                          "transcripts.tsv transcripts), or leave AUDIO_DIR empty for the "
+                          "shipped fixtures")
     if cfg.profile == "real":
         root = Path(cfg.model_dir)
         if not root.is_dir():

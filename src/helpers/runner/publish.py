@@ -1,11 +1,14 @@
 """Publishing: merge a run's executed notebooks into one offline HTML (inputs hidden, banners
-stripped, a table of contents, failures at the top) and print that same HTML to an A4 PDF
-with headless Chromium."""
+stripped, failures at the top, the summary's first page, a table of contents, numbered tables
+and figures) in the run's REPORT_LANG, print that same HTML to an A4 PDF with headless
+Chromium (page numbers and the run id in every footer), and write the first page and the key
+tables as adaptation-report.md for a model-zoo README (figures as the files beside it)."""
 
 from __future__ import annotations
 
 import html as htmllib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -14,8 +17,11 @@ from typing import Any
 
 import nbformat
 
+from helpers import i18n
 from helpers.records import StageResult, read_json, write_json
 from helpers.runner.rundir import SUMMARY_NOTEBOOK, load_run
+
+FIRST_PAGE_FILE = "first-page.json"  # written by the summary notebook (stages.summary)
 
 TEMPLATES = Path(__file__).parent / "templates"
 REPORT_NAME = "adaptation-report"
@@ -67,70 +73,198 @@ def _clean_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
     return cells
 
 
-def _error_box(res: StageResult) -> str:
+def _lang(manifest: dict[str, Any]) -> str:
+    """The run's REPORT_LANG (English for a run made before it existed)."""
+    lang = str(manifest.get("config", {}).get("report_lang") or i18n.DEFAULT)
+    return lang if lang in i18n.LANGS else i18n.DEFAULT
+
+
+def _error_box(res: StageResult, lang: str = i18n.DEFAULT) -> str:
     err = res.error or {}
-    where = f" in cell {err['cell']}" if err.get("cell") is not None else ""
+    where = i18n.t(" in cell {cell}", lang, cell=err["cell"]) if err.get("cell") is not None else ""
     tb = err.get("traceback") or ""
     pre = f"<details><summary>traceback</summary><pre>{htmllib.escape(tb)}</pre></details>" if tb else ""
-    return (f'<div class="report-alert"><b>Stage {htmllib.escape(res.title or res.stage)} raised '
-            f'{htmllib.escape(str(err.get("type", "an error")))}{where}</b>: '
+    title = htmllib.escape(i18n.t(res.title or res.stage, lang))
+    raised = i18n.t("Stage {title} raised {error}{where}", lang, title=title,
+                    error=htmllib.escape(str(err.get("type", "an error"))), where=where)
+    return (f'<div class="report-alert"><b>{raised}</b>: '
             f'{htmllib.escape(str(err.get("message", "")))}{pre}</div>')
 
 
-def _header(manifest: dict[str, Any], results: dict[str, StageResult]) -> str:
+def title(manifest: dict[str, Any], results: dict[str, StageResult]) -> str:
+    """The report's title: the model, its profile and the device it ran on."""
     cfg = manifest.get("config", {})
-    git = manifest.get("git", {})
     env = results.get("environment")
     target = env.metrics.get("device", {}).get("selected") if env else None
-    target = target or cfg.get("device")
-    dirty = " (uncommitted changes)" if git.get("dirty") else ""
-    toc = "\n".join(
-        f'<li><a href="#stage-{n}">{htmllib.escape(r.title or n)}</a> &mdash; {r.status}</li>'
-        for n, r in results.items())
-    errors = "".join(_error_box(r) for r in results.values() if r.status == "error")
+    return i18n.t("Accelerator adaptation report: {model} ({profile}) on {device}",
+                  _lang(manifest), model=cfg.get("model"), profile=cfg.get("profile"),
+                  device=target or cfg.get("device"))
+
+
+def run_line(manifest: dict[str, Any]) -> str:
+    git = manifest.get("git", {})
+    lang = _lang(manifest)
+    dirty = i18n.t(" (uncommitted changes)", lang) if git.get("dirty") else ""
+    return i18n.t("Run `{run}`, started {started}, commit `{commit}`{dirty}.", lang,
+                  run=manifest.get("run_id"), started=manifest.get("started"),
+                  commit=str(git.get("commit", "unknown"))[:12], dirty=dirty)
+
+
+def _header(manifest: dict[str, Any], results: dict[str, StageResult]) -> str:
+    lang = _lang(manifest)
+    errors = "".join(_error_box(r, lang) for r in results.values() if r.status == "error")
     summary_err = manifest.get("summary_error")
     if summary_err:
-        errors += (f'<div class="report-alert"><b>The summary notebook raised '
-                   f'{htmllib.escape(summary_err.get("type", ""))}</b>: '
+        raised = i18n.t("The summary notebook raised {error}", lang,
+                        error=htmllib.escape(summary_err.get("type", "")))
+        errors += (f'<div class="report-alert"><b>{raised}</b>: '
                    f'{htmllib.escape(summary_err.get("message", ""))}</div>')
     if manifest.get("pdf_missing_reason") or manifest.get("pdf_error"):
         why = manifest.get("pdf_error") or manifest.get("pdf_missing_reason")
-        errors += f'<div class="report-note"><b>No PDF for this run</b>: {htmllib.escape(why)}</div>'
-    return (
-        f"# Accelerator adaptation report: {cfg.get('model')} ({cfg.get('profile')}) "
-        f"on {target}\n\n"
-        f"Run `{manifest.get('run_id')}`, started {manifest.get('started')}, "
-        f"commit `{str(git.get('commit', 'unknown'))[:12]}`{dirty}.\n\n"
-        f'{errors}\n\n<div class="report-toc"><b>Contents</b><ol>'
-        f'<li><a href="#stage-summary">Summary</a></li>{toc}</ol></div>\n'
-    )
+        errors += (f'<div class="report-note"><b>{i18n.t("No PDF for this run", lang)}</b>: '
+                   f'{htmllib.escape(why)}</div>')
+    return f"# {title(manifest, results)}\n\n{run_line(manifest)}\n\n{errors}\n"
+
+
+def _toc(manifest: dict[str, Any], results: dict[str, StageResult]) -> str:
+    lang = _lang(manifest)
+    items = "\n".join(
+        f'<li><a href="#stage-{n}">{htmllib.escape(i18n.t(r.title or n, lang))}</a> &mdash; '
+        f'{htmllib.escape(i18n.t(r.status, lang))}</li>' for n, r in results.items())
+    return (f'<div class="report-toc"><b>{i18n.t("Contents", lang)}</b><ol>'
+            f'<li><a href="#stage-summary">{i18n.t("Summary", lang)}</a></li>{items}</ol></div>\n')
+
+
+def _translate(cells: list[nbformat.NotebookNode], lang: str) -> list[nbformat.NotebookNode]:
+    """Markdown cells block by block; markdown and HTML outputs (table headers, verdict words,
+    captions; Python reprs in cells become a dash / yes / no in every language)."""
+    for cell in cells:
+        if cell.cell_type == "markdown":
+            cell.source = i18n.markdown(cell.source, lang)
+            continue
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "text/markdown" in data:
+                data["text/markdown"] = i18n.markdown(_text(data["text/markdown"]), lang)
+            if "text/html" in data:
+                data["text/html"] = i18n.html(_text(data["text/html"]), lang)
+    return cells
+
+
+def _text(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+_HEADING = re.compile(r"^\s*#{1,4}\s+(.+?)\s*$", re.M)
+_TABLE_OPEN = re.compile(r"<table\b([^>]*)>")
+WIDE_COLUMNS = 7  # a table with more columns prints in a smaller type (class report-wide)
+WIDER_COLUMNS = 10
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"<[^>]+>|`|\*\*", "", text).strip()
+
+
+_TH_OPEN = re.compile(r"<th[\s>]")
+LONG_TOKEN = 40  # a cell with an unbroken run this long marks its table wide
+_LONG = re.compile(r"<td\b[^>]*>[^<]*?[^\s<]{" + str(LONG_TOKEN) + "}")
+
+
+def _columns(fragment: str, start: int) -> int:
+    """The number of header cells in the first row of the table that starts at `start`."""
+    end = fragment.find("</tr>", start)
+    return len(_TH_OPEN.findall(fragment, start, end)) if end > 0 else 0
+
+
+def _long_token(fragment: str, start: int) -> bool:
+    end = fragment.find("</table>", start)
+    return bool(_LONG.search(fragment, start, end if end > 0 else len(fragment)))
+
+
+def _number(cells: list[nbformat.NotebookNode], lang: str) -> list[nbformat.NotebookNode]:
+    """Number every table and figure of the outputs (`Table 3. <heading>`), the heading being
+    the last one above it; mark wide tables so that print shrinks them."""
+    heading = ""
+    counts = {"table": 0, "figure": 0}
+
+    def caption(kind: str) -> str:
+        counts[kind] += 1
+        word = (i18n.t("Table {n}", lang, n=counts[kind]) if kind == "table"
+                else i18n.t("Figure {n}", lang, n=counts[kind]))
+        return f"{word}. {htmllib.escape(heading)}" if heading else word
+
+    def tag(m: re.Match[str], fragment: str) -> str:
+        attrs = m.group(1)
+        ncols = _columns(fragment, m.end())
+        wide = (" report-wider" if ncols >= WIDER_COLUMNS else " report-wide"
+                if ncols >= WIDE_COLUMNS or _long_token(fragment, m.end()) else "")
+        if wide:
+            attrs = (re.sub(r'class="', f'class="{wide.strip()} ', attrs, count=1)
+                     if 'class="' in attrs else f'{attrs} class="{wide.strip()}"')
+        return (f'<table{attrs}><caption class="report-caption">{caption("table")}'
+                f"</caption>")
+
+    for cell in cells:
+        if cell.cell_type == "markdown":
+            found = _HEADING.findall(cell.source)
+            heading = _plain(found[-1]) if found else heading
+            continue
+        outputs = []
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "text/markdown" in data:
+                found = _HEADING.findall(_text(data["text/markdown"]))
+                heading = _plain(found[-1]) if found else heading
+            if "text/html" in data:
+                fragment = _text(data["text/html"])
+                data["text/html"] = _TABLE_OPEN.sub(lambda m, f=fragment: tag(m, f), fragment)
+            outputs.append(out)
+            if "image/png" in data:
+                outputs.append(nbformat.v4.new_output(
+                    "display_data", {"text/html": f'<div class="report-caption">'
+                                                  f'{caption("figure")}</div>'}))
+        if "outputs" in cell:
+            cell.outputs = outputs
+    return cells
 
 
 def merge(run_dir: Path) -> nbformat.NotebookNode:
-    """One notebook: header with contents and failures, the summary, then every stage."""
+    """One notebook in the run's language: header with failures, the summary's first page,
+    the contents, the rest of the summary, then every stage; tables and figures numbered."""
     manifest, results = load_run(run_dir)
+    lang = _lang(manifest)
     merged = nbformat.v4.new_notebook()
-    merged.metadata["title"] = f"Adaptation report {manifest.get('run_id', '')}"
+    merged.metadata["title"] = title(manifest, results)
     merged.cells.append(_md(_header(manifest, results)))
 
     nb_dir = run_dir / "notebooks"
     summary = nb_dir / SUMMARY_NOTEBOOK
     merged.cells.append(_md('<a id="stage-summary"></a>'))
+    toc = [_md('<div class="report-page-break"></div>\n\n' + _toc(manifest, results))]
     if summary.is_file():
-        merged.cells.extend(_clean_cells(nbformat.read(summary, as_version=4)))
+        cells = _clean_cells(nbformat.read(summary, as_version=4))
+        ends = [i for i, c in enumerate(cells)
+                if "first-page-end" in c.get("metadata", {}).get("tags", [])]
+        cut = ends[0] + 1 if ends else 0
+        merged.cells.extend(cells[:cut] + toc + cells[cut:])
     else:
-        merged.cells.append(_md("# Summary\n\nThe summary notebook produced no output; "
-                                "see the failures above."))
+        merged.cells.extend(toc + [_md("# " + i18n.t("Summary", lang) + "\n\n" + i18n.t(
+            "The summary notebook produced no output; see the failures above.", lang))])
     by_name = {s["name"]: s["notebook"] for s in manifest.get("stages", [])}
     for name, res in results.items():
         merged.cells.append(_md(f'<div class="report-stage"><a id="stage-{name}"></a></div>'))
         path = nb_dir / by_name.get(name, f"{name}.ipynb")
         if res.status == "error":
-            merged.cells.append(_md(_error_box(res)))
+            merged.cells.append(_md(_error_box(res, lang)))
         if path.is_file():
             merged.cells.extend(_clean_cells(nbformat.read(path, as_version=4)))
         else:
-            merged.cells.append(_md(f"# {res.title or name}\n\nNo executed notebook was saved."))
+            merged.cells.append(_md(f"# {i18n.t(res.title or name, lang)}\n\n"
+                                    + i18n.t("No executed notebook was saved.", lang)))
+    merged.cells = _number(_translate(merged.cells, lang), lang)
+    merged.metadata["report_footer"] = {
+        "left": f"{title(manifest, results)} · {manifest.get('run_id', '')}",
+        "right": _page_counter(lang), "lang": lang}
     return merged
 
 
@@ -153,8 +287,25 @@ def render_html(nb: nbformat.NotebookNode, dest: Path) -> Path:
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
     exporter.embed_images = True
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": nb.metadata.get("title", REPORT_NAME)}})
+    footer = nb.metadata.get("report_footer", {})
+    resources = {"metadata": {"name": nb.metadata.get("title", REPORT_NAME)},
+                 "report_footer_left": _css_string(footer.get("left", "")),
+                 "report_footer_right": footer.get("right", 'counter(page) " / " counter(pages)'),
+                 "report_lang": footer.get("lang", i18n.DEFAULT)}
+    body, _ = exporter.from_notebook_node(nb, resources=resources)
     return _atomic_write(dest, body.encode("utf-8"))
+
+
+def _css_string(text: str) -> str:
+    """Text as a CSS string literal (the footer's content)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+def _page_counter(lang: str) -> str:
+    """CSS content for 'Page 3 of 42' in `lang`: the catalog's words around the counters."""
+    parts = re.split(r"(\{page\}|\{pages\})", i18n.t("Page {page} of {pages}", lang))
+    css = {"{page}": "counter(page)", "{pages}": "counter(pages)"}
+    return " ".join(css.get(p, _css_string(p)) for p in parts if p)
 
 
 def render_pdf(html_path: Path, dest: Path, chromium: str) -> Path:
@@ -182,6 +333,7 @@ def publish(run_dir: Path, chromium: str | None) -> tuple[Path, Path | None, str
     html_path = run_dir / f"{REPORT_NAME}.html"
     pdf_path = run_dir / f"{REPORT_NAME}.pdf"
     render_html(merge(run_dir), html_path)
+    render_markdown(run_dir, run_dir / f"{REPORT_NAME}.md")
     if chromium is None:
         return html_path, None, None
     try:
@@ -194,3 +346,68 @@ def publish(run_dir: Path, chromium: str | None) -> tuple[Path, Path | None, str
         write_json(run_dir / "run.json", manifest)
         render_html(merge(run_dir), html_path)
         return html_path, None, reason
+
+
+# ---- markdown export --------------------------------------------------------------------
+
+
+def _md_cell(text: str, lang: str) -> str:
+    return i18n.cell(str(text), lang).replace("|", "\\|").replace("\n", " ").strip() or "-"
+
+
+def md_table(columns: list[str], rows: list[list[Any]], lang: str) -> str:
+    """A GitHub / Gitee pipe table: headers and verdict words in `lang`, cells as they are."""
+    head = "| " + " | ".join(i18n.t(c, lang).replace("|", "\\|") for c in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(_md_cell(v, lang) for v in row) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
+
+
+def _md_plain(html_text: str) -> str:
+    """A note written for HTML as markdown: <b> as bold, other tags dropped."""
+    text = re.sub(r"</?b>", "**", html_text)
+    return htmllib.unescape(re.sub(r"<[^>]+>", "", text))
+
+
+def markdown_report(run_dir: Path) -> str:
+    """The first page and the key tables of a run as markdown (GitHub and Gitee flavour):
+    title, run line, verdict, environment table, caveats, verdict per stage, key figures,
+    every check grouped by stage, and the figures, linked as figures/<name>.png."""
+    manifest, results = load_run(run_dir)
+    lang = _lang(manifest)
+    out = [f"# {title(manifest, results)}", "", run_line(manifest), ""]
+    page_file = run_dir / FIRST_PAGE_FILE
+    page = read_json(page_file) if page_file.is_file() else None
+    if page is None:
+        out += [i18n.t("The summary produced no first page; the HTML report shows what ran.",
+                       lang), ""]
+        page = {"stack": [], "notes": [], "groups": []}
+    else:
+        out += [page["verdict"], ""]
+    if page["stack"]:
+        out += [f"## {i18n.t('Environment', lang)}", "",
+                md_table([i18n.t("item", lang), i18n.t("value", lang)], page["stack"], lang), ""]
+    for note in page["notes"]:
+        out += [f"> {_md_plain(note)}", ""]
+    for key, heading in (("stages", i18n.t("Verdict per stage", lang)),
+                         ("figures", i18n.t("Key figures", lang))):
+        if key in page:
+            out += [f"## {heading}", "",
+                    md_table(page[key]["columns"], page[key]["rows"], lang), ""]
+    if page["groups"]:
+        out += [f"## {i18n.t('Verdicts', lang)}", ""]
+        for group in page["groups"]:
+            out += [f"### {group['title']}", "", md_table(group["columns"], group["rows"], lang), ""]
+    figures = [(r, f) for r in results.values() for f in r.figures
+               if (run_dir / "figures" / f).is_file()]
+    if figures:
+        out += [f"## {i18n.t('Figures', lang)}", ""]
+        for n, (res, name) in enumerate(figures, 1):
+            what = Path(name).stem.removeprefix(f"{res.stage}-").replace("-", " ")
+            cap = i18n.t("Figure {n}", lang, n=n) + f". {i18n.t(res.title or res.stage, lang)}: {what}"
+            out += [f"![{cap}](figures/{name})", "", f"*{cap}*", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render_markdown(run_dir: Path, dest: Path) -> Path:
+    return _atomic_write(dest, markdown_report(run_dir).encode("utf-8"))
