@@ -148,6 +148,23 @@ def test_out_that_is_a_file_or_under_one_is_refused(tmp_path, capsys):
     assert "cannot write" in capsys.readouterr().err
 
 
+def test_an_audio_dir_that_is_not_a_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([f"AUDIO_DIR={tmp_path / 'no-such-clips'}", f"OUT={out}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "is not a folder" in err and ".wav / .flac" in err
+    assert not out.exists() or _runs(out) == []
+
+
+def test_audio_dir_reaches_the_tasks_notebook_only(tmp_path):
+    from helpers.runner.pipeline import _notebook_params
+
+    cfg = RunConfig.from_params(audio_dir=str(tmp_path))
+    tasks = _notebook_params(paths.NOTEBOOKS / "06_audio_samples.ipynb", cfg, tmp_path)
+    other = _notebook_params(paths.NOTEBOOKS / "04_accuracy_parity.ipynb", cfg, tmp_path)
+    assert tasks["audio_dir"] == str(tmp_path) and "audio_dir" not in other
+
+
 # ---- 5. a failed run does not take over; an interrupted one says so ---------------------------
 
 

@@ -596,3 +596,20 @@ def test_capture_watch_without_replays_or_compile_is_not_verified():
     with cpu:
         pass
     assert cpu.report(compiled=None).captures is None
+
+
+def test_model_loading_measures_every_device_the_model_is_placed_on(two_gpus):
+    """Stage 2 reads memory after load over the placement (DEVICE_MAP=auto over two cards)."""
+    from types import SimpleNamespace
+
+    from helpers.stages import model_loading
+
+    _, single = two_gpus
+    loaded = SimpleNamespace(placement={"lm.layers.0": "cuda:0", "lm.layers.1": "cuda:1"})
+    placed = model_loading.placement_backend(SimpleNamespace(backend=single), loaded)
+    table = model_loading.device_memory_table(placed)
+    assert list(table.index) == ["cuda:0", "cuda:1", "total"]
+    assert list(table["allocated"]) == [round(n * MIB / 1e6, 1) for n in (100, 40, 140)]  # MB
+    one = SimpleNamespace(placement={"lm": "cuda:0"})
+    assert model_loading.device_memory_table(
+        model_loading.placement_backend(SimpleNamespace(backend=single), one)) is None

@@ -62,7 +62,12 @@ def test_gpa_tiny_lm_forward(gpa_tiny) -> None:
     inputs = gpa_tiny.example_inputs("lm", batch=2)
     with torch.no_grad():
         logits = gpa_tiny.lm(**inputs).logits
-    vocab = len(shipped_tokenizer())
+    from helpers.models.gpa import AUDIO_TOKENS, MARKERS
+
+    # the LM vocabulary: the tokenizer's (the shipped one plus the task markers), then GPA's
+    # 28,672 audio tokens in the release's order
+    vocab = len(gpa_tiny.tokenizer) + AUDIO_TOKENS
+    assert len(gpa_tiny.tokenizer) == len(shipped_tokenizer()) + len(MARKERS)
     assert logits.shape == (2, inputs["input_ids"].shape[1], vocab)
     assert torch.isfinite(logits).all()
     assert type(gpa_tiny.lm).__name__ == "Qwen3ForCausalLM"

@@ -69,11 +69,18 @@ class Reference:
 
 
 @lru_cache(maxsize=1)
-def shipped_tokenizer() -> Any:
-    """The tiny byte-level BPE in data/tokenizer (see scripts/build_tokenizer.py)."""
+def _shipped_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+
+
+def shipped_tokenizer() -> Any:
+    """The tiny byte-level BPE in data/tokenizer (see scripts/build_tokenizer.py): a fresh copy
+    each call, so a recipe that adds its markers (gpa, covo) never changes another's."""
+    import copy
+
+    return copy.deepcopy(_shipped_tokenizer())
 
 
 def prompts() -> dict[str, list[str]]:

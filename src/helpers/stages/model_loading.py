@@ -81,6 +81,22 @@ def placement_table(loaded: LoadedModel) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("module")
 
 
+def placement_backend(tgt: Any, loaded: LoadedModel) -> Any:
+    """The target's backend over every device the loaded model is placed on (DEVICE_MAP=auto
+    spreads it): memory after load is each device's and their total, not the first card's."""
+    return tgt.backend.spanning(loaded.placement.values())
+
+
+def device_memory_table(backend: Any) -> pd.DataFrame | None:
+    """One row per device of the placement and their total, MB; None for one device or a CPU."""
+    rows = backend.memory_rows()
+    if len(rows) < 2:
+        return None
+    return pd.DataFrame([{"device": r["device"], **{k: round(r[k] / MB, 1) for k in r
+                                                     if k != "device"}} for r in rows]
+                        ).set_index("device")
+
+
 def memory_table(memory: dict[str, Any]) -> pd.DataFrame:
     """Device and host memory after load, MB ("n/a" where the backend has no allocator)."""
     rows = [{"memory": k, "MB": round(v / MB, 1) if v is not None else "n/a"}
