@@ -185,9 +185,10 @@ def test_gpa_tasks_agree_on_identical_sides(gpa_runs) -> None:
 def test_gpa_players_and_results(gpa_runs) -> None:
     runs, frame = gpa_runs
     shown = tasks.players(runs, 1)
-    assert [h for h, _ in shown] == ["stt: en_fox", "tts-a: en_fox", "vc: en_fox"]
-    html = shown[1][1].data
-    assert html.count("data:audio/wav;base64,") == 3  # the input and both sides' speech
+    assert [h.split(" (text")[0] for h, _ in shown] == ["tts-a: en_fox", "vc: en_fox"]
+    assert shown[0][1].data.count("data:audio/wav;base64,") == 3  # the voice, both outputs
+    assert shown[1][1].data.count("data:audio/wav;base64,") == 4  # source, voice, both outputs
+    assert "reference voice zh_weather" in shown[0][1].data
     section = tasks.results_section(runs, frame)
     assert section.metrics["settings"]["max_new_tokens"] == 8
     assert len(section.metrics["outputs"]["target"]) == 6

@@ -44,7 +44,7 @@ from helpers.tasks.results import TaskOutput
 REFERENCE_DTYPE = torch.float32
 DB_PER_NEPER = 20.0 / math.log(10.0)
 NETWORK_SOURCE = "msprobe-network"
-PLAYERS_DEFAULT = 2  # tasks x inputs shown with players: the first N inputs of each task
+PLAYERS_DEFAULT = 1  # inputs per task with a speech output shown with players
 TINY_NEW_TOKENS = 24  # random weights never stop on their own: a short, fixed budget
 TASKS = {"gpa": ("stt", "tts-a", "vc"), "covo-audio-chat": ("a2t", "a2ta")}
 TIMING_PROTOCOL = ("host clock from a synchronized start, one untimed warm-up task per side "
@@ -274,9 +274,9 @@ def compare(runs: TaskRuns) -> pd.DataFrame:
         none = {"rate": None, "why": "a reply, not a transcript"}
         rd, rr = (_rate(d, clip, which), _rate(r, clip, which)) if which else (none, none)
         row.update({
-            "target output": d.text if task != "tts-a" and task != "vc" else
+            "target output": (d.text or "(empty)") if task not in ("tts-a", "vc") else
             f"{len(d.semantic)} audio ids, {d.audio_out_s:.2f} s",
-            "reference output": r.text if task != "tts-a" and task != "vc" else
+            "reference output": (r.text or "(empty)") if task not in ("tts-a", "vc") else
             f"{len(r.semantic)} audio ids, {r.audio_out_s:.2f} s",
             "prompt agreement %": prompt["agreement_pct"],
             "agreement %": gen["agreement_pct"], "first divergence": gen["first_divergence"],
@@ -343,8 +343,9 @@ def timing_table(frame: pd.DataFrame) -> pd.DataFrame:
 # ---- players -----------------------------------------------------------------------------
 
 def players(runs: TaskRuns, per_task: int = PLAYERS_DEFAULT) -> list[tuple[str, Any]]:
-    """(heading, players) for the first inputs of each task: the input clip, and each side's
-    output when it is audio (peak-normalized for listening; captions say so)."""
+    """(heading, players) for the first inputs of each task with a speech output: what the
+    task heard (tts-a: the reference voice; vc: the source and the reference voice; a2ta: the
+    user's turn) and each side's output, peak-normalized for listening (captions say so)."""
     by_name = {c.name: c for c in runs.clips}
     shown: list[tuple[str, Any]] = []
     counts: dict[str, int] = {}
@@ -352,17 +353,22 @@ def players(runs: TaskRuns, per_task: int = PLAYERS_DEFAULT) -> list[tuple[str, 
         d, r = runs.target.get(task, name), runs.reference.get(task, name)
         if counts.get(task, 0) >= per_task or d is None or r is None or d.error or r.error:
             continue
+        if not any(o.wave is not None and o.wave.size for o in (d, r)):
+            continue  # a text output (stt, a2t): its table row says it all
         counts[task] = counts.get(task, 0) + 1
-        clip = by_name.get(name.split(" (round")[0])
-        clips = []
-        if clip is not None and clip.usable:
-            clips.append((clip.samples16, 16_000, f"input {clip.name}: \"{clip.text or '-'}\""))
-        for side, out in (("target", d), ("reference", r)):
+        heard = [(by_name.get(name.split(" (round")[0]), "input")]
+        if task == "tts-a":
+            heard = [(by_name.get(d.voice), "reference voice")]
+        elif task == "vc":
+            heard.append((by_name.get(d.voice), "reference voice"))
+        clips = [(c.samples16, 16_000, f"{what} {c.name}: \"{c.text or '-'}\"")
+                 for c, what in heard if c is not None and c.usable]
+        for side, out in ((runs.target, d), (runs.reference, r)):
             if out.wave is not None and out.wave.size:
-                clips.append((out.wave, out.rate, f"{task} output on {side} "
-                              f"({runs.target.side.label if side == 'target' else runs.reference.side.label})"
-                              f"; {len(out.semantic)} audio ids"))
-        shown.append((f"{task}: {name}", audio.players(clips, normalize=True)))
+                clips.append((out.wave, out.rate, f"{task} output on {side.side.label}; "
+                              f"{len(out.semantic)} audio ids"))
+        text = f" (text: \"{by_name[name].text}\")" if task == "tts-a" and name in by_name else ""
+        shown.append((f"{task}: {name}{text}", audio.players(clips, normalize=True)))
     return shown
 
 
