@@ -119,3 +119,46 @@ def test_cli_exits_2_for_an_unknown_language_before_a_run_folder_exists(tmp_path
     assert cli.main([f"OUT={out}", "REPORT_LANG=de"]) == 2
     assert "report language 'de'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_figure_text_follows_the_report_language(tmp_path) -> None:
+    """A stage with REPORT_LANG=zh saves (and shows) its figures with the catalog's text;
+    texts without an entry and numbers stay as drawn; English leaves the figure alone."""
+    from helpers import plots
+    from helpers.config import RunConfig
+    from helpers.stages.kit import Stage
+
+    def drawn():
+        fig, ax = plots.figure()
+        ax.plot([0, 1], [0, 1], label="layer 3 + norm")
+        ax.set(xlabel="time (s)", ylabel="relative L2 (%)",
+               title="Hidden-state error by layer: npu:0 bfloat16 vs cpu float32")
+        ax.legend()
+        fig.text(0.5, 0.5, "aten::mm")
+        return fig, ax
+
+    fig, ax = drawn()
+    plots.translate(fig, "en")
+    assert ax.get_xlabel() == "time (s)"
+    try:
+        st = Stage("demo", str(tmp_path), "Demo", RunConfig.from_params(report_lang="zh"))
+        assert plots.LANGUAGE == "zh"
+        fig, ax = drawn()
+        st.save_figure(fig, "demo")
+    finally:
+        plots.set_language("en")
+    assert ax.get_xlabel() == "时间（秒）" and ax.get_ylabel() == "相对 L2（%）"
+    assert ax.get_title() == "逐层隐藏状态误差：npu:0 bfloat16 对比 cpu float32"
+    assert ax.get_legend().get_texts()[0].get_text() == "第 3 层 + 归一化"
+    assert fig.texts[0].get_text() == "aten::mm"  # an identifier stays
+    assert (tmp_path / "figures" / "demo-demo.png").stat().st_size > 1000
+
+
+def test_every_stage_notebook_hands_the_report_language_to_its_figures() -> None:
+    import papermill
+
+    from helpers import paths
+
+    for nb in sorted(paths.NOTEBOOKS.glob("0*.ipynb")):
+        assert "report_lang" in papermill.inspect_notebook(str(nb)), nb.name
+        assert "report_lang=report_lang" in nb.read_text(encoding="utf-8"), nb.name

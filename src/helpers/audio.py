@@ -475,7 +475,10 @@ def png_base64(fig: Any, dpi: int = 96, colors: int | None = 256) -> str:
     import matplotlib.pyplot as plt
     from PIL import Image
 
+    from helpers import plots
+
     buf = io.BytesIO()
+    plots.translate(fig)
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     if colors:
@@ -509,7 +512,9 @@ def player_html(x: np.ndarray, sr: int, caption: str, fig: Any = None,
     x = np.asarray(x, dtype=np.float32)
     audio, note = _listening_copy(x, normalize)
     fig = fig if fig is not None else waveform_mel_figure(x, sr, caption)[0]
-    text = html.escape(caption + note)
+    from helpers import plots
+
+    text = html.escape(plots.text(caption) + (" " + plots.text(note.strip()) if note else ""))
     img = f'<img alt="{text}" src="data:image/png;base64,{png_base64(fig)}">'
     sound = (f'<audio controls preload="metadata" '
              f'src="data:audio/wav;base64,{wav_base64(audio, sr)}"></audio>')

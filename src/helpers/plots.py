@@ -37,6 +37,53 @@ _STYLE = {
 }
 plt.rcParams.update(_STYLE)
 
+# The language of this process's figure text (a stage sets it from REPORT_LANG); figures are
+# drawn in English and translated through the message catalog when saved or embedded.
+LANGUAGE = "en"
+MISSING_ENV = "HELPERS_I18N_MISSING"  # a file to append figure texts without a catalog entry
+
+
+def set_language(lang: str) -> None:
+    global LANGUAGE
+    LANGUAGE = lang
+
+
+def text(shown: str) -> str:
+    """A caption in this process's figure language (the catalog's translation, else as is)."""
+    if LANGUAGE == "en" or not shown:
+        return shown
+    from helpers import i18n
+
+    found = i18n.lookup(shown, LANGUAGE)
+    return shown if found is None else found
+
+
+def translate(fig: Any, lang: str | None = None) -> Any:
+    """Every text of a figure (titles, axis labels, legend entries, annotations, colorbar
+    labels) replaced by its catalog translation in `lang` (default: LANGUAGE) where the catalog
+    has one; numbers and texts without an entry stay as drawn."""
+    lang = lang or LANGUAGE
+    if lang == "en":
+        return fig
+    from matplotlib.text import Text
+
+    from helpers import i18n
+
+    missing = []
+    for text in fig.findobj(Text):
+        shown = text.get_text()
+        if not shown or not any(c.isalpha() for c in shown):
+            continue
+        found = i18n.lookup(shown, lang)
+        if found is not None:
+            text.set_text(found)
+        elif not i18n.has_cjk(shown):  # already translated (a figure embedded twice)
+            missing.append(shown)
+    if missing and os.environ.get(MISSING_ENV):
+        with open(os.environ[MISSING_ENV], "a", encoding="utf-8") as fh:
+            fh.writelines(m.replace("\n", " ") + "\n" for m in missing)
+    return fig
+
 
 def figure(ncols: int = 1, nrows: int = 1, width: float = 7.5, height: float = 3.6,
            **kw: Any) -> tuple[Any, Any]:

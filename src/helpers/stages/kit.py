@@ -242,6 +242,10 @@ class Stage:
         self.figures: list[str] = []
         self._skipped: str | None = None
         self._t0 = time.perf_counter()
+        if cfg is not None and cfg.report_lang != "en":
+            from helpers import plots
+
+            plots.set_language(cfg.report_lang)  # figure text in the report's language
 
     def metric(self, key: str, value: Any) -> Any:
         self.metrics[key] = value
@@ -284,8 +288,11 @@ class Stage:
 
     def save_figure(self, fig: Any, name: str) -> Path:
         """Save a matplotlib figure as results' companion PNG (the notebook still shows it)."""
+        from helpers import plots
+
         self.figures_dir.mkdir(parents=True, exist_ok=True)
         path = self.figures_dir / f"{self.name}-{name}.png"
+        plots.translate(fig)
         fig.savefig(path, dpi=120, bbox_inches="tight")
         self.figures.append(path.name)
         return path
