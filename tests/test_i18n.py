@@ -162,3 +162,14 @@ def test_every_stage_notebook_hands_the_report_language_to_its_figures() -> None
     for nb in sorted(paths.NOTEBOOKS.glob("0*.ipynb")):
         assert "report_lang" in papermill.inspect_notebook(str(nb)), nb.name
         assert "report_lang=report_lang" in nb.read_text(encoding="utf-8"), nb.name
+
+
+def test_a_list_a_stage_prints_is_translated_item_by_item() -> None:
+    from helpers import i18n
+
+    md = ("- decoding: greedy, at most 24 new ids\n- an item without an entry\n  and its second "
+          "line\n\n## Inputs")
+    out = i18n.markdown(md, "zh")
+    assert out.startswith("- 解码：greedy，最多 24 个新 id\n- an item without an entry\n  and its")
+    assert i18n.markdown("- nothing here is known\n- nor here", "zh") == (
+        "- nothing here is known\n- nor here")

@@ -191,6 +191,8 @@ def markdown(md: str, lang: str) -> str:
     out = []
     for block in blocks(md):
         found = lookup(block, lang) if translatable(block) else None
+        if found is None and _LIST_ITEM.match(block.split("\n", 1)[0]):
+            found = _list(block, lang)  # a list a stage printed: item by item
         if found is None:
             out.append(block)
             continue
@@ -199,6 +201,27 @@ def markdown(md: str, lang: str) -> str:
             found = heading.group(1) + found  # the catalog may hold a heading without its #
         out.append(found)
     return "\n\n".join(out)
+
+
+_LIST_ITEM = re.compile(r"^(\s*[-*+]\s+)(.*)$")
+
+
+def _list(block: str, lang: str) -> str | None:
+    """A markdown list with each item (its continuation lines included) translated where the
+    catalog has it; None when no item has an entry."""
+    items: list[list[str]] = []
+    for line in block.splitlines():
+        m = _LIST_ITEM.match(line)
+        if m or not items:
+            items.append([m.group(1) if m else "", m.group(2) if m else line])
+        else:
+            items[-1][1] += "\n" + line
+    done, hits = [], 0
+    for marker, text in items:
+        found = lookup(text, lang) if translatable(text) else None
+        hits += found is not None
+        done.append(marker + (found if found is not None else text))
+    return "\n".join(done) if hits else None
 
 
 def missing(md: str, lang: str) -> list[str]:
