@@ -23,7 +23,6 @@ time to first token, time to first audio and the end-to-end real-time factor per
 from __future__ import annotations
 
 import gc
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ from helpers import audio, models, parity
 from helpers.config import RunConfig
 from helpers.records import Check
 from helpers.stages import kit
+from helpers.stages.accuracy_parity.components import DB_PER_NEPER, agreement_limit, snr_limit
 from helpers.stages.kit import Section, Side, Target, failure_text, reference_side
 from helpers.tasks import decode, metrics
 from helpers.tasks.inputs import TaskClip
@@ -42,8 +42,6 @@ from helpers.tasks.inputs import clips as task_clips
 from helpers.tasks.results import TaskOutput
 
 REFERENCE_DTYPE = torch.float32
-DB_PER_NEPER = 20.0 / math.log(10.0)
-NETWORK_SOURCE = "msprobe-network"
 PLAYERS_DEFAULT = 1  # inputs per task with a speech output shown with players
 TINY_NEW_TOKENS = 24  # random weights never stop on their own: a short, fixed budget
 TASKS = {"gpa": ("stt", "tts-a", "vc"), "covo-audio-chat": ("a2t", "a2ta")}
@@ -374,18 +372,6 @@ def players(runs: TaskRuns, per_task: int = PLAYERS_DEFAULT) -> list[tuple[str, 
 
 # ---- results and checks --------------------------------------------------------------------
 
-def _agreement_rule() -> tuple[str, float, str]:
-    rule = parity.thresholds()["logits_float32"]["top1_agreement_pct"]
-    return rule["op"], rule["limit"], parity.source(rule["source"]) + " (top-1 agreement)"
-
-
-def _snr_rule() -> tuple[float, str]:
-    cos = parity.thresholds()["network"]["cosine_soft"]
-    snr = parity.snr_for_cosine(cos)
-    return round(snr, 1), (f"{parity.source(NETWORK_SOURCE)}: cosine >= {cos}, as SNR "
-                           f"= -10 log10(1/{cos}^2 - 1) = {snr:.1f} dB")
-
-
 def checks(runs: TaskRuns, frame: pd.DataFrame) -> list[Check]:
     out: list[Check] = []
     used = sum(c.usable for c in runs.clips)
@@ -406,7 +392,7 @@ def checks(runs: TaskRuns, frame: pd.DataFrame) -> list[Check]:
                            detail="; ".join(errors["error"].astype(str).head(2)) or "no errors"))
     ok = frame[frame["error"].isna()] if "error" in frame else frame
     float32 = runs.target.side.dtype == torch.float32
-    op, limit, source = _agreement_rule()
+    op, limit, source = agreement_limit()
     real = runs.profile == "real"
     for task in runs.tasks:
         sub = ok[ok["task"] == task]
@@ -442,7 +428,7 @@ def checks(runs: TaskRuns, frame: pd.DataFrame) -> list[Check]:
                                  metrics.DROP_SOURCE, detail="random weights: an error rate "
                                  "of noise means nothing; shown, not judged. " + detail))
         if "snr_db" in sub and sub["snr_db"].notna().any():
-            lim, src = _snr_rule()
+            lim, src = snr_limit()
             out.append(Check.judge(f"{task}: waveform SNR target vs reference where the ids "
                                    "agree (dB, lowest input)", float(sub["snr_db"].min()), ">=",
                                    lim, src, unit=" dB"))
