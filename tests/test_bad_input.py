@@ -256,3 +256,20 @@ def test_config_errors_keep_their_fix() -> None:
     with pytest.raises(ConfigError) as err:
         rundir.check_out(paths.ROOT / "pyproject.toml")
     assert err.value.fix and "OUT" in err.value.message
+
+
+def test_the_tasks_stage_skips_a_recipe_without_speech_tasks(tmp_path):
+    """MODEL=hf (any causal LM) has no speech tasks: stage 6 is skipped with the reason, not
+    a raised stage (which would exit 2 for every hf report)."""
+    import papermill
+
+    folder = _gpt2_folder(tmp_path / "gpt2", pad=False)
+    run_dir = tmp_path / "run"
+    papermill.execute_notebook(
+        str(paths.NOTEBOOKS / "06_audio_samples.ipynb"), str(tmp_path / "06.ipynb"),
+        kernel_name="python3", progress_bar=False, cwd=str(paths.NOTEBOOKS),
+        parameters={"run_dir": str(run_dir), "model": "hf", "model_dir": str(folder),
+                    "dtype": "float32"})
+    res = read_json(run_dir / "results" / "audio_samples.json")
+    assert res["status"] == "skipped" and res["checks"] == []
+    assert "has no speech tasks" in res["metrics"]["skipped_reason"]

@@ -200,6 +200,7 @@ class TaskRuns:
     target: SideTasks
     reference: SideTasks
     reason: str = ""
+    skipped: str = ""  # why the stage does not apply to this recipe ("" = it ran)
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -215,11 +216,12 @@ def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Settings | 
     s = s or settings(cfg)
     recipe = models.get(cfg.model)
     fam = family(recipe)
-    if not fam:
-        from helpers.errors import ConfigError
-
-        raise ConfigError(f"model {cfg.model} has no tasks stage",
-                          "the tasks run for gpa and covo-audio-chat (and recipes built on them)")
+    if not fam:  # not a failure: the stage does not apply, and says so
+        why = (f"{recipe.name} ({type(recipe).__name__}) has no speech tasks: the tasks run for "
+               "gpa and covo-audio-chat, and recipes built on them")
+        s.notes.insert(0, why)
+        return TaskRuns(recipe.name, cfg.profile, (), [], s, SideTasks(tgt.side),
+                        SideTasks(reference_side(REFERENCE_DTYPE)), tgt.reason, skipped=why)
     clips = task_clips(audio_dir, fixtures)
     ref = run_side(cfg, reference_side(REFERENCE_DTYPE), clips, s)
     dev = run_side(cfg, tgt.side, clips, s)
@@ -438,6 +440,14 @@ def checks(runs: TaskRuns, frame: pd.DataFrame) -> list[Check]:
                              round(float(rtf.median()), 4), "measured, not judged", None,
                              TIMING_PROTOCOL))
     return out
+
+
+def record(st: Any, runs: TaskRuns, frame: pd.DataFrame) -> None:
+    """The stage's results: its section, or the reason it was skipped."""
+    if runs.skipped:
+        st.skip(runs.skipped)
+        return
+    st.record(results_section(runs, frame))
 
 
 def results_section(runs: TaskRuns, frame: pd.DataFrame) -> Section:
