@@ -209,10 +209,7 @@ class Recipe:
         self.check_profile(profile)
         if profile != "real":
             return self.configs(profile)
-        if not model_dir:
-            raise ModelLoadError(f"{self.name}: profile real reads MODEL_DIR; give model_dir")
-        root = Path(model_dir).expanduser()
-        self.check_model_type(root)
+        root = self.release_root(model_dir)
         for name in self.dir_components(root):
             weights.check_dir(self.component_dir(root, name), f"{self.name} {name}",
                               check_weights=check_weights, layout=self.layout)
@@ -223,6 +220,15 @@ class Recipe:
                 f"{self.name}: cannot read the config.json files in {root}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+
+    def release_root(self, model_dir: str | Path) -> Path:
+        """MODEL_DIR, given and of this recipe's architecture (a folder that is absent is named
+        by the recipe's own layout check), or an error saying what is wrong."""
+        if not model_dir:
+            raise ModelLoadError(f"{self.name}: profile real reads MODEL_DIR; give model_dir")
+        root = Path(model_dir).expanduser()
+        self.check_model_type(root)
+        return root
 
     def check_model_type(self, root: Path) -> None:
         """Refuse a MODEL_DIR whose config.json is of an architecture this recipe does not

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from helpers import audio
+from helpers.errors import ModelLoadError
 from helpers.models import audio_components as ac
 from helpers.models import covo_frontend as frontend
 from helpers.models import covo_model as cm
@@ -52,7 +53,6 @@ from helpers.models.base import (
     _dispatch,
     text_inputs,
 )
-from helpers.models.weights import ModelLoadError
 
 COVO_SOURCE = ("Covo-Audio-Chat release (GitHub Tencent/Covo-Audio, covoaudio/"
                "configuration_covo_audio.py defaults built with modeling_covo_audio.py's "
@@ -127,13 +127,10 @@ class CovoRecipe(Recipe):
         self.check_profile(profile)
         if profile != "real":
             return self.configs(profile)
-        if not model_dir:
-            raise ModelLoadError(f"{self.name}: profile real reads MODEL_DIR; give model_dir")
-        root = Path(model_dir).expanduser()
+        root = self.release_root(model_dir)
         if not root.is_dir():
             raise ModelLoadError(f"{self.name}: MODEL_DIR {root} is not a directory",
                                  f"expected the release folder: {self.layout}")
-        self.check_model_type(root)
         configs: dict[str, Any] = {"model": cm.read_config(root)}
         if check_weights:
             cm.shard_index(cm.shard_files(root))
