@@ -7,9 +7,17 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 # Command-line variables except this Makefile's own; the CLI rejects unknown names.
-PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=% GPU_CHECK_ARGS=%,$(MAKEOVERRIDES))
+PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=% GPU_CHECK_ARGS=% STACK_%,$(MAKEOVERRIDES))
+# The lowest tested stack (helpers.compat.TESTED): the Ascend reports' torch and transformers.
+# torch 2.9.0 is the registry's CUDA build (it runs on a CPU): about 3.9 GB of wheels, kept in
+# STACK_CACHE between runs, and a 7.6 GB venv, kept there too.
+STACK_PYTHON ?= python3.10
+STACK_TORCH ?= torch==2.9.0
+STACK_PIN ?= transformers==4.57.6
+STACK_CACHE ?= $(HOME)/.cache/adaptation-report
+STACK_VENV ?= $(STACK_CACHE)/venv-$(notdir $(STACK_PYTHON))-$(subst ==,,$(STACK_TORCH))-$(subst ==,,$(STACK_PIN))
 
-.PHONY: setup report test lint lab clean clean-interrupted data gpu-check
+.PHONY: setup report test test-stacks lint lab clean clean-interrupted data gpu-check
 .DEFAULT_GOAL := report
 
 setup: $(STAMP)
@@ -26,6 +34,14 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# The tiny report (HTML only, into report/stacks) and the fast tests on the lowest tested stack,
+# in its own venv; e.g. make test-stacks STACK_TORCH=torch==2.13.0 for transformers 4.57.6 alone.
+test-stacks:
+	PYTHON="$(STACK_PYTHON)" TORCH_SPEC="$(STACK_TORCH)" PIN="$(STACK_PIN)" \
+	  WHEELS="$(STACK_CACHE)/wheels" scripts/setup.sh "$(STACK_VENV)"
+	$(STACK_VENV)/bin/python -m helpers.report OUT=report/stacks --no-pdf
+	$(STACK_VENV)/bin/python -m pytest -q -m "not e2e"
 
 # One short run on a CUDA GPU (< 8 min): graph capture verified, both decode figures, bandwidth,
 # parity with identical weights; summary printed and written to report/gpu-check.json. Not part

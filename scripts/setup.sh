@@ -2,11 +2,19 @@
 # Idempotent setup: a virtual environment with torch installed first (explicitly, so pip never
 # pulls a multi-GB CUDA build by accident), then this package with its dependencies, then the
 # Debian packages the PDF needs when this machine allows it.
+#   PYTHON, TORCH_SPEC  the interpreter and the torch release of the new venv
+#   PIN                 more requirements installed with the package (make test-stacks:
+#                       transformers==4.57.6, the lowest tested)
+#   WHEELS              a folder that keeps torch's wheels between runs (pip's own cache
+#                       stays empty for the registry's CUDA wheels here)
 set -euo pipefail
 VENV="${1:-.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+PIN="${PIN:-}"
+WHEELS="${WHEELS:-}"
 say() { echo "[setup] $*"; }
+quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 
 if [ ! -x "$VENV/bin/python" ]; then
   # A torch already importable here (a CUDA build, or torch + torch_npu on an Ascend host) is
@@ -25,11 +33,17 @@ if "$PY" -c "import torch" 2>/dev/null; then
   say "torch $("$PY" -W ignore -c 'import torch; print(torch.__version__)') already importable: not reinstalling"
 else
   say "installing $TORCH_SPEC"
-  "$PY" -m pip install -q "$TORCH_SPEC" 2>&1 | grep -v "^WARNING: Location" || true
+  if [ -n "$WHEELS" ]; then  # fetch what the folder lacks, then install from it alone
+    quiet "$PY" -m pip download -q -d "$WHEELS" "$TORCH_SPEC"
+    quiet "$PY" -m pip install -q --no-index --find-links "$WHEELS" "$TORCH_SPEC"
+  else
+    quiet "$PY" -m pip install -q "$TORCH_SPEC"
+  fi
   "$PY" -W ignore -c "import torch" || { say "torch did not install ($TORCH_SPEC); set TORCH_SPEC"; exit 1; }
 fi
-say "installing the helpers package and its dependencies"
-"$PY" -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+say "installing the helpers package and its dependencies${PIN:+ with $PIN}"
+# shellcheck disable=SC2086  # PIN is a list of requirements
+quiet "$PY" -m pip install -q -e ".[dev]" $PIN
 "$PY" -c "import helpers.runner.pipeline, papermill, nbconvert, transformers" \
   || { say "the package did not install; see the pip output above"; exit 1; }
 # The report's notebooks run in the kernel of this environment's Python.

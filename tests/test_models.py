@@ -352,7 +352,7 @@ def test_invalid_config(tmp_path: Path, model_cache: Path) -> None:
     config = json.loads((d / "config.json").read_text())
     config["num_hidden_layers"] = 3  # layer_types still lists 2
     (d / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match=f"(?s)cannot read the config.json files in {d}.*layer_types"):
+    with pytest.raises(ModelLoadError, match=f"(?s)cannot read the config.json files in {d}.*layer.types"):
         _load_real("gpa", d)
     (d / "config.json").write_text("{ not json")
     with pytest.raises(ModelLoadError, match="config.json is not valid JSON"):

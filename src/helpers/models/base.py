@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from helpers import paths
+from helpers import compat, paths
 from helpers.device import Backend, dtype_name
 from helpers.models import cache, placement, weights
 from helpers.models.weights import ModelLoadError
@@ -70,9 +70,7 @@ class Reference:
 
 @lru_cache(maxsize=1)
 def _shipped_tokenizer() -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    return compat.load_tokenizer(TOKENIZER_DIR)
 
 
 def shipped_tokenizer() -> Any:
@@ -155,10 +153,8 @@ class Recipe:
         return {}
 
     def read_tokenizer(self, root: Path) -> Any:
-        from transformers import AutoTokenizer
-
         try:
-            return AutoTokenizer.from_pretrained(str(root), trust_remote_code=True)
+            return compat.load_tokenizer(root, trust_remote_code=True)
         except (OSError, ValueError, TypeError) as exc:
             raise ModelLoadError(
                 f"{self.name}: no usable tokenizer in {root} ({type(exc).__name__}: {exc}); "

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from helpers import audio
+from helpers import audio, compat
 from helpers.errors import ModelLoadError
 from helpers.models import audio_components as ac
 from helpers.models import covo_frontend as frontend
@@ -71,12 +71,8 @@ LLM_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
 
 def tiny_tokenizer() -> Any:
     """The shipped byte-level BPE plus the release's chat and audio tokens."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
-    tok.add_special_tokens({"additional_special_tokens": [cm.AUDIO_BEGIN, cm.AUDIO_TOKEN,
-                                                          cm.AUDIO_END]},
-                           replace_extra_special_tokens=False)
+    tok = compat.load_tokenizer(TOKENIZER_DIR)
+    compat.add_special_tokens(tok, [cm.AUDIO_BEGIN, cm.AUDIO_TOKEN, cm.AUDIO_END])
     return tok
 
 

@@ -50,8 +50,8 @@ from transformers import (
     Qwen2Config,
     WhisperConfig,
 )
-from transformers import initialization as init
 
+from helpers import compat
 from helpers.errors import ModelLoadError
 from helpers.records import write_json
 
@@ -186,6 +186,7 @@ class CovoAudioForCausalLM(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Conv1d)) and not isinstance(module, nn.Embedding):
+            init = compat.init_module()
             init.normal_(module.weight, mean=0.0, std=self.config.llm_config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -376,7 +377,7 @@ def load_shards(model: CovoAudioForCausalLM, files: list[Path]) -> None:
                 t = targets[key]
                 t.copy_(fh.get_tensor(key).to(t.device, t.dtype))
                 t._is_hf_initialized = True
-    model.initialize_weights()  # transformers' init skips every tensor flagged as loaded
+    compat.init_weights(model)  # initializes only the tensors not flagged as loaded
 
 
 def save_release(model: CovoAudioForCausalLM, out: Path, shards: int = 2) -> list[Path]:

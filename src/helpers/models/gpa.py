@@ -26,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from helpers import compat
 from helpers.models import audio_components as ac
 from helpers.models.base import Component, LoadedModel, Recipe, Reference, shipped_tokenizer
 
@@ -65,8 +66,7 @@ def gpa_tokenizer() -> Any:
     <|im_end|> as special tokens (the release's tokenizer has them; the audio tokens follow the
     text vocabulary as plain ids, see layout)."""
     tok = shipped_tokenizer()
-    tok.add_special_tokens({"additional_special_tokens": [*MARKERS, TOKEN_LAYOUT["eos"]]},
-                           replace_extra_special_tokens=False)
+    compat.add_special_tokens(tok, [*MARKERS, TOKEN_LAYOUT["eos"]])
     return tok
 
 

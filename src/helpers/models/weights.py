@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from helpers import compat
 from helpers.errors import ModelLoadError
 
 SAFETENSORS = "model.safetensors"
@@ -169,7 +170,7 @@ def materialize(module: nn.Module, device_map: dict[str, str], seed: int) -> nn.
     with torch.no_grad():
         _cast_each(module, {n: torch.float32 for n, d in wanted.items() if d.is_floating_point})
         torch.manual_seed(seed)
-        module.initialize_weights()
+        compat.init_weights(module)
         module.tie_weights()
         _cast_each(module, wanted)
     for name, dev in device_map.items():

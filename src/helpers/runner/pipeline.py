@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helpers import compat, models, paths
 from helpers import device as devices
-from helpers import models, paths
 from helpers.config import (
     ConfigError,
     KnobSpec,
@@ -324,7 +324,8 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
 def preflight(cfg: RunConfig) -> None:
     """What must hold before a run folder is made, each with one message (exit 2): the device
     and dtype exist here, OUT is a writable folder, and MODEL_DIR is of the recipe's
-    architecture; AUDIO_DIR is a folder."""
+    architecture; AUDIO_DIR is a folder; torch and transformers are not older than tested."""
+    compat.check_stack()
     try:
         sel = devices.select(cfg.device)
         devices.resolve_dtype(sel, cfg.dtype)

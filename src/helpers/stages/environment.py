@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import psutil
 
+from helpers import compat
 from helpers import device as dev
 from helpers.config import RunConfig
 from helpers.device import facts
@@ -69,6 +70,16 @@ def env_vars() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
+def tested_range(versions: dict[str, str]) -> dict[str, dict[str, str]]:
+    """python, torch and transformers: installed, the oldest and newest tested, and where the
+    installed one stands ("inside the tested range" / "outside: ... newer than the newest")."""
+    where = compat.stack_placement({n: "" if versions.get(n, NOT_INSTALLED) == NOT_INSTALLED
+                                    else versions[n] for n in compat.TESTED})
+    return {n: {"installed": versions.get(n, NOT_INSTALLED), "oldest tested": lo,
+                "newest tested": hi, "placement": where[n]}
+            for n, (lo, hi) in compat.TESTED.items()}
+
+
 def collect(cfg: RunConfig) -> dict[str, Any]:
     """Every fact of the environment record, grouped by section."""
     try:
@@ -81,8 +92,10 @@ def collect(cfg: RunConfig) -> dict[str, Any]:
         tgt = target(dataclasses.replace(cfg, dtype="auto"))
         dtype, dtype_error = "unsupported", str(exc)
     sel, backend = tgt.selection, tgt.backend
+    versions = {**package_versions(), **dev.stack_versions()}
     return {
-        "versions": {**package_versions(), **dev.stack_versions()},
+        "versions": versions,
+        "tested_range": tested_range(versions),
         "platform": platform_info(),
         "device": {"requested": sel.requested, "selected": str(sel.device),
                    "backend": sel.backend, "reason": sel.reason, "dtype": dtype,
@@ -96,7 +109,8 @@ def collect(cfg: RunConfig) -> dict[str, Any]:
 
 
 def checks(env: dict[str, Any]) -> list[Check]:
-    """Verdicts on the environment: the target dtype runs here; torch_npu pairs with torch."""
+    """Verdicts on the environment: the target dtype runs here; torch_npu pairs with torch;
+    where the stack stands against the tested range (info: a newer release may well run)."""
     out = [Check("target dtype is supported on the device", env["device"]["dtype"],
                  "in supported dtypes", not env["device"]["dtype_error"],
                  "device backend dtype table", env["device"]["dtype_error"])]
@@ -106,10 +120,21 @@ def checks(env: dict[str, Any]) -> list[Check]:
         out.append(Check("torch_npu release matches torch", f"{v['torch_npu']} / {v['torch']}",
                          "same major.minor", base(v["torch_npu"]) == base(v["torch"]),
                          "torch_npu release notes: each torch_npu release pairs with one torch release"))
+    outside = [p["placement"] for p in env["tested_range"].values()
+               if p["placement"] != compat.INSIDE]
+    out.append(Check("software stack is inside the tested range",
+                     "outside" if outside else "inside",
+                     compat.tested_text(), None, "releases tested by make test and make test-stacks",
+                     "; ".join(outside) or compat.INSIDE))
     out.append(Check("project tree is committed", not env["git"].get("dirty"), "committed", None,
                      "reproducibility: the commit identifies the code",
                      "informational: a dirty tree means the commit alone does not reproduce the run"))
     return out
+
+
+def tested_table(rows: dict[str, dict[str, str]]) -> Any:
+    """The tested-range section: one row per package."""
+    return show(pd.DataFrame([{"package": n, **r} for n, r in rows.items()]))
 
 
 def table(section: dict[str, Any], key: str = "item") -> Any:
