@@ -20,7 +20,6 @@ the caller's processors, then temperature, top-k, top-p):
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from typing import Any
 
 import torch
 
+from helpers import compat
 from helpers.errors import ConfigError
 
 
@@ -163,9 +163,7 @@ def run(lm: Any, first: dict[str, torch.Tensor], prompt_ids: torch.Tensor, eos: 
     stopped = "max_new_tokens"
     synchronize()
     t0 = time.perf_counter()
-    # transformers >= 5 names the cache argument `cache`, earlier versions `past_key_values`
-    cache_arg = "cache" if "cache" in inspect.signature(lm.forward).parameters else \
-        "past_key_values"
+    cache_arg = compat.cache_keyword(lm.forward)
     for _ in range(max_new_tokens):
         out = lm(**kwargs, attention_mask=mask, use_cache=True, logits_to_keep=1,
                  **{cache_arg: cache})

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from helpers import bench
+from helpers import bench, compat
 from helpers import device as devices
 from helpers.bench import Measurement, Protocol
 from helpers.errors import BenchError
@@ -140,7 +140,7 @@ def static_decode_fn(lm: torch.nn.Module, inputs: dict[str, torch.Tensor],
     ids = inputs["input_ids"]  # [B, S]
     prompt = ids.shape[1]
     cache = StaticCache(config=lm.config, max_cache_len=prompt + new_tokens)
-    key = _cache_keyword(lm)
+    key = compat.cache_keyword(lm.forward)
     with torch.inference_mode():
         logits = lm(input_ids=ids, use_cache=True,
                     cache_position=torch.arange(prompt, device=ids.device), **{key: cache}).logits
@@ -174,14 +174,6 @@ def _rewind(cache: Any, length: int) -> None:
             filled.fill_(length)
         elif isinstance(filled, int):
             layer.cumulative_length = length
-
-
-def _cache_keyword(lm: torch.nn.Module) -> str:
-    """The forward's name for the KV cache: `cache` (transformers >= 5.x) or past_key_values."""
-    import inspect
-
-    names = inspect.signature(lm.forward).parameters
-    return "cache" if "cache" in names else "past_key_values"
 
 
 def measure_static_decode(run: Run, new_tokens: int, protocol: Protocol,
