@@ -11,8 +11,7 @@ PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=% GPU_CHECK_ARGS=% STACK_%,$(M
 # The lowest tested stack (helpers.compat.TESTED): the Ascend reports' torch and transformers.
 # torch 2.9.0 is the registry's CUDA build (it runs on a CPU): about 3.9 GB of wheels, kept in
 # STACK_CACHE between runs, and a 7.6 GB venv, kept there too.
-# (pyenv's 3.10 when it is installed but not on PATH)
-STACK_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python3.10) python3.10)
+STACK_PYTHON ?= python3.11
 STACK_TORCH ?= torch==2.9.0
 STACK_PIN ?= transformers==4.57.6
 STACK_CACHE ?= $(HOME)/.cache/adaptation-report

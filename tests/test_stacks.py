@@ -20,7 +20,7 @@ HIGH = {n: hi for n, (_, hi) in compat.TESTED.items()}
 
 
 def test_the_range_is_stated_alike_in_pyproject_environment_yml_and_readme() -> None:
-    text = compat.tested_text()  # python 3.10 to 3.11, torch 2.9.0 to ..., transformers ...
+    text = compat.tested_text()  # python 3.11, torch 2.9.0 to ..., transformers ...
     for name in ("pyproject.toml", "environment.yml", "README.md"):
         assert text in " ".join((ROOT / name).read_text(encoding="utf-8").replace("#", " ")
                                 .split()), name
