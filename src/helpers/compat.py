@@ -42,7 +42,7 @@ INSIDE = "inside the tested range"
 
 
 class StackError(ReportError):
-    """The installed stack is one this project is known not to run on."""
+    """The installed stack lacks torch or transformers, or holds one older than the oldest tested."""
 
 
 def release(text: str) -> tuple[int, ...]:
@@ -55,7 +55,7 @@ def release(text: str) -> tuple[int, ...]:
 
 def _fields(name: str, version: str) -> tuple[tuple[int, ...], ...]:
     low, high = TESTED[name]
-    width = len(release(low)) if name != "python" else 2
+    width = len(release(low))
     cut = lambda v: (release(v) + (0,) * width)[:width]  # noqa: E731 - compare at the range's precision
     return cut(version), cut(low), cut(high)
 
