@@ -248,8 +248,10 @@ def _prewarm(run: Run, cc: Any) -> float:
 
 
 def _reset_compiled(lm: torch.nn.Module) -> None:
-    """Drop the compiled decode step so later eager runs are untouched."""
-    for attr in ("_compiled_call", "_last_compile_config"):
+    """Drop the compiled decode step so later eager runs are untouched, and generate's static
+    cache: one a cut-short call left before its first write (4.57 sizes a layer on that
+    write) would fail the next generate."""
+    for attr in ("_compiled_call", "_last_compile_config", "_cache"):
         if hasattr(lm, attr):
             delattr(lm, attr)
     torch._dynamo.reset()
