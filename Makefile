@@ -9,8 +9,8 @@ STAMP := $(VENV)/.setup-done
 # Command-line variables except this Makefile's own; the CLI rejects unknown names.
 PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=% GPU_CHECK_ARGS=% STACK_%,$(MAKEOVERRIDES))
 # The lowest tested stack (helpers.compat.TESTED): the Ascend reports' torch and transformers.
-# torch 2.9.0 is the registry's CUDA build (it runs on a CPU): about 3.9 GB of wheels, kept in
-# STACK_CACHE between runs, and a 7.6 GB venv, kept there too.
+# torch 2.9.0 is the registry's CUDA build (it runs on a CPU): 3.8 GB of wheels, kept in
+# STACK_CACHE between runs, and a 7.8 GB venv, kept there too.
 STACK_PYTHON ?= python3.11
 STACK_TORCH ?= torch==2.9.0
 STACK_PIN ?= transformers==4.57.6
