@@ -386,7 +386,8 @@ def test_coverage_checks_csv_and_heatmap(tmp_path):
 def test_stage_on_the_tiny_gpa_model():
     cfg = RunConfig.from_params(model="gpa", device="cpu", dtype="bfloat16")
     subset = [cat.by_name("silu"), cat.by_name("stft")]
-    run = probes.run(target(cfg), probes=subset, timeout_s=60.0, components="lm")
+    run = probes.run(target(cfg), probes.Settings(probe_timeout=60.0, probe_components="lm"),
+                     probes=subset)
     assert {(r["probe"], r["dtype"]) for r in run.catalog} == {
         ("silu", "float32"), ("silu", "bfloat16"), ("silu", "float16"), ("stft", "float32"),
         ("stft", "float64"), ("stft", "int64")}

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,9 +32,6 @@ from helpers import paths
 from helpers.device import Backend, dtype_name
 from helpers.models import cache, placement, weights
 from helpers.models.weights import ModelLoadError
-
-if TYPE_CHECKING:  # the config imports the recipes when it checks MODEL
-    from helpers.config import RunConfig
 
 PROFILES = ("tiny", "full-shape", "real")
 FULL_SHAPE_NOTE = ("full-shape: random weights made on the CPU in float32 under the seed, then "
@@ -121,10 +118,29 @@ def text_inputs(tokenizer: Any, batch: int, device: torch.device,
             "attention_mask": enc["attention_mask"].to(device)}  # [B, S]
 
 
+@dataclass(frozen=True)
+class GraphTarget:
+    """The graph-mode speed-up a recipe is held to on one backend: graph mode's tokens/s at
+    least `ratio` times eager's, `source` saying whose target it is."""
+
+    backend: str
+    ratio: float
+    source: str
+
+
 class Recipe:
-    """Base class; a recipe module exposes RECIPE = SomeRecipe()."""
+    """Base class; a recipe module exposes RECIPE = SomeRecipe().
+
+    What a recipe can do is declared here (audio_parts, task_family, graph_target): stages ask
+    the recipe, never its name, so a subclass with another name behaves like its parent.
+    """
 
     name: str = ""
+    # the audio components it carries (names in helpers.models.audio_components.PARTS)
+    audio_parts: tuple[str, ...] = ()
+    # the speech tasks the tasks stage runs for it (helpers.tasks.<family>); "" = none
+    task_family: str = ""
+    graph_target: GraphTarget | None = None  # None: graph mode's speed-up is informational
     title: str = ""
     components: tuple[Component, ...] = ()
     profiles: tuple[str, ...] = PROFILES
@@ -296,9 +312,11 @@ class Recipe:
             if type(cfg) in MODEL_FOR_CAUSAL_LM_MAPPING:
                 MODEL_FOR_CAUSAL_LM_MAPPING[type(cfg)]
 
-    def load(self, cfg: RunConfig, device: torch.device, dtype: torch.dtype,
+    def load(self, device: torch.device, dtype: torch.dtype, *, profile: str = "tiny",
+             model_dir: str | Path = "", seed: int = 0, device_map: str = "",
              backend: Backend | None = None) -> LoadedModel:
-        """Build or read the model for a RunConfig onto `device` in `dtype`.
+        """Build (tiny, full-shape: random weights under `seed`) or read (real: `model_dir`) the
+        model onto `device` in `dtype`; device_map "auto" spreads it over the visible devices.
 
         timings: config_init_s (configs, placement plan; for full-shape also the random init
         on the device), tokenizer_s, weights_read_s (from_pretrained onto the host, or straight
@@ -308,35 +326,35 @@ class Recipe:
         one-time save of the tiny profile). All timers are the device module's synchronized timer.
         """
         be = backend or _backend_for(device)
-        profile = self.check_profile(cfg.profile)
+        profile = self.check_profile(profile)
         timings: dict[str, float] = {"cache_build_s": 0.0}
         notes: list[str] = []
         with weights.quiet():
             with be.timer() as t:
                 self.import_code(profile)
             timings["imports_s"] = t.seconds
-            root = Path(cfg.model_dir).expanduser() if profile == "real" else None
+            root = Path(model_dir).expanduser() if profile == "real" else None
             if profile == "tiny":
                 with be.timer() as t:
-                    root, built = cache.ensure(self, cfg.seed)
+                    root, built = cache.ensure(self, seed)
                 if built:
                     timings["cache_build_s"] = t.seconds
                     notes.append(f"tiny weights built and saved once to {root} "
                                  f"({t.seconds:.2f} s, outside load_seconds)")
             with be.timer() as total:
                 if root is None:
-                    modules, tok, maps = self._load_random(cfg.seed, device, dtype, cfg.device_map,
+                    modules, tok, maps = self._load_random(seed, device, dtype, device_map,
                                                            be, timings, notes)
                 else:
-                    modules, tok, maps = self._load_dir(root, device, dtype, cfg.device_map,
+                    modules, tok, maps = self._load_dir(root, device, dtype, device_map,
                                                         be, timings, notes)
                 model = self.assemble(modules, tok)
         timings["load_seconds"] = total.seconds
-        source = str(root) if root else f"random weights, seed {cfg.seed} (no checkpoint)"
+        source = str(root) if root else f"random weights, seed {seed} (no checkpoint)"
         return LoadedModel(
             recipe=self, profile=profile, source=source, components=modules, model=model,
             tokenizer=tok, device=device, dtype=dtype, timings=timings,
-            placement=placement.flat(maps), device_map=cfg.device_map, seed=cfg.seed,
+            placement=placement.flat(maps), device_map=device_map, seed=seed,
             notes=notes,
         )
 

@@ -260,7 +260,7 @@ def trace_model(ctx: WorkerContext, params: dict[str, Any], dtype_name: str,
     cfg = RunConfig.from_params(**params)
     recipe = models.get(cfg.model)
     with ctx.backend.timer() as t_load:
-        loaded = recipe.load(cfg, device=ctx.device, dtype=DTYPES[dtype_name],
+        loaded = recipe.load(ctx.device, DTYPES[dtype_name], **cfg.recipe_args(),
                              backend=ctx.backend)
     records: dict[str, OpRecord] = {}
     calls, errors, rec_errors = {}, {}, []

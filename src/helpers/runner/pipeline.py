@@ -18,14 +18,9 @@ from typing import Any
 
 from helpers import device as devices
 from helpers import models, paths
-from helpers.config import (
-    ConfigError,
-    KnobSpec,
-    RunConfig,
-    declared_parameters,
-    notebook_knobs,
-)
-from helpers.errors import DeviceError, ModelLoadError
+from helpers.config import RunConfig
+from helpers.errors import ConfigError, DeviceError, ModelLoadError
+from helpers.knobs import KnobSpec, declared_parameters, notebook_knobs
 from helpers.records import StageResult, read_result, write_json, write_result
 from helpers.runner import kernels, publish, rundir
 from helpers.runner.rundir import SUMMARY_NOTEBOOK
@@ -49,7 +44,7 @@ class StageSpec:
 
     def knobs(self) -> dict[str, KnobSpec]:
         """The knobs its parameters cell declares after the run parameters (papermill)."""
-        return notebook_knobs(self.path)
+        return notebook_knobs(self.path, RunConfig.field_names())
 
 
 @dataclass
@@ -295,7 +290,7 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
     stages = discover_stages(notebooks_dir, cfg.extra_stages)
     specs = select_stages(stages, cfg.stages)
     if cfg.knobs:
-        cfg = dataclasses.replace(cfg, knobs=cfg.knobs.resolve(stages, specs))
+        cfg = dataclasses.replace(cfg, knobs=cfg.knobs.resolve(stages, specs, RunConfig.field_names()))
     preflight(cfg)
     run_dir = rundir.new_run_dir(cfg)
     chromium = publish.find_chromium() if pdf else None

@@ -9,7 +9,6 @@ summary read.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import numbers
@@ -251,18 +250,11 @@ class Stage:
         self.metrics[key] = value
         return value
 
-    def add(self, check: Check) -> Check:
-        self.checks.append(check)
-        return check
-
-    def judge(self, name: str, value: Any, op: str, limit: Any, source: str, **kw: Any) -> Check:
-        return self.add(Check.judge(name, value, op, limit, source, **kw))
-
     def record(self, section: Section, flat: bool = False) -> Section:
         """A section's checks, and its metrics (with its notes) under its name; flat puts the
-        metrics at the top level of the results (a stage that is one section)."""
-        for check in section.checks:
-            self.add(check)
+        metrics at the top level of the results (a stage that is one section). The one way a
+        stage records checks: `st.record(Section("checks", checks=[...]))` for a bare list."""
+        self.checks.extend(section.checks)
         if flat:
             self.metrics.update(section.metrics)
         elif section.metrics or section.notes:
@@ -412,9 +404,8 @@ def target(cfg: RunConfig) -> Target:
 def load(cfg: RunConfig, side: Side, backend: devices.Backend | None = None) -> LoadedModel:
     """The recipe's model for one side, in eval mode: the target as configured, a CPU side
     whole on the CPU."""
-    side_cfg = cfg if side.role == "target" else dataclasses.replace(cfg, device="cpu",
-                                                                     device_map="")
-    loaded = models.get(cfg.model).load(side_cfg, device=side.device, dtype=side.dtype,
+    args = {**cfg.recipe_args(), "device_map": side.device_map}  # a CPU side: whole on the CPU
+    loaded = models.get(cfg.model).load(side.device, side.dtype, **args,
                                         backend=backend or side.backend)
     for module in loaded.components.values():
         module.eval()

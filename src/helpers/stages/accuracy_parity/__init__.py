@@ -36,6 +36,7 @@ from helpers.stages.accuracy_parity.sections import (
     logits_section,
     weights_section,
 )
+from helpers.stages.accuracy_parity.settings import Settings
 from helpers.stages.accuracy_parity.sides import (
     Runs,
     SideRun,
@@ -48,6 +49,7 @@ from helpers.stages.accuracy_parity.sides import (
 )
 
 __all__ = [
+    "Settings",
     "LOGIT_LABELS", "Plan", "Prompt", "Runs", "SideRun", "agreement", "collect", "collect_loaded",
     "components_section", "determinism_section", "display_frame", "divergence",
     "frontend_section", "generation_section", "golden_decision", "golden_section", "greedy",

@@ -142,7 +142,7 @@ def prepare(tgt: Target, component_dtypes: str = "run") -> AudioRun:
     cfg = tgt.cfg
     dev, ref = tgt.side, reference_side(REFERENCE_DTYPE)
     recipe = models.get(cfg.model)
-    names = list(ac.names_for(recipe.name))  # a user's recipe file may subclass gpa or covo
+    names = list(recipe.audio_parts)
     run = AudioRun(recipe.name, cfg.profile, [], dev, ref, tgt.reason)
     if cfg.profile == "real":
         root = Path(cfg.model_dir).expanduser()
@@ -177,7 +177,7 @@ def components_table(run: AudioRun) -> pd.DataFrame:
     from helpers.models import weights
 
     rows = []
-    for n in ac.names_for(run.model):
+    for n in dict.fromkeys([*run.parts, *run.errors]):  # loaded, then the ones that failed
         p = ac.part(n)
         with weights.quiet():
             full = sum(t.numel() for t in weights.skeleton(
