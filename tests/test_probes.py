@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from helpers import device
 from helpers.config import RunConfig
+from helpers.grammar import DTYPE_BYTES
 from helpers.probes import catalog as cat
 from helpers.probes import execute, trace, verdict
 from helpers.probes.catalog import Probe, Randn
@@ -76,7 +77,7 @@ def test_catalog_has_forty_named_probes_that_pickle():
     assert len(probes_) >= 40
     assert len(set(names)) == len(names)
     for p in probes_:
-        assert set(p.dtypes) <= set(cat.DTYPES), p.name
+        assert set(p.dtypes) <= set(DTYPE_BYTES), p.name
         assert pickle.loads(pickle.dumps(p)).name == p.name  # by reference into a worker
 
 

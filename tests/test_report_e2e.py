@@ -15,7 +15,7 @@ from helpers.config import RunConfig
 from helpers.records import VERDICTS, read_json, write_json
 from helpers.runner import publish
 from helpers.runner.pipeline import discover_stages, run_pipeline
-from helpers.stages.kit import show_value
+from helpers.tables import show_value
 
 pytestmark = pytest.mark.e2e
 

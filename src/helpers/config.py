@@ -8,19 +8,18 @@ knobs ride in it as one immutable field (helpers.knobs).
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from helpers.errors import ConfigError
+from helpers.grammar import DEVICE_FORMS, RUN_DTYPES, parse_device
 from helpers.knobs import FALSE_WORDS, TRUE_WORDS, Knobs
 
 PROFILES = ("auto", "tiny", "full-shape", "real")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", *RUN_DTYPES)
 DEVICE_MAPS = ("", "auto")
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|npu)(:\d+)?$")
 
 
 
@@ -78,10 +77,8 @@ class RunConfig:
         from helpers import i18n
 
         i18n.check(self.report_lang)
-        if not _DEVICE_RE.match(self.device):
-            raise ConfigError(
-                f"device {self.device!r} is not valid; use auto, cpu, cuda, cuda:N, npu or npu:N"
-            )
+        if parse_device(self.device) is None:
+            raise ConfigError(f"device {self.device!r} is not valid; use one of: {DEVICE_FORMS}")
         if self.profile == "auto":
             object.__setattr__(self, "profile", "real" if self.model_dir else "tiny")
         if self.profile == "real" and not self.model_dir:

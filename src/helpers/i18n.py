@@ -285,7 +285,7 @@ def html(fragment: str, lang: str) -> str:
 def _summary(m: re.Match[str], lang: str) -> str:
     text = htmllib.unescape(m.group(2)).strip()
     rows = _SUMMARY_ROWS.match(text)
-    if rows:  # kit.collapsible: "<what> (N rows; click to open)"
+    if rows:  # tables.collapsible: "<what> (N rows; click to open)"
         what = lookup(rows.group(1), lang) or rows.group(1)
         shown = t("{what} ({n} rows; click to open)", lang, what=what, n=rows.group(2))
         return f"{m.group(1)}{htmllib.escape(shown, quote=False)}{m.group(3)}"

@@ -30,6 +30,7 @@ from torch import nn
 
 from helpers import paths
 from helpers.device import Backend, dtype_name
+from helpers.grammar import DTYPE_BYTES, RUN_DTYPES
 from helpers.models import cache, placement, weights
 from helpers.models.weights import ModelLoadError
 
@@ -37,7 +38,6 @@ PROFILES = ("tiny", "full-shape", "real")
 FULL_SHAPE_NOTE = ("full-shape: random weights made on the CPU in float32 under the seed, then "
                    "cast and moved (weights.materialize), so every device and dtype holds the "
                    "same numbers; nothing is read, so config_init_s is the whole load")
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 TOKENIZER_DIR = paths.TOKENIZER
 PROMPTS_FILE = paths.DATA / "prompts.json"
 
@@ -520,7 +520,7 @@ def _describe_row(name: str, role: str, m: nn.Module) -> dict[str, Any]:
     n = count(m)
     row: dict[str, Any] = {"component": name, "class": type(m).__name__, "role": role,
                            "parameters": n, "parameters_h": human(n)}
-    row.update({f"bytes_{dt}": n * size for dt, size in DTYPE_BYTES.items()})
+    row.update({f"bytes_{dt}": n * DTYPE_BYTES[dt] for dt in RUN_DTYPES})
     inp, out = _embeddings(m)
     if isinstance(inp, nn.Embedding) and isinstance(out, nn.Linear):
         row["input_embeddings"] = inp.weight.numel()
@@ -542,7 +542,7 @@ def total_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     n = sum(r["parameters"] for r in rows)
     out: dict[str, Any] = {"component": "total", "class": "", "role": "", "parameters": n,
                            "parameters_h": human(n)}
-    out.update({f"bytes_{dt}": n * size for dt, size in DTYPE_BYTES.items()})
+    out.update({f"bytes_{dt}": n * DTYPE_BYTES[dt] for dt in RUN_DTYPES})
     return out
 
 

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from helpers import audio, models, parity
+from helpers import players as playback
 from helpers.config import RunConfig
 from helpers.knobs import setting
 from helpers.records import Check
@@ -372,7 +373,7 @@ def players(runs: TaskRuns, per_task: int = PLAYERS_DEFAULT) -> list[tuple[str, 
                 clips.append((out.wave, out.rate, f"{task} output on {side.side.label}; "
                               f"{len(out.semantic)} audio ids"))
         text = f" (text: \"{by_name[name].text}\")" if task == "tts-a" and name in by_name else ""
-        shown.append((f"{task}: {name}{text}", audio.players(clips, normalize=True)))
+        shown.append((f"{task}: {name}{text}", playback.players(clips, normalize=True)))
     return shown
 
 

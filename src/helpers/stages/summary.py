@@ -3,7 +3,7 @@ device and software stack, one line per stage, the key figures with threshold, v
 source), then every check grouped by stage, stage durations and the run's parameters.
 
 Every value shown here is read from the results files (results/<stage>.json) and formatted by
-kit.show_value; nothing is recomputed. A key figure that no results file holds (a stage that
+tables.show_value; nothing is recomputed. A key figure that no results file holds (a stage that
 was not run or raised, a measurement the stage does not make yet) is a dash that says "not
 measured". Text is in the run's REPORT_LANG (helpers.i18n); table headers and verdict words
 are English msgids that the publisher translates with every other table of the report.
@@ -23,7 +23,8 @@ import pandas as pd
 from helpers import i18n
 from helpers.records import VERDICTS, Check, StageResult, write_json
 from helpers.runner.rundir import load_run
-from helpers.stages.kit import lab_dir, show_value, table, verdict_style
+from helpers.stages.kit import lab_dir
+from helpers.tables import show_value, table, verdict_style
 
 FIRST_PAGE_FILE = "first-page.json"
 NOT_MEASURED = "not measured"
@@ -66,7 +67,7 @@ def load(run_dir: str = "") -> Run:
 
 
 def fmt(value: Any) -> str:
-    """A measured value as the summary shows it (kit.show_value, 4 significant digits)."""
+    """A measured value as the summary shows it (tables.show_value, 4 significant digits)."""
     return show_value(value, DIGITS)
 
 
