@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # the backend makes timers: `with be.timer() as t`
-    from helpers.device.backends import Backend
+import torch
+
+
+class Timed(Protocol):
+    """What a timer needs of the backend that makes it (helpers.device.backends.Backend)."""
+
+    api: Any  # torch.cuda / torch.npu, None on cpu
+    spread: bool  # more than one device: events cannot bracket the work
+    devices: tuple[torch.device, ...]
+    timer_protocol: str
+
+    @property
+    def sel(self) -> Any: ...
+
+    def synchronize(self) -> None: ...
 
 
 class Timer:
@@ -22,7 +35,7 @@ class Timer:
     block on every backend.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Timed) -> None:
         self._be = backend
         self.seconds: float = math.nan
         self.host_seconds: float = math.nan

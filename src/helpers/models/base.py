@@ -19,6 +19,7 @@ tensor cast to its dtype and moved where the placement says.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -514,6 +515,24 @@ class LoadedModel:
             "placement": self.placement,
             "notes": self.notes,
         }
+
+
+def weight_digests(loaded: LoadedModel, dtypes: tuple[torch.dtype, ...],
+                   ) -> dict[str, dict[str, str]]:
+    """sha256 of every weight tensor, cast on the CPU to each of `dtypes`: dtype name ->
+    "component.parameter" -> digest. Two sides hold the same weights when the reference's
+    digests in the other side's dtype equal that side's own."""
+    out: dict[str, dict[str, str]] = {}
+    for dtype in dict.fromkeys(dtypes):
+        table = {}
+        for comp, module in loaded.components.items():
+            for name, param in module.named_parameters():  # a tied tensor once
+                t = param.detach().cpu()
+                t = t.to(dtype) if t.is_floating_point() else t
+                raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                table[f"{comp}.{name}"] = hashlib.sha256(raw).hexdigest()
+        out[dtype_name(dtype)] = table
+    return out
 
 
 def _describe_row(name: str, role: str, m: nn.Module) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from helpers import device as dev
 from helpers.config import RunConfig
 from helpers.device import facts
 from helpers.errors import DeviceError
+from helpers.provenance import git_state
 from helpers.records import Check
-from helpers.runner.rundir import git_state
 from helpers.stages.kit import target
 from helpers.tables import show_value
 from helpers.tables import table as show

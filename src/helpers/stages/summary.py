@@ -21,8 +21,7 @@ from typing import Any
 import pandas as pd
 
 from helpers import i18n
-from helpers.records import VERDICTS, Check, StageResult, write_json
-from helpers.runner.rundir import load_run
+from helpers.records import VERDICTS, Check, StageResult, load_run, write_json
 from helpers.stages.kit import lab_dir
 from helpers.tables import show_value, table, verdict_style
 
