@@ -1,4 +1,4 @@
-# Entry points: setup, report, test, lab, clean (see README).
+# Entry points: setup, report, test, test-fast, lab, clean (see README).
 # Run parameters are make variables, passed to `python -m helpers.report` unchanged:
 #   make report MODEL=gpa MODEL_DIR=/path/to/GPA DEVICE=npu:0 DTYPE=bfloat16
 PYTHON ?= python3
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.setup-done
 # Command-line variables except this Makefile's own; the CLI rejects unknown names.
 PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=% GPU_CHECK_ARGS=%,$(MAKEOVERRIDES))
 
-.PHONY: setup report test lint lab clean clean-interrupted data gpu-check
+.PHONY: setup report test test-fast lint lab clean clean-interrupted data gpu-check
 .DEFAULT_GOAL := report
 
 setup: $(STAMP)
@@ -26,6 +26,12 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# The inner loop: unit tests without model loads, notebooks, worker processes or end-to-end
+# runs (tests/conftest.py marks those slow); well under a minute.
+test-fast: $(STAMP)
+	$(PY) -m ruff check src tests notebooks scripts
+	$(PY) -m pytest -q -m "not slow"
 
 # One short run on a CUDA GPU (< 8 min): graph capture verified, both decode figures, bandwidth,
 # parity with identical weights; summary printed and written to report/gpu-check.json. Not part

@@ -236,7 +236,6 @@ def missing(md: str, lang: str) -> list[str]:
 _TH = re.compile(r"(<th\b[^>]*>)(.*?)(</th>)", re.S)
 _CAPTION = re.compile(r"(<(?:caption|summary)\b[^>]*>)(.*?)(</(?:caption|summary)>)", re.S)
 _TD = re.compile(r"(<td\b([^>]*)>)(.*?)(</td>)", re.S)
-_VERDICT_CLASS = re.compile(r'class="[^"]*\bverdict-(?:pass|fail|info)\b')
 _CELL_WORDS = ("PASS", "FAIL", "info", "yes", "no", "not measured", "passed", "failed",
                "error", "skipped")
 _SUMMARY_ROWS = re.compile(r"^(.*?) \((\d+) rows; click to open\)$")

@@ -451,13 +451,6 @@ def verdict_groups(run: Run) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
-def verdict_table(run: Run) -> pd.DataFrame:
-    """Every check of every stage in one table (the stage in its first column)."""
-    frames = [df.assign(stage=title) for title, df in verdict_groups(run)]
-    columns = ["stage", *GROUP_COLUMNS]
-    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
-
-
 def stage_table(run: Run) -> pd.DataFrame:
     """One row per stage: status, the stage's own seconds and the runner's wall seconds
     (which add the notebook kernel's start and the torch import)."""

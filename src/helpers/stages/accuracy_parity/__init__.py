@@ -16,8 +16,9 @@ device vs the CPU) and every audio component of the recipe on identical inputs. 
 from helpers.parity (float64, inside their ranges); thresholds from data/thresholds.json.
 A part that crashes on one side is a failed check naming the error, never a crashed stage.
 
-Modules: plan (who is compared with whom, the knobs), sides (running one side), sections (the
-text path's tables and checks), audio (front end and components), figures.
+Modules: settings (the knobs), plan (who is compared with whom), sides (running one side),
+sections (the text path's tables and checks), audio (front end and components on the sides),
+components (every audio component per fixture, its players and figures), figures.
 """
 
 from helpers.stages.accuracy_parity.audio import agreement, components_section, frontend_section

@@ -103,7 +103,7 @@ def check_component_dtype(rule: str) -> None:
     if rule not in COMPONENT_DTYPES:
         from helpers.errors import ConfigError
 
-        raise ConfigError(f"audio_samples.component_dtype is {rule!r}",
+        raise ConfigError(f"accuracy_parity.component_dtype is {rule!r}",
                           f"use one of {', '.join(COMPONENT_DTYPES)}")
 
 
@@ -338,18 +338,6 @@ def fixtures_table(results: list[FixtureResult]) -> pd.DataFrame:
              "seconds": round(r.duration_s or r.fixture.duration_s, 3),
              "loaded": r.ok, "warnings / error": r.error or "; ".join(r.warnings) or "none"}
             for r in results]
-    return pd.DataFrame(rows)
-
-
-def frontend_table(results: list[FixtureResult]) -> pd.DataFrame:
-    rows = []
-    for r in results:
-        f = r.frontend
-        rows.append({"fixture": r.fixture.name, "frames": r.mel_ref.shape[-1] if r.ok else None,
-                     "cosine": f.get("cosine"), "max abs": f.get("max_abs"),
-                     "mean abs": f.get("mean_abs"), "within fp32 tol %":
-                         100 * f["within_tol"] if f else None,
-                     "network rule": f.get("network_detail", r.error)})
     return pd.DataFrame(rows)
 
 
