@@ -10,8 +10,7 @@ import pytest
 
 from helpers import models
 from helpers.config import RunConfig
-from helpers.stages import audio_samples as tasks
-from helpers.stages import model_loading
+from helpers.stages import model_loading, tasks
 from helpers.stages.accuracy_parity import components
 from helpers.stages.kit import target
 

@@ -93,7 +93,7 @@ def test_imports_flow_one_way() -> None:
 
 # stage 6 reads stage 4's agreement and SNR rules; they move into the tools (parity) with the
 # one agreement function, then this list is empty
-KNOWN_CROSSINGS = ["helpers.stages.audio_samples -> helpers.stages.accuracy_parity.components"]
+KNOWN_CROSSINGS = ["helpers.stages.tasks -> helpers.stages.accuracy_parity.components"]
 
 
 def test_every_stage_notebook_has_its_stage_module() -> None:

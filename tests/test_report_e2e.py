@@ -135,7 +135,7 @@ def _expected_key_figures(run_dir) -> dict[str, str]:
         "tok/s": show_value(check("performance", "decode throughput"), 4),
         "p99": show_value(perf["e2e"]["stats"]["p99"], 4) + " s",
         "ttft": show_value(res["performance"]["metrics"]["ttft_s"], 4) + " s",
-        "snr": show_value(next(c["value"] for stage in ("audio_samples", *res)
+        "snr": show_value(next(c["value"] for stage in ("tasks", *res)
                                for c in res.get(stage, {}).get("checks", [])
                                if "SNR" in c["name"]), 4),
     }

@@ -330,7 +330,7 @@ def key_figures(run: Run) -> pd.DataFrame:
         ("accuracy", "top-5 overlap (of 5)",
          lambda: _from_check(run, r"^logits: top-5", "accuracy_parity")),
         ("accuracy", "task WER drop (points)",
-         lambda: _from_check(run, r"\bWER\b", "audio_samples")),
+         lambda: _from_check(run, r"\bWER\b", "tasks")),
         ("performance", "decode throughput (tokens/s)",
          lambda: _first(lambda: _from_check(run, r"^decode throughput", "performance"),
                         lambda: _from_metric(run, "performance", "decode_tokens_per_s"))),
@@ -351,7 +351,7 @@ def key_figures(run: Run) -> pd.DataFrame:
         ("operators", "mismatches beyond tolerance",
          lambda: _count(run, "mismatch", r"^model operators: no mismatch")),
         ("audio", "waveform SNR device vs CPU (dB)",
-         lambda: _from_check(run, r"\bSNR\b", "audio_samples")),
+         lambda: _from_check(run, r"\bSNR\b", "tasks")),
     ]
     rows = []
     for area, label, find in specs:
@@ -381,7 +381,7 @@ def _row(run: Run, area: str, label: str, fig: Figure | None,
 
 
 _AREA_STAGE = {"accuracy": "accuracy_parity", "performance": "performance",
-               "operators": "operator_probes", "audio": "audio_samples"}
+               "operators": "operator_probes", "audio": "tasks"}
 
 
 def _why_missing(run: Run, area: str) -> str:

@@ -1,4 +1,4 @@
-"""Stage 6 (audio samples): the model's own tasks end to end, on the target and on the CPU
+"""Stage 6 (tasks): the model's own tasks end to end, on the target and on the CPU
 reference, with identical inputs and weights.
 
   gpa               stt (speech -> text), tts-a (text + a reference voice -> speech) and vc
@@ -87,10 +87,10 @@ def settings(cfg: RunConfig, max_new_tokens: int = 0, decoding: str = "greedy",
 
     decode.check_decoding(decoding)
     if audio_ids_only not in ("auto", "on", "off"):
-        raise ConfigError(f"audio_samples.audio_ids_only is {audio_ids_only!r}",
+        raise ConfigError(f"tasks.audio_ids_only is {audio_ids_only!r}",
                           "use auto, on or off")
     if max_new_tokens < 0:
-        raise ConfigError(f"audio_samples.max_new_tokens is {max_new_tokens}",
+        raise ConfigError(f"tasks.max_new_tokens is {max_new_tokens}",
                           "give 0 (the release's budget) or a positive number")
     real = cfg.profile == "real"
     fam = models.get(cfg.model).task_family
@@ -470,4 +470,4 @@ def results_section(runs: TaskRuns, frame: pd.DataFrame) -> Section:
                 "outputs": {side: [o.record() for o in s.outputs.values()] for side, s in
                             (("target", runs.target), ("reference", runs.reference))},
                 "notes": runs.settings.notes}
-    return Section("audio_samples", checks=checks(runs, frame), metrics=metrics_)
+    return Section("tasks", checks=checks(runs, frame), metrics=metrics_)
