@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from helpers.device import dtype_of
+from helpers.grammar import RUN_DTYPES
 
-FLOATS = ("float32", "bfloat16", "float16")
+FLOATS = RUN_DTYPES
 FP32 = ("float32",)
 COVO = "Covo-Audio-Chat on Ascend 910 adaptation report"
 HF32 = ("float32 parity: turn the reduced-precision conv path off, "
