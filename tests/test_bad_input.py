@@ -43,10 +43,10 @@ def _notebook(folder: Path, name: str, body: str) -> Path:
 
 STAGE = """
 from helpers.records import Check
-from helpers.stages.kit import Stage
+from helpers.stages.kit import Section, Stage
 st = Stage({name!r}, run_dir)
 {extra}
-st.add(Check.judge("planted", {value}, "==", 1, "test"))
+st.record(Section("checks", checks=[Check.judge("planted", {value}, "==", 1, "test")]))
 st.finish()
 """
 FIGURE = """
