@@ -44,7 +44,6 @@ from helpers.tasks.inputs import clips as task_clips
 from helpers.tasks.results import TaskOutput
 
 REFERENCE_DTYPE = torch.float32
-PLAYERS_DEFAULT = 1  # inputs per task with a speech output shown with players
 TINY_NEW_TOKENS = 24  # random weights never stop on their own: a short, fixed budget
 TASKS = {"gpa": ("stt", "tts-a", "vc"), "covo-audio-chat": ("a2t", "a2ta")}
 TIMING_PROTOCOL = ("host clock from a synchronized start, one untimed warm-up task per side "
@@ -347,7 +346,7 @@ def timing_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 # ---- players -----------------------------------------------------------------------------
 
-def players(runs: TaskRuns, per_task: int = PLAYERS_DEFAULT) -> list[tuple[str, Any]]:
+def players(runs: TaskRuns, per_task: int = Settings.players) -> list[tuple[str, Any]]:
     """(heading, players) for the first inputs of each task with a speech output: what the
     task heard (tts-a: the reference voice; vc: the source and the reference voice; a2ta: the
     user's turn) and each side's output, peak-normalized for listening (captions say so)."""
