@@ -1,4 +1,4 @@
-# Entry points: setup, report, test, lab, clean (see README).
+# Entry points: setup, report, test, test-fast, lab, clean (see README).
 # Run parameters are make variables, passed to `python -m helpers.report` unchanged:
 #   make report MODEL=gpa MODEL_DIR=/path/to/GPA DEVICE=npu:0 DTYPE=bfloat16
 PYTHON ?= python3
@@ -17,7 +17,7 @@ STACK_PIN ?= transformers==4.57.6
 STACK_CACHE ?= $(HOME)/.cache/adaptation-report
 STACK_VENV ?= $(STACK_CACHE)/venv-$(notdir $(STACK_PYTHON))-$(subst ==,,$(STACK_TORCH))-$(subst ==,,$(STACK_PIN))
 
-.PHONY: setup report test test-stacks lint lab clean clean-interrupted data gpu-check
+.PHONY: setup report test test-fast test-stacks lint lab clean clean-interrupted data gpu-check
 .DEFAULT_GOAL := report
 
 setup: $(STAMP)
@@ -34,6 +34,12 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# The inner loop: unit tests without model loads, notebooks, worker processes or end-to-end
+# runs (tests/conftest.py marks those slow); well under a minute.
+test-fast: $(STAMP)
+	$(PY) -m ruff check src tests notebooks scripts
+	$(PY) -m pytest -q -m "not slow"
 
 # The tiny report (HTML only, into report/stacks) and the fast tests on the lowest tested stack,
 # in its own venv; e.g. make test-stacks STACK_TORCH=torch==2.13.0 for transformers 4.57.6 alone.

@@ -30,9 +30,9 @@ from helpers import device as devices
 from helpers import parity
 from helpers.config import RunConfig
 from helpers.errors import ReportError
+from helpers.models.base import weight_digests
 from helpers.records import write_json
 from helpers.stages import performance as perf
-from helpers.stages.accuracy_parity.sides import weight_digests
 from helpers.stages.kit import load, reference_side, target
 
 ROOT = Path(__file__).resolve().parents[1]

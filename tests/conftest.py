@@ -20,3 +20,25 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop(cache.ENV, None)
     else:
         os.environ[cache.ENV] = old
+
+
+# `make test-fast` (pytest -m "not slow") is the inner loop: unit tests only, well under a
+# minute. Slow: whatever loads a model (the model_cache fixture), starts kernels, worker
+# processes or notebooks, or runs the report end to end.
+SLOW_MODULES = {"test_notebooks", "test_report_e2e", "test_kernels", "test_pipeline",
+                "test_bad_input", "test_extend", "test_performance", "test_probes",
+                "test_i18n", "test_accuracy", "test_gpu_check", "test_models", "test_covo",
+                "test_release_components", "test_model_loading_stage", "test_tasks",
+                "test_audio_components", "test_fixture_components", "test_capabilities"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: loads a model, starts processes or notebooks "
+                                       "(left out by make test-fast)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in SLOW_MODULES or "model_cache" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

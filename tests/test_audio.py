@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import audio, paths
+from helpers import audio, paths, players
 
 SR = 16000
 
@@ -326,7 +326,7 @@ def test_make_data_regenerates_the_shipped_fixtures(tmp_path):
 
 def test_player_embeds_the_wav_and_a_print_figure_without_links():
     x = audio.load_fixture("en_paris")
-    page = audio.player_html(x, SR, "en_paris <input>")
+    page = players.player_html(x, SR, "en_paris <input>")
     assert "data:audio/wav;base64," in page and "http" not in page
     assert '<div class="screen-only"><audio controls' in page
     assert '<div class="print-only"><img' in page and "data:image/png;base64," in page
@@ -340,9 +340,9 @@ def test_player_embeds_the_wav_and_a_print_figure_without_links():
 
 def test_player_says_when_what_you_hear_was_scaled():
     loud = _sine(440, SR, 0.5, amp=3.0)
-    assert "clipped to full scale" in audio.player_html(loud, SR, "loud")
-    assert "peak-normalized" in audio.player_html(loud, SR, "loud", normalize=True)
-    html = audio.player(loud, SR, "loud", normalize=True)._repr_html_()
+    assert "clipped to full scale" in players.player_html(loud, SR, "loud")
+    assert "peak-normalized" in players.player_html(loud, SR, "loud", normalize=True)
+    html = players.player(loud, SR, "loud", normalize=True)._repr_html_()
     assert "data:audio/wav;base64," in html
 
 
@@ -350,7 +350,7 @@ def test_waveform_mel_figure_has_waveform_and_mel_panels():
     import matplotlib.pyplot as plt
 
     stereo, sr = audio.load(audio.fixture("en_stereo_48k").path)
-    fig, (ax_wave, ax_mel) = audio.waveform_mel_figure(stereo, sr, "stereo")
+    fig, (ax_wave, ax_mel) = players.waveform_mel_figure(stereo, sr, "stereo")
     assert ax_wave.get_title() == "stereo" and len(ax_mel.images) == 1
     assert ax_mel.images[0].get_array().shape[0] == 128
     assert ax_wave.get_xlim()[1] == pytest.approx(stereo.shape[1] / sr, rel=0.1)

@@ -216,7 +216,7 @@ def test_full_shape_dimensions() -> None:
 @pytest.fixture(scope="module")
 def gpa_tiny(model_cache: Path):
     cfg = RunConfig.from_params(model="gpa", device="cpu", dtype="float32")
-    return models.get("gpa").load(cfg, CPU, torch.float32)
+    return models.get("gpa").load(CPU, torch.float32, **cfg.recipe_args())
 
 
 def test_gpa_recipe_loads_its_audio_components(gpa_tiny) -> None:
@@ -248,7 +248,7 @@ def test_recipes_describe_their_audio_components() -> None:
 
 def test_covo_vocoder_example_inputs(model_cache: Path) -> None:
     cfg = RunConfig.from_params(model="covo-audio-chat", device="cpu", dtype="float32")
-    loaded = models.get("covo-audio-chat").load(cfg, CPU, torch.float32)
+    loaded = models.get("covo-audio-chat").load(CPU, torch.float32, **cfg.recipe_args())
     inputs = loaded.example_inputs("vocoder")
     voc = loaded.components["vocoder"]
     wave = ac.run("vocoder", voc, inputs)["waveform"]
@@ -263,7 +263,7 @@ def test_real_dir_without_audio_folders_loads_the_lm(gpa_tiny, tmp_path: Path) -
     shutil.rmtree(root / "BiCodec")
     shutil.rmtree(root / "glm-4-voice-tokenizer")
     cfg = RunConfig.from_params(model="gpa", model_dir=str(root), device="cpu", dtype="float32")
-    loaded = models.get("gpa").load(cfg, CPU, torch.float32)
+    loaded = models.get("gpa").load(CPU, torch.float32, **cfg.recipe_args())
     assert list(loaded.components) == ["lm"]
     assert any("speech_tokenizer, codec: built-in shapes only" in n for n in loaded.notes)
 
@@ -273,7 +273,7 @@ def test_real_dir_with_release_folders_loads_them(gpa_tiny, tmp_path: Path) -> N
     shutil.copytree(gpa_tiny.source, root)
     shutil.rmtree(root / "BiCodec")
     cfg = RunConfig.from_params(model="gpa", model_dir=str(root), device="cpu", dtype="float32")
-    loaded = models.get("gpa").load(cfg, CPU, torch.float32)
+    loaded = models.get("gpa").load(CPU, torch.float32, **cfg.recipe_args())
     assert list(loaded.components) == ["lm", "speech_tokenizer"]
     a = gpa_tiny.components["speech_tokenizer"].codebook.weight
     assert torch.equal(loaded.components["speech_tokenizer"].codebook.weight, a)

@@ -43,10 +43,10 @@ def _notebook(folder: Path, name: str, body: str) -> Path:
 
 STAGE = """
 from helpers.records import Check
-from helpers.stages.kit import Stage
+from helpers.stages.kit import Section, Stage
 st = Stage({name!r}, run_dir)
 {extra}
-st.add(Check.judge("planted", {value}, "==", 1, "test"))
+st.record(Section("checks", checks=[Check.judge("planted", {value}, "==", 1, "test")]))
 st.finish()
 """
 FIGURE = """
@@ -160,7 +160,7 @@ def test_audio_dir_reaches_the_tasks_notebook_only(tmp_path):
     from helpers.runner.pipeline import _notebook_params
 
     cfg = RunConfig.from_params(audio_dir=str(tmp_path))
-    tasks = _notebook_params(paths.NOTEBOOKS / "06_audio_samples.ipynb", cfg, tmp_path)
+    tasks = _notebook_params(paths.NOTEBOOKS / "06_tasks.ipynb", cfg, tmp_path)
     other = _notebook_params(paths.NOTEBOOKS / "04_accuracy_parity.ipynb", cfg, tmp_path)
     assert tasks["audio_dir"] == str(tmp_path) and "audio_dir" not in other
 
@@ -266,10 +266,10 @@ def test_the_tasks_stage_skips_a_recipe_without_speech_tasks(tmp_path):
     folder = _gpt2_folder(tmp_path / "gpt2", pad=False)
     run_dir = tmp_path / "run"
     papermill.execute_notebook(
-        str(paths.NOTEBOOKS / "06_audio_samples.ipynb"), str(tmp_path / "06.ipynb"),
+        str(paths.NOTEBOOKS / "06_tasks.ipynb"), str(tmp_path / "06.ipynb"),
         kernel_name="python3", progress_bar=False, cwd=str(paths.NOTEBOOKS),
         parameters={"run_dir": str(run_dir), "model": "hf", "model_dir": str(folder),
                     "dtype": "float32"})
-    res = read_json(run_dir / "results" / "audio_samples.json")
+    res = read_json(run_dir / "results" / "tasks.json")
     assert res["status"] == "skipped" and res["checks"] == []
     assert "has no speech tasks" in res["metrics"]["skipped_reason"]

@@ -133,7 +133,7 @@ def test_generation_as_released(model_cache: Path) -> None:
     from helpers.models.covo_model import generate
 
     cfg = RunConfig.from_params(model="covo-audio-chat", device="cpu", dtype="float32")
-    loaded = models.get("covo-audio-chat").load(cfg, torch.device("cpu"), torch.float32)
+    loaded = models.get("covo-audio-chat").load(torch.device("cpu"), torch.float32, **cfg.recipe_args())
     inputs = loaded.example_inputs("chat")
     eos = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
     new = generate(loaded.model, inputs, eos, max_new_tokens=4)

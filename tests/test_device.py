@@ -1,7 +1,7 @@
 """Device selection, dtypes, timer, memory, properties, versions and fallback capture.
 
 No GPU/NPU here: "no torch_npu", "one CUDA device" etc. are simulated by monkeypatching the
-module's probe functions (_import_torch_npu, _probe_npu, _probe_cuda), never torch itself.
+probe functions (npu.import_torch_npu, selection._probe_npu, selection._probe_cuda), never torch itself.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ import pytest
 import torch
 
 from helpers import device
-from helpers.device import DeviceError, NpuImport, Selection, facts
+from helpers.device import NpuImport, Selection, facts, npu, selection
+from helpers.device import backends as backends_mod
 from helpers.device import graph as graph_mod
+from helpers.device import memory as memory_mod
+from helpers.errors import DeviceError
 
 MIB = 1024 * 1024
 TORCH_BASE = torch.__version__.split("+")[0]
@@ -36,28 +39,28 @@ NPU_LINE = (
 
 @pytest.fixture
 def no_npu(monkeypatch):
-    monkeypatch.setattr(device, "_import_torch_npu",
+    monkeypatch.setattr(npu, "import_torch_npu",
                         lambda: NpuImport(None, installed=False, error="torch_npu not installed"))
 
 
 @pytest.fixture
 def broken_npu(monkeypatch):
     err = "torch_npu failed to import (OSError: libascendcl.so: cannot open shared object file)"
-    monkeypatch.setattr(device, "_import_torch_npu",
+    monkeypatch.setattr(npu, "import_torch_npu",
                         lambda: NpuImport(None, installed=True, error=err))
 
 
 @pytest.fixture
 def one_npu(monkeypatch):
     # a module object stands for the imported torch_npu; only the count probe is consulted
-    monkeypatch.setattr(device, "_import_torch_npu",
+    monkeypatch.setattr(npu, "import_torch_npu",
                         lambda: NpuImport(types.ModuleType("torch_npu"), installed=True))
-    monkeypatch.setattr(device, "_probe_npu", lambda: (1, ""))
+    monkeypatch.setattr(selection, "_probe_npu", lambda: (1, ""))
 
 
 def _cuda(monkeypatch, count: int) -> None:
     why = "" if count else "CUDA not available (no GPU or driver visible to torch)"
-    monkeypatch.setattr(device, "_probe_cuda", lambda: (count, why))
+    monkeypatch.setattr(selection, "_probe_cuda", lambda: (count, why))
 
 
 def _sel(backend: str) -> Selection:
@@ -175,8 +178,8 @@ def test_npu_backend_without_torch_npu_is_a_clear_error(no_npu):
 
 
 def test_auto_dtype_is_bfloat16_on_cpu_and_float32_on_accelerators(monkeypatch):
-    monkeypatch.setattr(device, "_cuda_bf16_supported", lambda index=0: True)
-    monkeypatch.setattr(device, "_npu_bf16_supported", lambda index=0: True)
+    monkeypatch.setattr(selection, "_cuda_bf16_supported", lambda index=0: True)
+    monkeypatch.setattr(selection, "_npu_bf16_supported", lambda index=0: True)
     assert device.resolve_dtype(_sel("cpu"), "auto") is torch.bfloat16
     assert device.resolve_dtype(_sel("cuda"), "auto") is torch.float32
     assert device.resolve_dtype(_sel("npu"), "auto") is torch.float32
@@ -185,7 +188,7 @@ def test_auto_dtype_is_bfloat16_on_cpu_and_float32_on_accelerators(monkeypatch):
 
 
 def test_dtype_the_device_cannot_run_names_the_supported_ones(monkeypatch):
-    monkeypatch.setattr(device, "_cuda_bf16_supported", lambda index=0: False)
+    monkeypatch.setattr(selection, "_cuda_bf16_supported", lambda index=0: False)
     with pytest.raises(DeviceError) as err:
         device.resolve_dtype(_sel("cuda"), "bfloat16")
     assert "supported dtypes there: float32, float16, float64" in str(err.value)
@@ -194,8 +197,8 @@ def test_dtype_the_device_cannot_run_names_the_supported_ones(monkeypatch):
 
 
 def test_dtype_support_per_backend(monkeypatch):
-    monkeypatch.setattr(device, "_cuda_bf16_supported", lambda index=0: True)
-    monkeypatch.setattr(device, "_npu_bf16_supported", lambda index=0: True)
+    monkeypatch.setattr(selection, "_cuda_bf16_supported", lambda index=0: True)
+    monkeypatch.setattr(selection, "_npu_bf16_supported", lambda index=0: True)
     assert device.dtype_support("npu")["float64"] == "limited"
     assert set(device.supported_dtypes("cuda")) == {"float32", "float16", "float64", "bfloat16"}
     assert device.backend(_sel("cpu")).supported_dtypes() == [
@@ -235,7 +238,7 @@ def test_cpu_memory_tracks_a_256_mib_tensor():
     del x
 
 
-@pytest.mark.skipif(device._vm_hwm() is None, reason="VmHWM is Linux-only")
+@pytest.mark.skipif(memory_mod.vm_hwm() is None, reason="VmHWM is Linux-only")
 def test_reset_peak_rewinds_the_host_peak_on_linux():
     be = device.backend(device.select("cpu"))
     x = torch.ones(128 * MIB // 4)  # 128 MiB
@@ -410,14 +413,14 @@ def test_bfloat16_is_asked_of_the_selected_device(monkeypatch):
         asked.append(index)
         return index == 0  # device 0 has native bfloat16, device 1 does not
 
-    monkeypatch.setattr(device, "_cuda_bf16_supported", cuda_bf16)
+    monkeypatch.setattr(selection, "_cuda_bf16_supported", cuda_bf16)
     assert "bfloat16" in device.supported_dtypes("cuda", 0)
     assert "bfloat16" not in device.supported_dtypes("cuda", 1)
     sel1 = Selection("cuda:1", torch.device("cuda", 1), "cuda", 1, "test")
     with pytest.raises(DeviceError, match="cannot run on cuda:1"):
         device.resolve_dtype(sel1, "bfloat16")
     assert asked == [0, 1, 1]
-    monkeypatch.setattr(device, "_npu_bf16_supported", lambda index=0: False)
+    monkeypatch.setattr(selection, "_npu_bf16_supported", lambda index=0: False)
     assert device.supported_dtypes("npu") == ["float32", "float16", "float64"]
 
 
@@ -425,10 +428,10 @@ def test_a_rocm_build_is_not_called_a_build_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", None)
     monkeypatch.setattr(torch.version, "hip", "6.2.41133", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    count, why = device._probe_cuda()
+    count, why = selection._probe_cuda()
     assert count == 0 and "ROCm build (HIP 6.2.41133)" in why and "without CUDA" not in why
     monkeypatch.setattr(torch.version, "hip", None)
-    assert "build without CUDA or ROCm" in device._probe_cuda()[1]
+    assert "build without CUDA or ROCm" in selection._probe_cuda()[1]
 
 
 # ---- every device of a placement (a fake backend API with two devices) ---------------------
@@ -486,7 +489,7 @@ class FakeDeviceApi:
 @pytest.fixture
 def two_gpus(monkeypatch):
     api = FakeDeviceApi()
-    monkeypatch.setattr(device, "_device_api", lambda name: api if name == "cuda" else None)
+    monkeypatch.setattr(backends_mod, "_device_api", lambda name: api if name == "cuda" else None)
     sel = Selection("cuda:0", torch.device("cuda", 0), "cuda", 0, "test")
     return api, device.backend(sel)
 

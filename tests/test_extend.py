@@ -15,7 +15,8 @@ import pytest
 
 from helpers import models, paths
 from helpers.cli import main, parse_assignments
-from helpers.config import ConfigError, Knobs, KnobSpec, RunConfig
+from helpers.config import ConfigError, RunConfig
+from helpers.knobs import Knobs, KnobSpec
 from helpers.records import read_result
 from helpers.runner.pipeline import discover_stages, run_pipeline, select_stages
 

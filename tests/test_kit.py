@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tables
 from helpers.config import RunConfig
 from helpers.errors import DeviceError, ReportError
 from helpers.records import VERDICTS, Check, read_result
@@ -51,16 +52,16 @@ def test_one_verdict_vocabulary() -> None:
     assert [VERDICTS.of(p) for p in (True, False, None)] == ["PASS", "FAIL", "info"]
     checks = [Check.judge("a", 1.0, "<", 2, "src"), Check.judge("b", 3, "<", 2, "src"),
               Check("c", None, "", None, "measured"), Check.judge("d", math.nan, "<", 2, "src")]
-    frame = kit.checks_frame(checks)
+    frame = tables.checks_frame(checks)
     assert list(frame["verdict"]) == ["PASS", "FAIL", "info", "FAIL"]
-    assert list(frame.columns) == kit.CHECK_COLUMNS
+    assert list(frame.columns) == tables.CHECK_COLUMNS
     assert list(frame["value"]) == ["1", "3", "-", "nan"]  # no Python reprs like None
-    html = kit.checks_table(checks).to_html()
+    html = tables.checks_table(checks).to_html()
     assert "verdict-pass" in html and "verdict-fail" in html and "verdict-info" in html
 
 
 def test_show_value_never_prints_a_python_repr() -> None:
-    assert [kit.show_value(v) for v in (None, True, False, 312625152, 0.99997875, "x")] == \
+    assert [tables.show_value(v) for v in (None, True, False, 312625152, 0.99997875, "x")] == \
         ["-", "yes", "no", "312,625,152", "0.999979", "x"]
 
 

@@ -32,12 +32,12 @@ def _cfg(model: str, **kw: object) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def gpa_tiny(model_cache: Path):
-    return models.get("gpa").load(_cfg("gpa"), CPU, F32)
+    return models.get("gpa").load(CPU, F32, **_cfg("gpa").recipe_args())
 
 
 @pytest.fixture(scope="module")
 def covo_tiny(model_cache: Path):
-    return models.get("covo-audio-chat").load(_cfg("covo-audio-chat"), CPU, F32)
+    return models.get("covo-audio-chat").load(CPU, F32, **_cfg("covo-audio-chat").recipe_args())
 
 
 def _first(out: object) -> torch.Tensor:
@@ -231,7 +231,8 @@ def test_concurrent_cache_builds(tmp_path: Path) -> None:
 
 
 def test_device_map_auto_on_cpu_degenerates_to_cpu(model_cache: Path) -> None:
-    loaded = models.get("covo-audio-chat").load(_cfg("covo-audio-chat", device_map="auto"), CPU, F32)
+    cfg = _cfg("covo-audio-chat", device_map="auto")
+    loaded = models.get("covo-audio-chat").load(CPU, F32, **cfg.recipe_args())
     assert set(loaded.placement.values()) == {"cpu"}
     assert any("placed every module on cpu" in n for n in loaded.notes)
     assert loaded.timings["to_device_s"] == 0.0
@@ -247,7 +248,7 @@ def test_random_weight_path_in_place() -> None:
         def configs(self, profile: str) -> dict:
             return super().configs("tiny")
 
-    loaded = SmallFull().load(_cfg("gpa", profile="full-shape", seed=5), CPU, F32)
+    loaded = SmallFull().load(CPU, F32, **_cfg("gpa", profile="full-shape", seed=5).recipe_args())
     t = loaded.timings
     assert t["weights_read_s"] == 0.0 and t["to_device_s"] == 0.0 and t["config_init_s"] > 0
     assert "random weights, seed 5" in loaded.source
@@ -270,7 +271,7 @@ def _copy_tiny(name: str, dst: Path, model_cache: Path) -> Path:
 
 
 def _load_real(name: str, model_dir: Path):
-    return models.get(name).load(_cfg(name, model_dir=str(model_dir)), CPU, F32)
+    return models.get(name).load(CPU, F32, **_cfg(name, model_dir=str(model_dir)).recipe_args())
 
 
 def test_real_profile_reads_a_model_dir(tmp_path: Path, model_cache: Path, gpa_tiny) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from helpers import device
 from helpers.config import RunConfig
+from helpers.grammar import DTYPE_BYTES
 from helpers.probes import catalog as cat
 from helpers.probes import execute, trace, verdict
 from helpers.probes.catalog import Probe, Randn
@@ -76,7 +77,7 @@ def test_catalog_has_forty_named_probes_that_pickle():
     assert len(probes_) >= 40
     assert len(set(names)) == len(names)
     for p in probes_:
-        assert set(p.dtypes) <= set(cat.DTYPES), p.name
+        assert set(p.dtypes) <= set(DTYPE_BYTES), p.name
         assert pickle.loads(pickle.dumps(p)).name == p.name  # by reference into a worker
 
 
@@ -386,7 +387,8 @@ def test_coverage_checks_csv_and_heatmap(tmp_path):
 def test_stage_on_the_tiny_gpa_model():
     cfg = RunConfig.from_params(model="gpa", device="cpu", dtype="bfloat16")
     subset = [cat.by_name("silu"), cat.by_name("stft")]
-    run = probes.run(target(cfg), probes=subset, timeout_s=60.0, components="lm")
+    run = probes.run(target(cfg), probes.Settings(probe_timeout=60.0, probe_components="lm"),
+                     probes=subset)
     assert {(r["probe"], r["dtype"]) for r in run.catalog} == {
         ("silu", "float32"), ("silu", "bfloat16"), ("silu", "float16"), ("stft", "float32"),
         ("stft", "float64"), ("stft", "int64")}

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from helpers.records import Check, StageResult, read_result, read_results, write_result
-from helpers.stages.kit import Stage
+from helpers.stages.kit import Section, Stage
 
 
 def test_stage_result_round_trip(tmp_path):
@@ -45,10 +45,10 @@ def test_bad_status_and_missing_fields_are_rejected():
 def test_stage_recorder_status_follows_checks(tmp_path):
     st = Stage("probe", str(tmp_path))
     st.metric("n", 3)
-    st.judge("n small", 3, "<", 5, "test")
+    st.record(Section("checks", checks=[Check.judge("n small", 3, "<", 5, "test")]))
     assert st.finish().status == "passed"
     st2 = Stage("probe2", str(tmp_path))
-    st2.judge("n small", 9, "<", 5, "test")
+    st2.record(Section("checks", checks=[Check.judge("n small", 9, "<", 5, "test")]))
     assert st2.finish().status == "failed"
     st3 = Stage("probe3", str(tmp_path))
     st3.skip("not applicable")

@@ -304,4 +304,4 @@ def test_a_model_dir_with_a_bad_audio_folder_fails_naming_the_file(tmp_path: Pat
     (root / "BiCodec" / "config.yaml").unlink()
     cfg = RunConfig.from_params(model="gpa", model_dir=str(root), device="cpu", dtype="float32")
     with pytest.raises(ModelLoadError, match="BiCodec/config.yaml is missing"):
-        models.get("gpa").load(cfg, CPU, torch.float32)
+        models.get("gpa").load(CPU, torch.float32, **cfg.recipe_args())

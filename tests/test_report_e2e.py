@@ -13,9 +13,9 @@ import pytest
 from helpers import i18n, paths
 from helpers.config import RunConfig
 from helpers.records import VERDICTS, read_json, write_json
-from helpers.runner import publish
+from helpers.runner import pdf, publish
 from helpers.runner.pipeline import discover_stages, run_pipeline
-from helpers.stages.kit import show_value
+from helpers.tables import show_value
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,7 @@ def _title(nb_path):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    want_pdf = bool(publish.find_chromium())
+    want_pdf = bool(pdf.find_chromium())
     if os.environ.get("REQUIRE_PDF") and not want_pdf:
         pytest.fail("REQUIRE_PDF is set but no Chromium was found: `make setup` installs it")
     outcome = run_pipeline(RunConfig.from_params(out=str(out)), figures_dir=out / "figures",
@@ -83,7 +83,7 @@ def test_html_has_every_stage_the_verdicts_and_no_network(run):
 
 def test_pdf_is_a4_and_carries_the_stage_titles(run):
     if run.pdf is None:
-        pytest.skip("no Chromium on this machine: " + publish.missing_chromium_reason())
+        pytest.skip("no Chromium on this machine: " + pdf.missing_chromium_reason())
     if not shutil.which("pdftotext"):
         pytest.skip("pdftotext (poppler-utils) not installed")
     info = subprocess.run(["pdfinfo", str(run.pdf)], capture_output=True, text=True).stdout
@@ -116,7 +116,7 @@ def _squash(text: str) -> str:
 
 def _need_pdf(run) -> None:
     if run.pdf is None:
-        pytest.skip("no Chromium on this machine: " + publish.missing_chromium_reason())
+        pytest.skip("no Chromium on this machine: " + pdf.missing_chromium_reason())
     if not shutil.which("pdftotext"):
         pytest.skip("pdftotext (poppler-utils) not installed")
 
@@ -135,7 +135,7 @@ def _expected_key_figures(run_dir) -> dict[str, str]:
         "tok/s": show_value(check("performance", "decode throughput"), 4),
         "p99": show_value(perf["e2e"]["stats"]["p99"], 4) + " s",
         "ttft": show_value(res["performance"]["metrics"]["ttft_s"], 4) + " s",
-        "snr": show_value(next(c["value"] for stage in ("audio_samples", *res)
+        "snr": show_value(next(c["value"] for stage in ("tasks", *res)
                                for c in res.get(stage, {}).get("checks", [])
                                if "SNR" in c["name"]), 4),
     }
@@ -227,7 +227,7 @@ def zh(run, tmp_path_factory):
                                str(dst / "notebooks" / "summary.ipynb"),
                                parameters={"run_dir": str(dst)}, kernel_name="python3",
                                progress_bar=False, cwd=str(paths.NOTEBOOKS))
-    return publish.publish(dst, publish.find_chromium() if run.pdf else None)
+    return publish.publish(dst, pdf.find_chromium() if run.pdf else None)
 
 
 def test_zh_report_has_every_heading_and_header_translated(zh):

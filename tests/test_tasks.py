@@ -14,7 +14,7 @@ import torch
 from helpers import audio
 from helpers.config import RunConfig
 from helpers.errors import ConfigError
-from helpers.stages import audio_samples as tasks
+from helpers.stages import tasks
 from helpers.stages.kit import target
 from helpers.tasks import decode, inputs, metrics
 

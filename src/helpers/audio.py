@@ -1,4 +1,6 @@
-"""Audio in the report: reading, validation, resampling, log-mel front ends, fixtures, players.
+"""Audio in the report: reading, validation, resampling, log-mel front ends, fixtures.
+
+What the reader sees and hears of a clip (players, waveform and mel figures) is helpers.players.
 
 Reading is soundfile (WAV, FLAC, anything libsndfile opens); resampling is soxr; the log-mel
 front ends run torch.stft on whatever device the caller selected. torchaudio is not used.
@@ -14,13 +16,9 @@ Which bad inputs are errors and which are warnings (see `Limits` for the numbers
 
 from __future__ import annotations
 
-import base64
 import functools
-import html
-import io
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -423,127 +421,3 @@ def fixtures_table() -> Any:
     import pandas as pd
 
     return pd.DataFrame([asdict(f) for f in fixtures()]).set_index("name")
-
-
-# ---- figures and players -----------------------------------------------------------------
-
-def show_mel(ax: Any, mel: np.ndarray, spec: MelSpec, title: str = "", cmap: str = "magma",
-             **imshow: Any) -> Any:
-    """Draw a [n_mels, frames] log-mel on `ax` with time in seconds; returns the image."""
-    seconds = mel.shape[-1] * spec.hop_length / spec.sample_rate
-    img = ax.imshow(mel, origin="lower", aspect="auto", cmap=cmap, interpolation="nearest",
-                    extent=(0.0, seconds, 0, mel.shape[0]), **imshow)
-    ax.set_ylabel("mel bin")
-    ax.set_xlabel("time (s)")
-    ax.grid(False)
-    if title:
-        ax.set_title(title)
-    return img
-
-
-def waveform_mel_figure(x: np.ndarray, sr: int, title: str = "",
-                        spec: MelSpec | None = None) -> tuple[Any, Any]:
-    """Waveform above its log-mel (spec default: Whisper, the audio resampled to 16 kHz)."""
-    from helpers import plots
-
-    spec = spec or WHISPER
-    mono = mix_to_mono(np.asarray(x, dtype=np.float32))
-    mel = log_mel(resample(mono, sr, spec.sample_rate), spec).numpy()
-    fig, (ax_wave, ax_mel) = plots.figure(nrows=2, height=4.2, sharex=True)
-    ax_wave.plot(np.arange(mono.shape[0]) / sr, mono, linewidth=0.5)
-    ax_wave.set_ylabel("amplitude")
-    ax_wave.set_title(title or f"{mono.shape[0] / sr:.2f} s at {sr} Hz")
-    img = show_mel(ax_mel, mel, spec)
-    fig.colorbar(img, ax=ax_mel, label=f"log-mel ({spec.name})", pad=0.01)
-    return fig, (ax_wave, ax_mel)
-
-
-def wav_base64(x: np.ndarray, sr: int) -> str:
-    """[T] or [C, T] float audio as a base64 PCM_16 WAV (clipped to [-1, 1])."""
-    data = np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0)
-    buf = io.BytesIO()
-    sf.write(buf, data.T if data.ndim == 2 else data, sr, subtype="PCM_16", format="WAV")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def png_base64(fig: Any, dpi: int = 96, colors: int | None = 256) -> str:
-    """A matplotlib figure as a base64 PNG; the figure is closed (not shown twice).
-
-    colors: quantize to an indexed palette of this many colors (a log-mel image drops from
-    about 140 KiB to 60 KiB at 256 colors with no visible change); None keeps RGBA.
-    """
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    from helpers import plots
-
-    buf = io.BytesIO()
-    plots.translate(fig)
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    if colors:
-        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-        image = image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT,
-                               dither=Image.Dither.NONE)
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", optimize=True)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _listening_copy(x: np.ndarray, normalize: bool) -> tuple[np.ndarray, str]:
-    """What the player plays, and a note on how it differs from the computed samples."""
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
-    if normalize and peak > 0:
-        return x * (10 ** (-1 / 20) / peak), " (peak-normalized to -1 dBFS for listening)"
-    if peak > 1.0:
-        return x, f" (peak {peak:.2f} clipped to full scale for listening)"
-    return x, ""
-
-
-def player_html(x: np.ndarray, sr: int, caption: str, fig: Any = None,
-                normalize: bool = False, figure_on_screen: bool = False) -> str:
-    """HTML for one clip: an embedded <audio> player on screen, its figure in print.
-
-    The WAV is a base64 data URI (no file links, no network). `fig` defaults to
-    waveform_mel_figure(x, sr); the report's CSS hides .print-only on screen and
-    .screen-only in print. figure_on_screen=True shows the figure in both media (the player
-    above it on screen only), for a figure the reader needs next to the sound.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    audio, note = _listening_copy(x, normalize)
-    fig = fig if fig is not None else waveform_mel_figure(x, sr, caption)[0]
-    from helpers import plots
-
-    text = html.escape(plots.text(caption) + (" " + plots.text(note.strip()) if note else ""))
-    img = f'<img alt="{text}" src="data:image/png;base64,{png_base64(fig)}">'
-    sound = (f'<audio controls preload="metadata" '
-             f'src="data:audio/wav;base64,{wav_base64(audio, sr)}"></audio>')
-    if figure_on_screen:
-        return (f'<figure class="audio-clip"><div class="screen-only">{sound}</div>{img}'
-                f'<figcaption>{text}</figcaption></figure>')
-    return (
-        '<figure class="audio-clip">'
-        f'<div class="screen-only">{sound}<figcaption>{text}</figcaption></div>'
-        f'<div class="print-only">{img}<figcaption>{text}</figcaption></div>'
-        '</figure>'
-    )
-
-
-def player(x: np.ndarray, sr: int, caption: str, fig: Any = None,
-           normalize: bool = False, figure_on_screen: bool = False) -> Any:
-    """An IPython display object of player_html(...) for a notebook cell."""
-    from IPython.display import HTML
-
-    return HTML(player_html(x, sr, caption, fig=fig, normalize=normalize,
-                            figure_on_screen=figure_on_screen))
-
-
-def players(clips: Sequence[tuple[np.ndarray, int, str]], normalize: bool = False) -> Any:
-    """Several players side by side (e.g. device and CPU output of one component)."""
-    from IPython.display import HTML
-
-    cells = "".join(f'<div style="flex:1 1 0;min-width:18em">'
-                    f"{player_html(x, sr, cap, normalize=normalize)}</div>"
-                    for x, sr, cap in clips)
-    return HTML(f'<div class="audio-row" style="display:flex;gap:1em;flex-wrap:wrap">{cells}</div>')
-

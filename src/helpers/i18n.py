@@ -236,7 +236,6 @@ def missing(md: str, lang: str) -> list[str]:
 _TH = re.compile(r"(<th\b[^>]*>)(.*?)(</th>)", re.S)
 _CAPTION = re.compile(r"(<(?:caption|summary)\b[^>]*>)(.*?)(</(?:caption|summary)>)", re.S)
 _TD = re.compile(r"(<td\b([^>]*)>)(.*?)(</td>)", re.S)
-_VERDICT_CLASS = re.compile(r'class="[^"]*\bverdict-(?:pass|fail|info)\b')
 _CELL_WORDS = ("PASS", "FAIL", "info", "yes", "no", "not measured", "passed", "failed",
                "error", "skipped")
 _SUMMARY_ROWS = re.compile(r"^(.*?) \((\d+) rows; click to open\)$")
@@ -285,7 +284,7 @@ def html(fragment: str, lang: str) -> str:
 def _summary(m: re.Match[str], lang: str) -> str:
     text = htmllib.unescape(m.group(2)).strip()
     rows = _SUMMARY_ROWS.match(text)
-    if rows:  # kit.collapsible: "<what> (N rows; click to open)"
+    if rows:  # tables.collapsible: "<what> (N rows; click to open)"
         what = lookup(rows.group(1), lang) or rows.group(1)
         shown = t("{what} ({n} rows; click to open)", lang, what=what, n=rows.group(2))
         return f"{m.group(1)}{htmllib.escape(shown, quote=False)}{m.group(3)}"

@@ -158,21 +158,27 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically (temp file + rename): a reader never sees half a file."""
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write a file atomically (temp file + rename): a reader never sees half a file. The one
+    writer of every file a run leaves (results, run.json, the HTML, PDF and markdown)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False, default=_default)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the report is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (write_bytes)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=_default) + "\n"
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def read_json(path: str | Path) -> Any:
@@ -195,3 +201,14 @@ def read_results(results_dir: str | Path) -> dict[str, StageResult]:
         res = read_result(p)
         out[res.stage] = res
     return out
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, StageResult]]:
+    """The run manifest and its stage results, in the manifest's stage order."""
+    run_dir = Path(run_dir)
+    manifest = read_json(run_dir / "run.json")
+    found = read_results(run_dir / "results")
+    order = [s["name"] for s in manifest.get("stages", [])]
+    ordered = {n: found[n] for n in order if n in found}
+    ordered.update({n: r for n, r in found.items() if n not in ordered})
+    return manifest, ordered

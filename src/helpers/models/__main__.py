@@ -14,15 +14,16 @@ import json
 import sys
 
 from helpers import models
-from helpers.models.base import DTYPE_BYTES, human, total_row
+from helpers.grammar import RUN_DTYPES
+from helpers.models.base import human, total_row
 from helpers.models.weights import ModelLoadError
 
 
 def table(rows: list[dict]) -> str:
     """Fixed-width text table: component, class, parameters, GB per dtype."""
-    head = ["component", "class", "parameters", *(f"GB {dt}" for dt in DTYPE_BYTES)]
+    head = ["component", "class", "parameters", *(f"GB {dt}" for dt in RUN_DTYPES)]
     body = [[r["component"], r["class"], f"{r['parameters']:,} ({human(r['parameters'])})",
-             *(f"{r[f'bytes_{dt}'] / 1e9:.3f}" for dt in DTYPE_BYTES)] for r in rows]
+             *(f"{r[f'bytes_{dt}'] / 1e9:.3f}" for dt in RUN_DTYPES)] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
              for line in [head, *body]]

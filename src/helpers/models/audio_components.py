@@ -94,10 +94,6 @@ PARTS: dict[str, AudioPart] = {
         "token2wav: audio tokens -> flow-matching DiT -> flow-VAE decoder -> 24 kHz",
         "token2wav", 24_000, 24_000, TOKEN2WAV),
 }
-RECIPE_PARTS: dict[str, tuple[str, ...]] = {
-    "gpa": ("speech_tokenizer", "codec"),
-    "covo-audio-chat": ("vocoder",),
-}
 
 
 # ---- registry ------------------------------------------------------------------------------
@@ -137,11 +133,6 @@ def part(name: str) -> AudioPart:
     return PARTS[name]
 
 
-def names_for(recipe: str) -> tuple[str, ...]:
-    """The audio components a recipe carries (empty for recipes without any)."""
-    return RECIPE_PARTS.get(recipe, ())
-
-
 def config(name: str, profile: str) -> Any:
     """The component's config at profile tiny or full-shape."""
     part(name)
@@ -154,8 +145,9 @@ def config(name: str, profile: str) -> Any:
     return cfg_cls(**_SHAPES[name][profile])
 
 
-def configs(recipe: str, profile: str) -> dict[str, Any]:
-    return {n: config(n, profile) for n in names_for(recipe)}
+def configs(names: tuple[str, ...], profile: str) -> dict[str, Any]:
+    """Configs of these components (a recipe's audio_parts) at profile tiny or full-shape."""
+    return {n: config(n, profile) for n in names}
 
 
 def saved_in(folder: Path, name: str) -> bool:
@@ -176,7 +168,7 @@ def saved_in(folder: Path, name: str) -> bool:
 def read_configs(recipe: Any, root: Path) -> dict[str, Any]:
     """Configs of the recipe's audio components that `root` holds saves of (see saved_in)."""
     return {n: _CLASSES[n][0].from_pretrained(str(recipe.component_dir(root, n)))
-            for n in names_for(recipe.name) if saved_in(recipe.component_dir(root, n), n)}
+            for n in recipe.audio_parts if saved_in(recipe.component_dir(root, n), n)}
 
 
 def config_of(name: str, module: nn.Module | None) -> Any:

@@ -19,28 +19,26 @@ tensor cast to its dtype and moved where the placement says.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from helpers import compat, paths
 from helpers.device import Backend, dtype_name
+from helpers.grammar import DTYPE_BYTES, RUN_DTYPES
 from helpers.models import cache, placement, weights
 from helpers.models.weights import ModelLoadError
-
-if TYPE_CHECKING:  # the config imports the recipes when it checks MODEL
-    from helpers.config import RunConfig
 
 PROFILES = ("tiny", "full-shape", "real")
 FULL_SHAPE_NOTE = ("full-shape: random weights made on the CPU in float32 under the seed, then "
                    "cast and moved (weights.materialize), so every device and dtype holds the "
                    "same numbers; nothing is read, so config_init_s is the whole load")
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 TOKENIZER_DIR = paths.TOKENIZER
 PROMPTS_FILE = paths.DATA / "prompts.json"
 
@@ -119,10 +117,29 @@ def text_inputs(tokenizer: Any, batch: int, device: torch.device,
             "attention_mask": enc["attention_mask"].to(device)}  # [B, S]
 
 
+@dataclass(frozen=True)
+class GraphTarget:
+    """The graph-mode speed-up a recipe is held to on one backend: graph mode's tokens/s at
+    least `ratio` times eager's, `source` saying whose target it is."""
+
+    backend: str
+    ratio: float
+    source: str
+
+
 class Recipe:
-    """Base class; a recipe module exposes RECIPE = SomeRecipe()."""
+    """Base class; a recipe module exposes RECIPE = SomeRecipe().
+
+    What a recipe can do is declared here (audio_parts, task_family, graph_target): stages ask
+    the recipe, never its name, so a subclass with another name behaves like its parent.
+    """
 
     name: str = ""
+    # the audio components it carries (names in helpers.models.audio_components.PARTS)
+    audio_parts: tuple[str, ...] = ()
+    # the speech tasks the tasks stage runs for it (helpers.tasks.<family>); "" = none
+    task_family: str = ""
+    graph_target: GraphTarget | None = None  # None: graph mode's speed-up is informational
     title: str = ""
     components: tuple[Component, ...] = ()
     profiles: tuple[str, ...] = PROFILES
@@ -292,9 +309,11 @@ class Recipe:
             if type(cfg) in MODEL_FOR_CAUSAL_LM_MAPPING:
                 MODEL_FOR_CAUSAL_LM_MAPPING[type(cfg)]
 
-    def load(self, cfg: RunConfig, device: torch.device, dtype: torch.dtype,
+    def load(self, device: torch.device, dtype: torch.dtype, *, profile: str = "tiny",
+             model_dir: str | Path = "", seed: int = 0, device_map: str = "",
              backend: Backend | None = None) -> LoadedModel:
-        """Build or read the model for a RunConfig onto `device` in `dtype`.
+        """Build (tiny, full-shape: random weights under `seed`) or read (real: `model_dir`) the
+        model onto `device` in `dtype`; device_map "auto" spreads it over the visible devices.
 
         timings: config_init_s (configs, placement plan; for full-shape also the random init
         on the device), tokenizer_s, weights_read_s (from_pretrained onto the host, or straight
@@ -304,35 +323,35 @@ class Recipe:
         one-time save of the tiny profile). All timers are the device module's synchronized timer.
         """
         be = backend or _backend_for(device)
-        profile = self.check_profile(cfg.profile)
+        profile = self.check_profile(profile)
         timings: dict[str, float] = {"cache_build_s": 0.0}
         notes: list[str] = []
         with weights.quiet():
             with be.timer() as t:
                 self.import_code(profile)
             timings["imports_s"] = t.seconds
-            root = Path(cfg.model_dir).expanduser() if profile == "real" else None
+            root = Path(model_dir).expanduser() if profile == "real" else None
             if profile == "tiny":
                 with be.timer() as t:
-                    root, built = cache.ensure(self, cfg.seed)
+                    root, built = cache.ensure(self, seed)
                 if built:
                     timings["cache_build_s"] = t.seconds
                     notes.append(f"tiny weights built and saved once to {root} "
                                  f"({t.seconds:.2f} s, outside load_seconds)")
             with be.timer() as total:
                 if root is None:
-                    modules, tok, maps = self._load_random(cfg.seed, device, dtype, cfg.device_map,
+                    modules, tok, maps = self._load_random(seed, device, dtype, device_map,
                                                            be, timings, notes)
                 else:
-                    modules, tok, maps = self._load_dir(root, device, dtype, cfg.device_map,
+                    modules, tok, maps = self._load_dir(root, device, dtype, device_map,
                                                         be, timings, notes)
                 model = self.assemble(modules, tok)
         timings["load_seconds"] = total.seconds
-        source = str(root) if root else f"random weights, seed {cfg.seed} (no checkpoint)"
+        source = str(root) if root else f"random weights, seed {seed} (no checkpoint)"
         return LoadedModel(
             recipe=self, profile=profile, source=source, components=modules, model=model,
             tokenizer=tok, device=device, dtype=dtype, timings=timings,
-            placement=placement.flat(maps), device_map=cfg.device_map, seed=cfg.seed,
+            placement=placement.flat(maps), device_map=device_map, seed=seed,
             notes=notes,
         )
 
@@ -494,11 +513,29 @@ class LoadedModel:
         }
 
 
+def weight_digests(loaded: LoadedModel, dtypes: tuple[torch.dtype, ...],
+                   ) -> dict[str, dict[str, str]]:
+    """sha256 of every weight tensor, cast on the CPU to each of `dtypes`: dtype name ->
+    "component.parameter" -> digest. Two sides hold the same weights when the reference's
+    digests in the other side's dtype equal that side's own."""
+    out: dict[str, dict[str, str]] = {}
+    for dtype in dict.fromkeys(dtypes):
+        table = {}
+        for comp, module in loaded.components.items():
+            for name, param in module.named_parameters():  # a tied tensor once
+                t = param.detach().cpu()
+                t = t.to(dtype) if t.is_floating_point() else t
+                raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                table[f"{comp}.{name}"] = hashlib.sha256(raw).hexdigest()
+        out[dtype_name(dtype)] = table
+    return out
+
+
 def _describe_row(name: str, role: str, m: nn.Module) -> dict[str, Any]:
     n = count(m)
     row: dict[str, Any] = {"component": name, "class": type(m).__name__, "role": role,
                            "parameters": n, "parameters_h": human(n)}
-    row.update({f"bytes_{dt}": n * size for dt, size in DTYPE_BYTES.items()})
+    row.update({f"bytes_{dt}": n * DTYPE_BYTES[dt] for dt in RUN_DTYPES})
     inp, out = _embeddings(m)
     if isinstance(inp, nn.Embedding) and isinstance(out, nn.Linear):
         row["input_embeddings"] = inp.weight.numel()
@@ -520,7 +557,7 @@ def total_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     n = sum(r["parameters"] for r in rows)
     out: dict[str, Any] = {"component": "total", "class": "", "role": "", "parameters": n,
                            "parameters_h": human(n)}
-    out.update({f"bytes_{dt}": n * size for dt, size in DTYPE_BYTES.items()})
+    out.update({f"bytes_{dt}": n * DTYPE_BYTES[dt] for dt in RUN_DTYPES})
     return out
 
 

@@ -49,7 +49,6 @@ Both are assumed only for full-shape and tiny; a real folder's files always win.
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any
 
@@ -920,7 +919,3 @@ def semantic_tokens_for(n_samples: int, cfg: BiCodecConfig) -> int:
     for k, s in zip(cfg.wav2vec2.conv_kernel, cfg.wav2vec2.conv_stride, strict=True):
         n = (n - k) // s + 1
     return int(n)
-
-
-def samples_per_token(cfg: BiCodecConfig) -> int:
-    return int(math.prod(cfg.section["decoder"]["rates"]))

@@ -85,7 +85,9 @@ class CovoRecipe(Recipe):
         Component("lm", "Qwen2 causal LM, untied (release `llm`)"),
         Component("vocoder", ac.part("vocoder").role, VOCODER_SUB),
     )
+    audio_parts = ("vocoder",)
     builtin_only = ("vocoder",)
+    task_family = "covo-audio-chat"
     model_types = (cm.MODEL_TYPE,)
     fixture = FIXTURE  # the clip its example inputs are made from
     references = (

@@ -28,7 +28,14 @@ from typing import Any
 
 from helpers import compat
 from helpers.models import audio_components as ac
-from helpers.models.base import Component, LoadedModel, Recipe, Reference, shipped_tokenizer
+from helpers.models.base import (
+    Component,
+    GraphTarget,
+    LoadedModel,
+    Recipe,
+    Reference,
+    shipped_tokenizer,
+)
 
 # AutoArk/GPA data_utils/audio_dataset_ark_audio.py: glm_semantic_token_offset=151727,
 # global_token_offset=168111, semantic_token_offset=172207 (code-book sizes 16,384 / 4,096 /
@@ -119,14 +126,22 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             tie_word_embeddings=True)
 
 
+AUDIO_PARTS = ("speech_tokenizer", "codec")
+
+
 class GpaRecipe(Recipe):
     name = "gpa"
     title = "GPA (Qwen3 0.31B speech LM)"
     components = (
         Component("lm", "Qwen3 causal LM over text and audio tokens"),
-        *(Component(n, ac.part(n).role, ac.part(n).subfolder) for n in ac.names_for("gpa")),
+        *(Component(n, ac.part(n).role, ac.part(n).subfolder) for n in AUDIO_PARTS),
     )
-    builtin_only = ac.names_for("gpa")
+    audio_parts = AUDIO_PARTS
+    builtin_only = AUDIO_PARTS
+    task_family = "gpa"
+    graph_target = GraphTarget(
+        "cuda", 10.0, "project target: static cache + CUDA graphs at least 10x eager HF "
+        "generate for the GPA LM at batch 1 (launch-bound decode)")
     references = (
         Reference("lm", 312.6e6, 0.05e6, "312.6M", GPA_REPORT),
     )
@@ -142,10 +157,10 @@ class GpaRecipe(Recipe):
         tok = gpa_tokenizer()
         ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
         if profile == "full-shape":
-            return {"lm": Qwen3Config(**FULL, **ids), **ac.configs(self.name, profile)}
+            return {"lm": Qwen3Config(**FULL, **ids), **ac.configs(self.audio_parts, profile)}
         if profile == "tiny":  # the text tokenizer, then the 28,672 audio tokens (see layout)
             return {"lm": Qwen3Config(vocab_size=len(tok) + AUDIO_TOKENS, **TINY, **ids),
-                    **ac.configs(self.name, profile)}
+                    **ac.configs(self.audio_parts, profile)}
         return super().configs(profile)
 
     def read_configs(self, root: Path) -> dict[str, Any]:

@@ -21,12 +21,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-FLOATS = ("float32", "bfloat16", "float16")
+from helpers.device import dtype_of
+from helpers.grammar import RUN_DTYPES
+
+FLOATS = RUN_DTYPES
 FP32 = ("float32",)
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-    "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
-}
 COVO = "Covo-Audio-Chat on Ascend 910 adaptation report"
 HF32 = ("float32 parity: turn the reduced-precision conv path off, "
         "torch.backends.cudnn.allow_tf32 = False (CUDA, default on) or "
@@ -46,7 +45,7 @@ class Randn:
 
     def make(self, g: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
         x = torch.randn(self.shape, generator=g) * self.scale
-        return _cast(x, DTYPES[self.dtype] if self.dtype else dtype)
+        return _cast(x, dtype_of(self.dtype) if self.dtype else dtype)
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ class Ints:
     dtype: str = "int64"
 
     def make(self, g: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        return torch.randint(self.lo, self.hi, self.shape, generator=g, dtype=DTYPES[self.dtype])
+        return torch.randint(self.lo, self.hi, self.shape, generator=g, dtype=dtype_of(self.dtype))
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import device
+from helpers.device import dtype_of
 from helpers.probes import verdict
-from helpers.probes.catalog import DTYPES, Probe
+from helpers.probes.catalog import Probe
 
 # device errors after which the process's device context cannot be trusted (the worker restarts)
 POISON = ("CUDA error", "device-side assert", "illegal memory access", "EZ9999",
@@ -169,7 +170,7 @@ def poisoned(exc: BaseException | None) -> bool:
 def run_probe(ctx: WorkerContext, probe: Probe, dtype_name: str, seed: int = 0) -> dict[str, Any]:
     """One catalog probe in one dtype: device, CPU same dtype, float64 golden, verdict."""
     t0 = time.perf_counter()
-    inputs = probe.build(DTYPES[dtype_name], generator(probe.name, seed))
+    inputs = probe.build(dtype_of(dtype_name), generator(probe.name, seed))
     dev = device_call(ctx, probe.run, place(inputs, ctx.device))
     repeat = None
     if probe.kind == "distribution" and dev.error is None:  # the same seed must draw the same

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helpers import parity
+from helpers.grammar import DTYPE_BYTES
 from helpers.probes.verdict import FAILED, RULE_TEXT, RULES, SEVERITY, worst
 from helpers.records import Check
 
@@ -19,7 +20,7 @@ COLUMNS = ["op", "dtype", "shape", "status", "cosine", "max_abs", "max_rel", "me
            "error_ratio", "message", "workaround"]
 CSV_COLUMNS = ["source", "probe", "group", *COLUMNS, "rule", "ratio_mean_rel", "ratio_max_rel",
                "known", "calls", "aten_ops", "seconds"]
-DTYPE_ORDER = ["float32", "bfloat16", "float16", "float64", "int64", "int32", "bool"]
+DTYPE_ORDER = [*DTYPE_BYTES, "bool"]
 COVERAGE = ("ok", "fallback", "mismatch", "fail", "skipped")
 SOURCE_RUNS_ON_DEVICE = (
     "GPA and Covo-Audio-Chat Ascend adaptation reports: their operator tables list every "

@@ -26,9 +26,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from helpers import device
-from helpers.device import dtype_name
+from helpers.device import dtype_name, dtype_of
 from helpers.probes import verdict
-from helpers.probes.catalog import DTYPES
 from helpers.probes.execute import (
     WorkerContext,
     base_name,
@@ -104,7 +103,7 @@ class TensorSpec:
 
     @property
     def is_index(self) -> bool:
-        t = DTYPES.get(self.dtype) or getattr(torch, self.dtype)
+        t = getattr(torch, self.dtype)
         return not (t.is_floating_point or t.is_complex or t == torch.bool)
 
     def label(self) -> str:
@@ -260,7 +259,7 @@ def trace_model(ctx: WorkerContext, params: dict[str, Any], dtype_name: str,
     cfg = RunConfig.from_params(**params)
     recipe = models.get(cfg.model)
     with ctx.backend.timer() as t_load:
-        loaded = recipe.load(cfg, device=ctx.device, dtype=DTYPES[dtype_name],
+        loaded = recipe.load(ctx.device, dtype_of(dtype_name), **cfg.recipe_args(),
                              backend=ctx.backend)
     records: dict[str, OpRecord] = {}
     calls, errors, rec_errors = {}, {}, []

@@ -18,16 +18,13 @@ from typing import Any
 
 from helpers import compat, models, paths
 from helpers import device as devices
-from helpers.config import (
-    ConfigError,
-    KnobSpec,
-    RunConfig,
-    declared_parameters,
-    notebook_knobs,
-)
-from helpers.errors import DeviceError, ModelLoadError
+from helpers.config import RunConfig
+from helpers.errors import ConfigError, DeviceError, ModelLoadError
+from helpers.knobs import KnobSpec, declared_parameters, notebook_knobs
+from helpers.provenance import git_state
 from helpers.records import StageResult, read_result, write_json, write_result
 from helpers.runner import kernels, publish, rundir
+from helpers.runner.pdf import find_chromium, missing_chromium_reason
 from helpers.runner.rundir import SUMMARY_NOTEBOOK
 
 _STAGE_RE = re.compile(r"^(\d{2})_([a-z0-9_]+)\.ipynb$")
@@ -49,7 +46,7 @@ class StageSpec:
 
     def knobs(self) -> dict[str, KnobSpec]:
         """The knobs its parameters cell declares after the run parameters (papermill)."""
-        return notebook_knobs(self.path)
+        return notebook_knobs(self.path, RunConfig.field_names())
 
 
 @dataclass
@@ -295,18 +292,18 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
     stages = discover_stages(notebooks_dir, cfg.extra_stages)
     specs = select_stages(stages, cfg.stages)
     if cfg.knobs:
-        cfg = dataclasses.replace(cfg, knobs=cfg.knobs.resolve(stages, specs))
+        cfg = dataclasses.replace(cfg, knobs=cfg.knobs.resolve(stages, specs, RunConfig.field_names()))
     preflight(cfg)
     run_dir = rundir.new_run_dir(cfg)
-    chromium = publish.find_chromium() if pdf else None
+    chromium = find_chromium() if pdf else None
     manifest = {
         "run_id": run_dir.name, "config": cfg.to_params(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": rundir.git_state(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git_state(),
         "stages": [{"number": s.number, "name": s.name, "notebook": s.path.name,
                     "origin": s.origin, "path": str(s.path)} for s in specs],
         "knobs": cfg.knobs.to_params(),
         "pdf_renderer": chromium or None,
-        "pdf_missing_reason": None if chromium else publish.missing_chromium_reason(pdf),
+        "pdf_missing_reason": None if chromium else missing_chromium_reason(pdf),
         "status": "running", "pid": os.getpid(), "host": socket.gethostname(),
     }
     write_json(run_dir / "run.json", manifest)

@@ -8,31 +8,18 @@ import fcntl
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from helpers import models, paths
+from helpers import models
 from helpers.config import RunConfig
 from helpers.errors import ConfigError
-from helpers.records import StageResult, read_json, read_results, write_json
+from helpers.records import read_json, write_json
 
 SUMMARY_NOTEBOOK = "summary.ipynb"
-
-
-def git_state(root: Path = paths.ROOT) -> dict[str, Any]:
-    """The project's commit and whether the tree has uncommitted changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                              timeout=20, check=True).stdout.strip()
-    try:
-        return {"commit": git("rev-parse", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (OSError, subprocess.SubprocessError) as exc:
-        return {"commit": "unknown", "dirty": None, "reason": str(exc).splitlines()[0][:200]}
 
 
 def check_out(out: str | Path) -> Path:
@@ -68,18 +55,6 @@ def new_run_dir(cfg: RunConfig) -> Path:
     for sub in ("notebooks", "results", "figures"):
         (run_dir / sub).mkdir()
     return run_dir
-
-
-def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, StageResult]]:
-    """The run manifest and its stage results, in the manifest's stage order."""
-    run_dir = Path(run_dir)
-    manifest = read_json(run_dir / "run.json")
-    found = read_results(run_dir / "results")
-    order = [s["name"] for s in manifest.get("stages", [])]
-    ordered = {n: found[n] for n in order if n in found}
-    ordered.update({n: r for n, r in found.items() if n not in ordered})
-    return manifest, ordered
-
 
 
 def point_latest(run_dir: Path) -> None:

@@ -18,10 +18,11 @@ from helpers import device as dev
 from helpers.config import RunConfig
 from helpers.device import facts
 from helpers.errors import DeviceError
+from helpers.provenance import git_state
 from helpers.records import Check
-from helpers.runner.rundir import git_state
-from helpers.stages.kit import show_value, target
-from helpers.stages.kit import table as show
+from helpers.stages.kit import target
+from helpers.tables import show_value
+from helpers.tables import table as show
 
 NOT_INSTALLED = "not installed"
 PACKAGES = ("torch", "torch_npu", "transformers", "tokenizers", "safetensors", "accelerate",

@@ -12,11 +12,10 @@ from typing import Any
 import pandas as pd
 import torch
 
+from helpers import parity
 from helpers.models.base import LoadedModel, Recipe, human, total_row
 from helpers.records import Check
 
-TINY_LOAD_LIMIT_S = 5.0
-TINY_LOAD_SOURCE = "project target: the tiny profile loads in under 5 s on a 2-core CPU"
 NAN_SOURCE = ("MindStudio probe whole-network rule: any NaN/Inf means the "
               "accuracy standard is not reached")
 MB = 1e6
@@ -127,8 +126,10 @@ def checks(loaded: LoadedModel, model_dir: str = "") -> list[Check]:
     if "full-shape" in recipe.profiles:
         out += reference_checks(recipe)
     if loaded.profile == "tiny":
-        out.append(Check.judge("tiny profile loads in under 5 s", round(loaded.timings["load_seconds"], 3),
-                               "<", TINY_LOAD_LIMIT_S, TINY_LOAD_SOURCE, unit=" s"))
+        rule = parity.thresholds()["model_loading"]["tiny_load_seconds"]
+        out.append(Check.judge(f"tiny profile loads in under {rule['limit']:g} s",
+                               round(loaded.timings["load_seconds"], 3), rule["op"],
+                               rule["limit"], parity.source(rule["source"]), unit=" s"))
     return out
 
 

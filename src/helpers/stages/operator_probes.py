@@ -22,6 +22,7 @@ from typing import Any
 
 from helpers.config import RunConfig
 from helpers.device.fallbacks import hiding_settings
+from helpers.knobs import setting
 from helpers.probes import catalog, isolate, report
 from helpers.probes.catalog import Probe
 from helpers.probes.isolate import Outcome, Worker, WorkerStartError
@@ -173,14 +174,24 @@ def _trace_summary(r: Any) -> dict[str, Any]:
     }
 
 
-def run(tgt: Target, *, timeout_s: float = 30.0, trace: bool = True, threads: int = 1,
-        max_numel: int = 2**27, start_timeout_s: float = 300.0, trace_timeout_s: float = 600.0,
-        probes: list[Probe] | None = None, components: str | list[str] = "") -> ProbeRun:
-    """The whole stage for a run's target: catalog on every dtype the backend runs, then the
-    model's own operators in the run's dtype; one worker process, restarted after a crash.
+@dataclass(frozen=True)
+class Settings:
+    """The stage's knobs, each with its help; notebook 03's parameters cell mirrors them."""
 
-    components: trace only these ("lm" or "lm,codec"; "" = every component and the
-    end-to-end module)."""
+    probe_timeout: float = setting(30.0, "seconds one probe may run before it counts as hung")
+    trace_model: bool = setting(True, "trace the model's own operators and replay each one")
+    replay_max_numel: int = setting(2**27, "largest tensor (elements) a replay builds")
+    probe_threads: int = setting(1, "torch CPU threads in the probe worker")
+    probe_components: str = setting("", "components to trace, e.g. lm or lm,codec; empty: "
+                                        "every component and the end-to-end module")
+
+
+def run(tgt: Target, settings: Settings = Settings(), *, start_timeout_s: float = 300.0,
+        trace_timeout_s: float = 600.0, probes: list[Probe] | None = None) -> ProbeRun:
+    """The whole stage for a run's target: catalog on every dtype the backend runs, then the
+    model's own operators in the run's dtype; one worker process, restarted after a crash."""
+    timeout_s, trace, threads = settings.probe_timeout, settings.trace_model, settings.probe_threads
+    max_numel, components = settings.replay_max_numel, settings.probe_components
     cfg, sel, dtype = tgt.cfg, tgt.selection, tgt.dtype_name
     dtypes = [*tgt.backend.supported_dtypes(), "int64", "int32"]
     timings: dict[str, float] = {}

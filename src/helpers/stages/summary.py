@@ -3,7 +3,7 @@ device and software stack, one line per stage, the key figures with threshold, v
 source), then every check grouped by stage, stage durations and the run's parameters.
 
 Every value shown here is read from the results files (results/<stage>.json) and formatted by
-kit.show_value; nothing is recomputed. A key figure that no results file holds (a stage that
+tables.show_value; nothing is recomputed. A key figure that no results file holds (a stage that
 was not run or raised, a measurement the stage does not make yet) is a dash that says "not
 measured". Text is in the run's REPORT_LANG (helpers.i18n); table headers and verdict words
 are English msgids that the publisher translates with every other table of the report.
@@ -21,9 +21,9 @@ from typing import Any
 import pandas as pd
 
 from helpers import i18n
-from helpers.records import VERDICTS, Check, StageResult, write_json
-from helpers.runner.rundir import load_run
-from helpers.stages.kit import lab_dir, show_value, table, verdict_style
+from helpers.records import VERDICTS, Check, StageResult, load_run, write_json
+from helpers.stages.kit import lab_dir
+from helpers.tables import show_value, table, verdict_style
 
 FIRST_PAGE_FILE = "first-page.json"
 NOT_MEASURED = "not measured"
@@ -66,7 +66,7 @@ def load(run_dir: str = "") -> Run:
 
 
 def fmt(value: Any) -> str:
-    """A measured value as the summary shows it (kit.show_value, 4 significant digits)."""
+    """A measured value as the summary shows it (tables.show_value, 4 significant digits)."""
     return show_value(value, DIGITS)
 
 
@@ -330,7 +330,7 @@ def key_figures(run: Run) -> pd.DataFrame:
         ("accuracy", "top-5 overlap (of 5)",
          lambda: _from_check(run, r"^logits: top-5", "accuracy_parity")),
         ("accuracy", "task WER drop (points)",
-         lambda: _from_check(run, r"\bWER\b", "audio_samples")),
+         lambda: _from_check(run, r"\bWER\b", "tasks")),
         ("performance", "decode throughput (tokens/s)",
          lambda: _first(lambda: _from_check(run, r"^decode throughput", "performance"),
                         lambda: _from_metric(run, "performance", "decode_tokens_per_s"))),
@@ -351,7 +351,7 @@ def key_figures(run: Run) -> pd.DataFrame:
         ("operators", "mismatches beyond tolerance",
          lambda: _count(run, "mismatch", r"^model operators: no mismatch")),
         ("audio", "waveform SNR device vs CPU (dB)",
-         lambda: _from_check(run, r"\bSNR\b", "audio_samples")),
+         lambda: _from_check(run, r"\bSNR\b", "tasks")),
     ]
     rows = []
     for area, label, find in specs:
@@ -381,7 +381,7 @@ def _row(run: Run, area: str, label: str, fig: Figure | None,
 
 
 _AREA_STAGE = {"accuracy": "accuracy_parity", "performance": "performance",
-               "operators": "operator_probes", "audio": "audio_samples"}
+               "operators": "operator_probes", "audio": "tasks"}
 
 
 def _why_missing(run: Run, area: str) -> str:
@@ -449,13 +449,6 @@ def verdict_groups(run: Run) -> list[tuple[str, pd.DataFrame]]:
         out.append((f"{i}. {i18n.t(res.title or res.stage, run.lang)}",
                     pd.DataFrame(rows, columns=GROUP_COLUMNS)))
     return out
-
-
-def verdict_table(run: Run) -> pd.DataFrame:
-    """Every check of every stage in one table (the stage in its first column)."""
-    frames = [df.assign(stage=title) for title, df in verdict_groups(run)]
-    columns = ["stage", *GROUP_COLUMNS]
-    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def stage_table(run: Run) -> pd.DataFrame:

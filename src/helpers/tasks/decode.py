@@ -72,7 +72,7 @@ DECODING = ("greedy", "release")  # the tasks stage knob: greedy everywhere, or 
 
 def check_decoding(mode: str) -> None:
     if mode not in DECODING:
-        raise ConfigError(f"audio_samples.decoding is {mode!r}",
+        raise ConfigError(f"tasks.decoding is {mode!r}",
                           f"use one of {', '.join(DECODING)} (release: each task's published "
                           "sampling settings, with a fixed seed)")
 

@@ -16,8 +16,9 @@ device vs the CPU) and every audio component of the recipe on identical inputs. 
 from helpers.parity (float64, inside their ranges); thresholds from data/thresholds.json.
 A part that crashes on one side is a failed check naming the error, never a crashed stage.
 
-Modules: plan (who is compared with whom, the knobs), sides (running one side), sections (the
-text path's tables and checks), audio (front end and components), figures.
+Modules: settings (the knobs), plan (who is compared with whom), sides (running one side),
+sections (the text path's tables and checks), audio (front end and components on the sides),
+components (every audio component per fixture, its players and figures), figures.
 """
 
 from helpers.stages.accuracy_parity.audio import agreement, components_section, frontend_section
@@ -36,6 +37,7 @@ from helpers.stages.accuracy_parity.sections import (
     logits_section,
     weights_section,
 )
+from helpers.stages.accuracy_parity.settings import Settings
 from helpers.stages.accuracy_parity.sides import (
     Runs,
     SideRun,
@@ -48,6 +50,7 @@ from helpers.stages.accuracy_parity.sides import (
 )
 
 __all__ = [
+    "Settings",
     "LOGIT_LABELS", "Plan", "Prompt", "Runs", "SideRun", "agreement", "collect", "collect_loaded",
     "components_section", "determinism_section", "display_frame", "divergence",
     "frontend_section", "generation_section", "golden_decision", "golden_section", "greedy",

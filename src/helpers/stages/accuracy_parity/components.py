@@ -35,12 +35,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from helpers import audio, models, parity
+from helpers import audio, models, parity, players
 from helpers.config import RunConfig
 from helpers.models import audio_components as ac
 from helpers.models.base import Recipe
 from helpers.records import Check
-from helpers.stages.kit import Section, Side, Stage, Target, failure_text, reference_side, table
+from helpers.stages.kit import Section, Side, Stage, Target, failure_text, reference_side
+from helpers.tables import table
 
 REFERENCE_DTYPE = torch.float32
 DB_PER_NEPER = 20.0 / math.log(10.0)  # ln-magnitude mel difference -> dB
@@ -102,7 +103,7 @@ def check_component_dtype(rule: str) -> None:
     if rule not in COMPONENT_DTYPES:
         from helpers.errors import ConfigError
 
-        raise ConfigError(f"audio_samples.component_dtype is {rule!r}",
+        raise ConfigError(f"accuracy_parity.component_dtype is {rule!r}",
                           f"use one of {', '.join(COMPONENT_DTYPES)}")
 
 
@@ -142,7 +143,7 @@ def prepare(tgt: Target, component_dtypes: str = "run") -> AudioRun:
     cfg = tgt.cfg
     dev, ref = tgt.side, reference_side(REFERENCE_DTYPE)
     recipe = models.get(cfg.model)
-    names = list(ac.names_for(recipe.name))  # a user's recipe file may subclass gpa or covo
+    names = list(recipe.audio_parts)
     run = AudioRun(recipe.name, cfg.profile, [], dev, ref, tgt.reason)
     if cfg.profile == "real":
         root = Path(cfg.model_dir).expanduser()
@@ -177,7 +178,7 @@ def components_table(run: AudioRun) -> pd.DataFrame:
     from helpers.models import weights
 
     rows = []
-    for n in ac.names_for(run.model):
+    for n in dict.fromkeys([*run.parts, *run.errors]):  # loaded, then the ones that failed
         p = ac.part(n)
         with weights.quiet():
             full = sum(t.numel() for t in weights.skeleton(
@@ -340,18 +341,6 @@ def fixtures_table(results: list[FixtureResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def frontend_table(results: list[FixtureResult]) -> pd.DataFrame:
-    rows = []
-    for r in results:
-        f = r.frontend
-        rows.append({"fixture": r.fixture.name, "frames": r.mel_ref.shape[-1] if r.ok else None,
-                     "cosine": f.get("cosine"), "max abs": f.get("max_abs"),
-                     "mean abs": f.get("mean_abs"), "within fp32 tol %":
-                         100 * f["within_tol"] if f else None,
-                     "network rule": f.get("network_detail", r.error)})
-    return pd.DataFrame(rows)
-
-
 def parity_table(results: list[FixtureResult], name: str) -> pd.DataFrame:
     """One row per fixture for one component: its parity metrics, or its error."""
     rows = []
@@ -382,12 +371,12 @@ def fixture_figure(r: FixtureResult, run: AudioRun) -> Any:
     ax_w.plot(t, r.clip16, linewidth=0.5)
     ax_w.set_ylabel("amplitude")
     ax_w.set_title(f"{r.fixture.name}: \"{r.fixture.text}\" (16 kHz mono as the models hear it)")
-    img = audio.show_mel(ax_m, r.mel_dev, audio.WHISPER, title=f"log-mel on {run.dev.device}")
+    img = players.show_mel(ax_m, r.mel_dev, audio.WHISPER, title=f"log-mel on {run.dev.device}")
     fig.colorbar(img, ax=ax_m, pad=0.01, label="log-mel")
     diff = r.mel_dev - r.mel_ref
     span = float(np.abs(diff).max(initial=0.0))
     what = f"max |diff| {span:.3g}" if span else "identical: every difference is 0"
-    img = audio.show_mel(ax_d, diff, audio.WHISPER, cmap="RdBu_r", vmin=-(span or 1.0),
+    img = players.show_mel(ax_d, diff, audio.WHISPER, cmap="RdBu_r", vmin=-(span or 1.0),
                          vmax=span or 1.0, title=f"{run.dev.device} minus cpu ({what})")
     fig.colorbar(img, ax=ax_d, pad=0.01, label="difference")
     return fig
@@ -402,7 +391,7 @@ def input_player(r: FixtureResult, run: AudioRun, st: Stage | None = None) -> An
     fig = fixture_figure(r, run)
     if st is not None:
         st.save_figure(fig, f"fixture-{r.fixture.name}")
-    return audio.player(r.clip16, 16_000, caption, fig=fig, figure_on_screen=True)
+    return players.player(r.clip16, 16_000, caption, fig=fig, figure_on_screen=True)
 
 
 def tokens_table(r: FixtureResult, name: str, n: int = 16) -> Any:
@@ -442,7 +431,7 @@ def output_players(r: FixtureResult, name: str, run: AudioRun) -> Any:
     for x, caption in sides:
         y, text = _normalized(x, caption)
         clips.append((y, rate, text))
-    return audio.players(clips)
+    return players.players(clips)
 
 
 def _normalized(x: np.ndarray, caption: str) -> tuple[np.ndarray, str]:

@@ -13,7 +13,8 @@ from helpers import parity
 from helpers.records import VERDICTS, Check
 from helpers.stages.accuracy_parity.plan import LOGIT_LABELS, Plan, Prompt
 from helpers.stages.accuracy_parity.sides import Runs
-from helpers.stages.kit import Section, checks_frame, table
+from helpers.stages.kit import Section
+from helpers.tables import checks_frame, table
 
 # ---- display, and the rules every section uses
 # Column headings as the report prints them (the frames keep their snake_case keys)

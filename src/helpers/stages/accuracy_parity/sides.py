@@ -4,7 +4,6 @@ generation, audio components) on the same inputs, keep the outputs on the host, 
 from __future__ import annotations
 
 import gc
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +14,7 @@ import torch
 
 from helpers import device as devices
 from helpers.config import RunConfig
-from helpers.models.base import LoadedModel
+from helpers.models.base import LoadedModel, weight_digests
 from helpers.stages import kit
 from helpers.stages.accuracy_parity.plan import (
     FRONTEND_FIXTURE,
@@ -224,24 +223,6 @@ def run_component(loaded: LoadedModel, name: str, kwargs: dict[str, torch.Tensor
         outs = typed.run(name, module, moved, codes=(reference or {}).get("codes"))
     return {k: _host(v, side) if v.is_floating_point() else v.detach().cpu()
             for k, v in outs.items()}
-
-
-def weight_digests(loaded: LoadedModel, dtypes: tuple[torch.dtype, ...],
-                   ) -> dict[str, dict[str, str]]:
-    """sha256 of every weight tensor, cast on the CPU to each of `dtypes`: dtype name ->
-    "component.parameter" -> digest. Two sides hold the same weights when the reference's
-    digests in the other side's dtype equal that side's own."""
-    out: dict[str, dict[str, str]] = {}
-    for dtype in dict.fromkeys(dtypes):
-        table = {}
-        for comp, module in loaded.components.items():
-            for name, param in module.named_parameters():  # a tied tensor once
-                t = param.detach().cpu()
-                t = t.to(dtype) if t.is_floating_point() else t
-                raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                table[f"{comp}.{name}"] = hashlib.sha256(raw).hexdigest()
-        out[devices.dtype_name(dtype)] = table
-    return out
 
 
 def collect_loaded(loaded: LoadedModel, side: Side, prompts: list[Prompt], new_tokens: int,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from helpers.bench import Protocol
 from helpers.errors import ConfigError
+from helpers.knobs import setting
 
 MIB = 1024 * 1024
 GPA_REPORT = "GPA on Ascend 910 adaptation report (128-token latency, 26.1 tok/s)"
@@ -18,30 +19,31 @@ MATMUL_RUN_S = 0.05  # one product of the compute-roof matmul takes at least thi
 CACHE_SIZED = 64 * MIB  # weights below this may stay in on-chip caches (L2 / last level)
 
 
-
-
-
 @dataclass(frozen=True)
 class Settings:
-    """The stage's knobs (notebook parameters); validated on construction."""
+    """The stage's knobs, each with its help; notebook 05's parameters cell mirrors them
+    (tests/test_settings.py). Validated on construction."""
 
-    new_tokens: int = 128  # tokens per end-to-end run (the GPA report's 128)
-    warmup: int = 1  # minimum warmup runs of the headline measurements ...
-    settle_tol: float = 0.05  # ... then on until two consecutive runs agree within this (0 = off)
-    max_warmup: int = 10  # ... at most this many warmup runs
-    min_iters: int = 5
-    min_seconds: float = 0.5
-    max_iters: int = 200
-    max_seconds: float = 60.0
-    sweep_min_iters: int = 3
-    sweep_min_seconds: float = 0.2
-    sweep_batches: tuple[int, ...] = (1, 2, 4, 8)
-    sweep_prompt_lengths: tuple[int, ...] = (16, 64, 256, 1024)
-    sweep_new_tokens: int = 16
-    rtf_min_iters: int = 2  # audio components can be slow on a CPU: fewer timed runs
-    graph_mode: bool = True
-    graph_cap_s: float = 0.0  # cap on the first graph-mode call (compile); 0 = auto per backend
-    copy_mib: int = 256  # size of the bandwidth copy, MiB
+    new_tokens: int = setting(128, "tokens per end-to-end run (the GPA report's 128)")
+    warmup: int = setting(1, "minimum warmup runs of the headline measurements")
+    settle_tol: float = setting(0.05, "warm up until two consecutive runs agree within this "
+                                      "fraction (0 = off)")
+    max_warmup: int = setting(10, "at most this many warmup runs")
+    min_iters: int = setting(5, "timed runs of a headline measurement: at least this many")
+    min_seconds: float = setting(0.5, "and at least this long in all")
+    max_iters: int = setting(200, "timed runs: at most this many")
+    max_seconds: float = setting(60.0, "timed runs: at most this long in all")
+    sweep_min_iters: int = setting(3, "timed runs per sweep point: at least this many")
+    sweep_min_seconds: float = setting(0.2, "and at least this long in all")
+    sweep_batches: tuple[int, ...] = setting((1, 2, 4, 8), "batch sizes of the batch sweep")
+    sweep_prompt_lengths: tuple[int, ...] = setting((16, 64, 256, 1024),
+                                                    "prompt lengths of the prefill sweep")
+    sweep_new_tokens: int = setting(16, "tokens per run of the batch sweep")
+    rtf_min_iters: int = setting(2, "timed runs per audio component (slow on a CPU)")
+    graph_mode: bool = setting(True, "measure graph mode (static cache + graph capture) too")
+    graph_cap_s: float = setting(0.0, "cap on the first graph-mode call (compile), seconds; "
+                                      "0 = auto per backend")
+    copy_mib: int = setting(256, "size of the bandwidth copy, MiB")
 
     def __post_init__(self) -> None:
         for name in ("sweep_batches", "sweep_prompt_lengths"):

@@ -1,4 +1,4 @@
-"""Stage 6 (audio samples): the model's own tasks end to end, on the target and on the CPU
+"""Stage 6 (tasks): the model's own tasks end to end, on the target and on the CPU
 reference, with identical inputs and weights.
 
   gpa               stt (speech -> text), tts-a (text + a reference voice -> speech) and vc
@@ -31,7 +31,9 @@ import pandas as pd
 import torch
 
 from helpers import audio, models, parity
+from helpers import players as playback
 from helpers.config import RunConfig
+from helpers.knobs import setting
 from helpers.records import Check
 from helpers.stages import kit
 from helpers.stages.accuracy_parity.components import DB_PER_NEPER, agreement_limit, snr_limit
@@ -42,27 +44,29 @@ from helpers.tasks.inputs import clips as task_clips
 from helpers.tasks.results import TaskOutput
 
 REFERENCE_DTYPE = torch.float32
-PLAYERS_DEFAULT = 1  # inputs per task with a speech output shown with players
 TINY_NEW_TOKENS = 24  # random weights never stop on their own: a short, fixed budget
 TASKS = {"gpa": ("stt", "tts-a", "vc"), "covo-audio-chat": ("a2t", "a2ta")}
 TIMING_PROTOCOL = ("host clock from a synchronized start, one untimed warm-up task per side "
                    "first; every decoding step brings its id to the host, which synchronizes")
 
 
-def family(recipe: Any) -> str:
-    """'gpa' or 'covo-audio-chat' for a recipe (a user's recipe may subclass either)."""
-    from helpers.models.covo import CovoRecipe
-    from helpers.models.gpa import GpaRecipe
+@dataclass(frozen=True)
+class Settings:
+    """The stage's knobs, each with its help; notebook 06's parameters cell mirrors them."""
 
-    if isinstance(recipe, CovoRecipe):
-        return "covo-audio-chat"
-    if isinstance(recipe, GpaRecipe):
-        return "gpa"
-    return ""
+    fixtures: str = setting("", "shipped fixtures to use, comma-separated; empty: all")
+    max_new_tokens: int = setting(0, "0: the release's budget (gpa 512, covo 2048); random "
+                                     "weights: 24")
+    decoding: str = setting("greedy", "greedy, or release: each task's published sampling, "
+                                      "fixed seed")
+    audio_ids_only: str = setting("auto", "auto: on for random weights (they rarely emit audio "
+                                          "ids), off for real")
+    roundtrip: bool = setting(True, "transcribe tts-a / vc outputs with the model's own stt")
+    players: int = setting(1, "inputs per task with a speech output shown with players")
 
 
 @dataclass
-class Settings:
+class Resolved:
     """The stage knobs, resolved for the run's profile."""
 
     max_new_tokens: int
@@ -73,7 +77,7 @@ class Settings:
 
 
 def settings(cfg: RunConfig, max_new_tokens: int = 0, decoding: str = "greedy",
-             audio_ids_only: str = "auto", roundtrip: bool = True) -> Settings:
+             audio_ids_only: str = "auto", roundtrip: bool = True) -> Resolved:
     """max_new_tokens 0 = the release's (gpa 512, covo 2048) for real weights, TINY_NEW_TOKENS
     for random ones; audio_ids_only auto = on for random weights (they would rarely emit an
     audio id, so the audio path would never run), off for real ones."""
@@ -82,17 +86,17 @@ def settings(cfg: RunConfig, max_new_tokens: int = 0, decoding: str = "greedy",
 
     decode.check_decoding(decoding)
     if audio_ids_only not in ("auto", "on", "off"):
-        raise ConfigError(f"audio_samples.audio_ids_only is {audio_ids_only!r}",
+        raise ConfigError(f"tasks.audio_ids_only is {audio_ids_only!r}",
                           "use auto, on or off")
     if max_new_tokens < 0:
-        raise ConfigError(f"audio_samples.max_new_tokens is {max_new_tokens}",
+        raise ConfigError(f"tasks.max_new_tokens is {max_new_tokens}",
                           "give 0 (the release's budget) or a positive number")
     real = cfg.profile == "real"
-    fam = family(models.get(cfg.model))
+    fam = models.get(cfg.model).task_family
     release = gpa.MAX_NEW_TOKENS if fam == "gpa" else covo.MAX_NEW_TOKENS
     n = max_new_tokens or (release if real else TINY_NEW_TOKENS)
     only = audio_ids_only == "on" or (audio_ids_only == "auto" and not real)
-    s = Settings(n, decoding, only, roundtrip)
+    s = Resolved(n, decoding, only, roundtrip)
     if not real:
         s.notes.append(f"profile {cfg.profile}: random weights, so transcripts and voices are "
                        "noise and error rates are meaningless (info rows); device-vs-CPU "
@@ -131,7 +135,7 @@ def _guard(side: SideTasks, task: str, clip: str, fn: Any) -> list[TaskOutput]:
         return [TaskOutput(task, clip, error=failure_text(exc))]
 
 
-def run_gpa(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Settings) -> None:
+def run_gpa(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Resolved) -> None:
     pairs = _pairs(clips)
     jobs = []
     for clip, voice in pairs:
@@ -150,7 +154,7 @@ def run_gpa(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Settings) -> N
             side.outputs[out.key] = out
 
 
-def run_covo(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Settings) -> None:
+def run_covo(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Resolved) -> None:
     del s
     for task in TASKS["covo-audio-chat"]:
         for a, b in _pairs(clips)[::2]:
@@ -160,7 +164,7 @@ def run_covo(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Settings) -> 
                 side.outputs[out.key] = out
 
 
-def run_side(cfg: RunConfig, side: Side, clips: list[TaskClip], s: Settings) -> SideTasks:
+def run_side(cfg: RunConfig, side: Side, clips: list[TaskClip], s: Resolved) -> SideTasks:
     """Load the model for `side`, warm up, run every task, free it."""
     from helpers.tasks import covo, gpa
 
@@ -168,13 +172,13 @@ def run_side(cfg: RunConfig, side: Side, clips: list[TaskClip], s: Settings) -> 
     loaded = None
     try:
         loaded = kit.load(cfg, side)
-        fam = family(loaded.recipe)
+        fam = loaded.recipe.task_family
         kind = gpa.Pipeline if fam == "gpa" else covo.Pipeline
         pipe = kind(loaded, side.backend.synchronize, s.max_new_tokens, s.decoding, cfg.seed,
                     s.audio_ids_only)
         usable = [c for c in clips if c.usable]
         if usable:  # warm-up: lazy initialisation and first-call costs stay out of the timings
-            warm = Settings(2, "greedy", s.audio_ids_only, False)
+            warm = Resolved(2, "greedy", s.audio_ids_only, False)
             pipe.max_new = warm.max_new_tokens
             (pipe.stt(usable[0]) if fam == "gpa" else pipe.dialogue("a2t", usable[0], None))
             pipe.max_new = s.max_new_tokens
@@ -196,7 +200,7 @@ class TaskRuns:
     profile: str
     tasks: tuple[str, ...]
     clips: list[TaskClip]
-    settings: Settings
+    settings: Resolved
     target: SideTasks
     reference: SideTasks
     reason: str = ""
@@ -209,13 +213,13 @@ class TaskRuns:
                                            k[1]))
 
 
-def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Settings | None = None,
+def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Resolved | None = None,
             ) -> TaskRuns:
     """The reference first, then the target, on the same clips."""
     cfg = tgt.cfg
     s = s or settings(cfg)
     recipe = models.get(cfg.model)
-    fam = family(recipe)
+    fam = recipe.task_family
     if not fam:  # not a failure: the stage does not apply, and says so
         why = (f"{recipe.name} ({type(recipe).__name__}) has no speech tasks: the tasks run for "
                "gpa and covo-audio-chat, and recipes built on them")
@@ -342,7 +346,7 @@ def timing_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 # ---- players -----------------------------------------------------------------------------
 
-def players(runs: TaskRuns, per_task: int = PLAYERS_DEFAULT) -> list[tuple[str, Any]]:
+def players(runs: TaskRuns, per_task: int = Settings.players) -> list[tuple[str, Any]]:
     """(heading, players) for the first inputs of each task with a speech output: what the
     task heard (tts-a: the reference voice; vc: the source and the reference voice; a2ta: the
     user's turn) and each side's output, peak-normalized for listening (captions say so)."""
@@ -368,7 +372,7 @@ def players(runs: TaskRuns, per_task: int = PLAYERS_DEFAULT) -> list[tuple[str, 
                 clips.append((out.wave, out.rate, f"{task} output on {side.side.label}; "
                               f"{len(out.semantic)} audio ids"))
         text = f" (text: \"{by_name[name].text}\")" if task == "tts-a" and name in by_name else ""
-        shown.append((f"{task}: {name}{text}", audio.players(clips, normalize=True)))
+        shown.append((f"{task}: {name}{text}", playback.players(clips, normalize=True)))
     return shown
 
 
@@ -465,4 +469,4 @@ def results_section(runs: TaskRuns, frame: pd.DataFrame) -> Section:
                 "outputs": {side: [o.record() for o in s.outputs.values()] for side, s in
                             (("target", runs.target), ("reference", runs.reference))},
                 "notes": runs.settings.notes}
-    return Section("audio_samples", checks=checks(runs, frame), metrics=metrics_)
+    return Section("tasks", checks=checks(runs, frame), metrics=metrics_)
