@@ -48,10 +48,8 @@ def kernel(orig_hz: int, new_hz: int, dtype: torch.dtype | None = None,
     width = math.ceil(ZEROS * orig / base)
     build = dtype if dtype is not None else torch.float64
     taps = torch.arange(-width, width + orig, dtype=build, device=device) / orig  # [K]
-    # torchaudio divides an integer arange here: float32 (the default dtype) when dtype is None
-    phase = torch.arange(0, -new, -1, device=device) / new  # [new]
-    if dtype is not None:
-        phase = phase.to(dtype)
+    # dtype None: an integer arange divided, so the default dtype (float32), as torchaudio
+    phase = torch.arange(0, -new, -1, dtype=dtype, device=device) / new  # [new]
     t = ((phase[:, None] + taps[None, :]) * base).clamp(-ZEROS, ZEROS)  # [new, K]
     window = torch.cos(t * math.pi / ZEROS / 2) ** 2
     t = t * math.pi
