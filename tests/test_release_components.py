@@ -231,7 +231,6 @@ def test_reference_clip_is_tiled_to_ref_segment_duration() -> None:
     cfg = ac.config("codec", "tiny")
     wav, ref = bicodec.prepare(np.linspace(-0.5, 0.5, 8000, dtype=np.float32), cfg)
     assert cfg.ref_samples == 32_000 and ref.shape == (32_000,)
-    assert np.isclose(np.abs(wav).max(), 0.9)  # SparkTokenizer's tensor path: peak 0.9
     assert np.array_equal(ref[:8000], wav) and np.array_equal(ref[8000:16000], wav)
 
 

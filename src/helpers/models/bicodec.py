@@ -27,10 +27,11 @@ modules as SparkAudio/Spark-TTS sparktts/ (the diffs are import paths):
   sparktts/modules/fsq/residual_fsq.py, finite_scalar_quantization.py   ResidualFSQ / FSQ
       (tanh bound with eps 1e-3, round, quantize in float32, mixed-radix indices)
   AutoArk/GPA models/bicodec_tokenizer/spark_tokenizer.py   the pipeline: volume normalize
-      (tensor input: / max|x| * 0.9), reference clip = the clip tiled to ref_segment_duration
-      (6 s, a multiple of latent_hop_length 320), Wav2Vec2FeatureExtractor (zero mean, unit
-      variance), wav2vec2 hidden states 11, 14, 16 averaged; dtype float16 on CUDA, else
-      float32 (for wav2vec2; BiCodec is .half() everywhere there)
+      (a file path, as the release's scripts pass: load_audio's audio_volume_normalize, Spark-TTS
+      sparktts/utils/audio.py; a tensor: / max|x| * 0.9), reference clip = the clip tiled to
+      ref_segment_duration (6 s, a multiple of latent_hop_length 320),
+      Wav2Vec2FeatureExtractor (zero mean, unit variance), wav2vec2 hidden states 11, 14, 16
+      averaged; dtype float16 on CUDA, else float32 (for wav2vec2; BiCodec is .half() everywhere there)
   AutoArk/GPA models/bicodec_tokenizer/spark_detokenizer.py, base_model.py   SparkDeTokenizer:
       the same model.safetensors, load_state_dict then remove_weight_norm; output cut to
       tokens * 320 samples; float16 autocast on CUDA GPUs that support it, else float32
@@ -886,13 +887,35 @@ def read_wav2vec2(folder: Path, config: Any) -> nn.Module:
 
 # ---- inputs (what SparkTokenizer hands the model) ------------------------------------------
 
+def volume_normalize(x: np.ndarray, coeff: float = 0.2) -> np.ndarray:
+    """Spark-TTS's audio_volume_normalize (SparkAudio/Spark-TTS sparktts/utils/audio.py, the
+    same in AutoArk/GPA models/bicodec_tokenizer/utils/audio.py), in float64: a clip peaking
+    under 0.1 is first raised to peak 0.1 (dividing by at least 1e-3); then the mean of the
+    90th-99th percentile of the ORIGINAL |x| above 0.01 is brought to `coeff`, the gain kept
+    in [0.1, 10]; a peak over 1 is scaled back to 1. Ten or fewer samples above 0.01: only
+    the first step."""
+    x = np.asarray(x, dtype=np.float64)
+    level = np.sort(np.abs(x))  # [T], of the input as given (upstream never re-sorts)
+    if level[-1] < 0.1:
+        x = x / max(level[-1], 1e-3) * 0.1
+    level = level[level > 0.01]
+    n = level.shape[0]
+    if n <= 10:
+        return x
+    volume = np.mean(level[int(0.9 * n): int(0.99 * n)])
+    x = x * np.clip(coeff / volume, 0.1, 10)
+    peak = np.max(np.abs(x))
+    return x / peak if peak > 1 else x
+
+
 def prepare(x16k: Any, cfg: BiCodecConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(wav, reference clip) as SparkTokenizer.process_audio makes them from a tensor: peak
-    normalized to 0.9 when volume_normalize, the reference tiled to ref_samples."""
+    """(wav, reference clip) as SparkTokenizer.process_audio makes them from a file path
+    (load_audio with volume_normalize from config.yaml, default on): `volume_normalize`, then
+    the reference tiled to ref_samples. (Its tensor path scales to peak 0.9 instead; the
+    release's scripts pass paths.)"""
     wav = np.asarray(x16k, dtype=np.float32)
-    peak = float(np.abs(wav).max()) if wav.size else 0.0
-    if cfg.get("volume_normalize", True) and peak > 0:
-        wav = wav / peak * 0.9
+    if cfg.get("volume_normalize", True) and wav.size:
+        wav = volume_normalize(wav)
     n = cfg.ref_samples
     ref = np.tile(wav, n // len(wav) + 1) if n > len(wav) else wav
     return wav.astype(np.float32), ref[:n].astype(np.float32)

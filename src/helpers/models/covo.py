@@ -76,6 +76,18 @@ def tiny_tokenizer() -> Any:
     return tok
 
 
+def placeholder_note(config: cm.CovoAudioConfig, tokenizer: Any, root: Path) -> list[str]:
+    """A note when config.json's audio_token_index is not the tokenizer's <|cAUDIO|> id (the
+    release's generation code hard-codes 151666, the tokenizer's id, and never reads it)."""
+    token = tokenizer.convert_tokens_to_ids(cm.AUDIO_TOKEN)
+    if config.audio_token_index == token:
+        return []
+    return [f"{root / 'config.json'}: audio_token_index is {config.audio_token_index}, the "
+            f"tokenizer's {cm.AUDIO_TOKEN} is {token}; the audio placeholders are {token}, as "
+            f"the release's prepare_inputs_for_generation hard-codes "
+            f"{cm.RELEASE_AUDIO_TOKEN_ID} (its tokenizer's id) and never reads the config's"]
+
+
 class CovoRecipe(Recipe):
     name = "covo-audio-chat"
     title = "Covo-Audio-Chat (Whisper encoder + adapter + Qwen2 7B, 8.40B; token2wav)"
@@ -224,6 +236,7 @@ class CovoRecipe(Recipe):
             tok = self.read_tokenizer(root)
             frontend.check_tokenizer(tok)
         timings["tokenizer_s"] = t.seconds
+        notes.extend(placeholder_note(configs["model"], tok, root))
         with be.timer() as t:
             with weights.quiet():
                 cm.load_shards(whole, files)
@@ -256,7 +269,7 @@ class CovoRecipe(Recipe):
     def fixture_features(self, loaded: LoadedModel, batch: int) -> torch.Tensor:
         """The first 30-s segment's log-mel of the fixture, [B, 128, 3000], encoder dtype."""
         enc = loaded.components["audio_encoder"]
-        prep = frontend.prepare(audio.load_fixture(FIXTURE, frontend.RATE), frontend.RATE)
+        prep = frontend.prepare(*frontend.read(audio.fixture(FIXTURE).path))
         feats = frontend.features(prep, loaded.input_device("audio_encoder"),
                                   next(enc.parameters()).dtype)
         return feats[:1].repeat(batch, 1, 1)
@@ -264,8 +277,8 @@ class CovoRecipe(Recipe):
     def chat_inputs(self, loaded: LoadedModel, batch: int = 1) -> dict[str, torch.Tensor]:
         """The release's prompt for the fixture, repeated over the batch (one clip a row)."""
         enc = loaded.components["audio_encoder"]
-        inputs = frontend.chat_inputs(loaded.tokenizer, audio.load_fixture(FIXTURE, frontend.RATE),
-                                      frontend.RATE, loaded.input_device("lm"),
+        inputs = frontend.chat_inputs(loaded.tokenizer, *frontend.read(audio.fixture(FIXTURE).path),
+                                      loaded.input_device("lm"),
                                       next(enc.parameters()).dtype)
         return {"input_ids": inputs["input_ids"].repeat(batch, 1),  # [B, S]
                 "attention_mask": inputs["attention_mask"].repeat(batch, 1),  # [B, S]

@@ -17,9 +17,10 @@ log_mel_spectrogram, calc_seq_len):
   6. prompt: system turn, user turn <|begofcAUDIO|> + N x <|cAUDIO|> + <|endofcAUDIO|>,
      assistant turn
 
-Resampling: the release uses torchaudio.functional.resample (windowed sinc); torchaudio is not
-used here (no CPU build in this project), helpers.audio.resample (soxr, very high quality)
-does it. Both are band-limited resamplers, so features differ only by their filters' ripple.
+Resampling: as the release, torchaudio's windowed sinc (hann, 6 zero crossings, rolloff 0.99),
+computed by helpers.resample (torchaudio itself is not a dependency): step 1 as
+torchaudio.functional.resample (kernel in the samples' float32), step 5 as
+torchaudio.transforms.Resample(24000, 16000) (kernel built in float64, used in float32).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from helpers import audio
+from helpers import audio, resample
 from helpers.errors import AudioError
 from helpers.models.covo_model import AUDIO_BEGIN, AUDIO_END, AUDIO_TOKEN
 
@@ -74,6 +75,12 @@ def token_count(samples24: int) -> int:
     return n
 
 
+def read(path: Any) -> tuple[np.ndarray, int]:
+    """A file as get_dialog_prompt takes it: channel mean at the file's own rate (checked)."""
+    clip = audio.load_checked(path)
+    return clip.samples, clip.sample_rate
+
+
 def prepare(wave: Any, sample_rate: int) -> Prepared:
     """Steps 1-4 for [T] or [C, T] audio at `sample_rate`."""
     x = np.asarray(wave, dtype=np.float32)
@@ -82,7 +89,7 @@ def prepare(wave: Any, sample_rate: int) -> Prepared:
     if x.ndim != 1 or x.shape[0] == 0:
         raise AudioError(f"covo front end takes [T] or [C, T] audio, got shape {x.shape}",
                          "give a non-empty mono or multi-channel clip")
-    x = audio.resample(x, sample_rate, RATE)
+    x = resample.resample(x, sample_rate, RATE, kernel_dtype=torch.float32).numpy()
     x = x[: x.shape[0] // HOP * HOP]
     if x.shape[0] == 0:
         raise AudioError(f"the clip is shorter than one 10-ms frame ({HOP} samples at 24 kHz)",
@@ -92,9 +99,14 @@ def prepare(wave: Any, sample_rate: int) -> Prepared:
     return Prepared(x, token_count(x.shape[0]), segments)
 
 
+def to_encoder_rate(segment24: np.ndarray) -> np.ndarray:
+    """24 kHz -> 16 kHz as the release's Resample(24000, 16000) module does."""
+    return resample.resample(segment24, RATE, ENCODER_RATE).numpy()
+
+
 def segment_log_mel(segment24: np.ndarray, device: Any = None) -> torch.Tensor:
     """Step 5 for one segment: [128, 3000] float32 log-mel on `device`."""
-    x16 = audio.pad_or_trim(audio.resample(segment24, RATE, ENCODER_RATE), WINDOW)
+    x16 = audio.pad_or_trim(to_encoder_rate(segment24), WINDOW)
     return audio.log_mel(x16, SPEC, device=device)
 
 

@@ -105,8 +105,9 @@ def read(cls: Any, path: Path, what: str, config: Any, dtype: torch.dtype,
          device_map: dict[str, str] | None, **kwargs: Any) -> nn.Module:
     """cls.from_pretrained(path) with the given config; any failure names the path.
 
-    Missing tensors are an error too (transformers would initialize them randomly and only warn,
-    which would make every later number meaningless for real weights).
+    Missing, mis-shaped and unknown tensors are errors too (transformers would initialize the
+    missing ones randomly and drop the unknown ones, only warning, which would make every later
+    number meaningless for real weights).
     """
     from safetensors import SafetensorError
 
@@ -137,7 +138,27 @@ def read(cls: Any, path: Path, what: str, config: Any, dtype: torch.dtype,
             f"{type(model).__name__} expects (e.g. {', '.join(bad[:4])}); the checkpoint does not "
             "match its config.json"
         )
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        raise ModelLoadError(
+            f"{what}: {_holder(path, unexpected[0], what)} holds {len(unexpected)} tensor(s) that "
+            f"{type(model).__name__} does not know (e.g. {', '.join(unexpected[:4])}), which "
+            "loading would drop silently",
+            "the checkpoint does not match its config.json: copy the release's folder again, "
+            "config and weights together")
     return model.eval()
+
+
+def _holder(path: Path, key: str, what: str) -> Path:
+    """The weight file of `path` that holds tensor `key` (the folder when none says so)."""
+    from safetensors import safe_open
+
+    for file in weight_files(path, what):
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt") as fh:
+                if key in fh.keys():
+                    return file
+    return path
 
 
 def construct(cls: Any, config: Any, dtype: torch.dtype) -> nn.Module:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from helpers import resample
 from helpers.device import dtype_of
 from helpers.grammar import RUN_DTYPES
 
@@ -203,25 +204,12 @@ def power_real_imag(x: torch.Tensor) -> torch.Tensor:
     return spec.real**2 + spec.imag**2
 
 
-def sinc_resample(x: torch.Tensor, orig: int = 3, new: int = 2, zeros: int = 6,
-                  rolloff: float = 0.99) -> torch.Tensor:
-    """Band-limited resampling by orig:new (24 kHz -> 16 kHz) as torchaudio computes it on the
-    device: a hann-windowed sinc kernel per output phase, one strided conv1d. [B, T] ->
-    [B, ceil(new T / orig)]. The Covo-Audio-Chat release resamples this way on the NPU
+def sinc_resample(x: torch.Tensor) -> torch.Tensor:
+    """Band-limited resampling 24 kHz -> 16 kHz as torchaudio computes it on the device
+    (helpers.resample: a hann-windowed sinc kernel per output phase, one strided conv1d).
+    [B, T] -> [B, ceil(2 T / 3)]. The Covo-Audio-Chat release resamples this way on the NPU
     (torchaudio.transforms.Resample(24000, 16000).to(device), modeling_covo_audio.py)."""
-    base = min(orig, new) * rolloff
-    width = math.ceil(zeros * orig / base)
-    dtype = x.dtype if x.dtype.is_floating_point else torch.float32
-    idx = torch.arange(-width, width + orig, dtype=torch.float64, device=x.device) / orig
-    t = (-torch.arange(new, dtype=torch.float64, device=x.device)[:, None] / new + idx) * base
-    t = t.clamp(-zeros, zeros)
-    window = torch.cos(t * math.pi / zeros / 2) ** 2
-    kernel = (torch.sinc(t) * window * base / orig).to(dtype)[:, None]  # [new, 1, K]
-    y = torch.nn.functional.conv1d(torch.nn.functional.pad(x.to(dtype)[:, None],
-                                                           (width, width + orig)),
-                                   kernel, stride=orig)  # [B, new, frames]
-    y = y.transpose(1, 2).reshape(x.shape[0], -1)
-    return y[:, :math.ceil(new * x.shape[-1] / orig)]
+    return resample.resample(x if x.is_floating_point() else x.float(), 24_000, 16_000)
 
 
 def rfft(x: torch.Tensor) -> torch.Tensor:
@@ -541,8 +529,8 @@ def _spectral() -> list[Probe]:
            power_real_imag, dtypes=FP32, group=g),
         _p("sinc_resample", "windowed-sinc resample 24 -> 16 kHz (conv1d)", "[2, 4000]", sig,
            sinc_resample, dtypes=FP32, group=g,
-           workaround="resample on the host (soxr, as helpers.audio does) before moving the "
-                      "audio to the device",
+           workaround="resample on the host (helpers.resample, as Covo's front end does) before "
+                      "moving the audio to the device",
            known=f"torchaudio resampling on the device was patched for the NPU ({COVO})"),
         _p("rfft", "torch.fft.rfft", "[4, 512]", (Randn((4, 512)),), rfft, dtypes=FP32, group=g),
         _p("irfft", "torch.fft.irfft (round trip)", "[4, 512]", (Randn((4, 512)),), irfft,

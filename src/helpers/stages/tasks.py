@@ -6,8 +6,9 @@ reference, with identical inputs and weights.
   covo-audio-chat   a2t (speech -> text reply) and a2ta (speech -> text and speech reply), two
                     rounds of one dialogue each, helpers.tasks.covo
 Inputs: the shipped fixtures, or AUDIO_DIR (helpers.tasks.inputs: every file that cannot be used
-is a row). tts-a speaks clip i's transcript in clip i+1's voice; vc converts clip i to clip
-i+1's voice; a covo dialogue hears clip i then clip i+1.
+is a row). tts-a speaks clip i's transcript (without one: a shipped sentence of its language,
+helpers.tasks.inputs.spoken) in clip i+1's voice; vc converts clip i to clip i+1's voice; a
+covo dialogue hears clip i then clip i+1.
 
 Each side loads the whole model (kit.load: the reference on the CPU in float32, the target as
 configured; the same files or seeds, so the same weights), runs a warm-up task (not timed),
@@ -39,7 +40,7 @@ from helpers.stages import kit
 from helpers.stages.accuracy_parity.components import DB_PER_NEPER, agreement_limit, snr_limit
 from helpers.stages.kit import Section, Side, Target, failure_text, reference_side
 from helpers.tasks import decode, metrics
-from helpers.tasks.inputs import TaskClip
+from helpers.tasks.inputs import TaskClip, spoken, spoken_note
 from helpers.tasks.inputs import clips as task_clips
 from helpers.tasks.results import TaskOutput
 
@@ -140,9 +141,8 @@ def run_gpa(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Resolved) -> N
     jobs = []
     for clip, voice in pairs:
         jobs.append(("stt", clip.name, lambda c=clip: pipe.stt(c)))
-        if clip.text:
-            jobs.append(("tts-a", clip.name,
-                         lambda c=clip, v=voice: pipe.tts(c.text, v, c.name)))
+        jobs.append(("tts-a", clip.name,
+                     lambda c=clip, v=voice: pipe.tts(spoken(c).text, v, c.name)))
         jobs.append(("vc", clip.name, lambda c=clip, v=voice: pipe.vc(c, v)))
     for task, name, fn in jobs:
         for out in _guard(side, task, name, fn):
@@ -227,6 +227,8 @@ def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Resolved | 
         return TaskRuns(recipe.name, cfg.profile, (), [], s, SideTasks(tgt.side),
                         SideTasks(reference_side(REFERENCE_DTYPE)), tgt.reason, skipped=why)
     clips = task_clips(audio_dir, fixtures)
+    if fam == "gpa":
+        s.notes.extend(spoken_note(clips))
     ref = run_side(cfg, reference_side(REFERENCE_DTYPE), clips, s)
     dev = run_side(cfg, tgt.side, clips, s)
     return TaskRuns(recipe.name, cfg.profile, TASKS[fam], clips, s, dev, ref, tgt.reason)
@@ -263,6 +265,8 @@ def compare(runs: TaskRuns) -> pd.DataFrame:
         d, r = runs.target.get(task, name), runs.reference.get(task, name)
         heard = name.split(" (round")[0]
         clip = by_name.get(heard)
+        if task == "tts-a" and clip is not None:
+            clip = spoken(clip)  # scored against the text it spoke
         row: dict[str, Any] = {"task": task, "input": name,
                                "reference text": clip.text if clip else ""}
         err = (d.error if d else "not run") or (r.error if r else "not run")
@@ -371,7 +375,8 @@ def players(runs: TaskRuns, per_task: int = Settings.players) -> list[tuple[str,
             if out.wave is not None and out.wave.size:
                 clips.append((out.wave, out.rate, f"{task} output on {side.side.label}; "
                               f"{len(out.semantic)} audio ids"))
-        text = f" (text: \"{by_name[name].text}\")" if task == "tts-a" and name in by_name else ""
+        text = (f" (text: \"{spoken(by_name[name]).text}\")" if task == "tts-a"
+                and name in by_name else "")
         shown.append((f"{task}: {name}{text}", playback.players(clips, normalize=True)))
     return shown
 

@@ -93,7 +93,7 @@ class Pipeline:
         for i, clip in enumerate([c for c in (first, second) if c is not None]):
             self.sync()
             t0 = time.perf_counter()
-            inputs = frontend.chat_inputs(self.tok, clip.samples(frontend.RATE), frontend.RATE,
+            inputs = frontend.chat_inputs(self.tok, *frontend.read(clip.path),
                                           self.loaded.input_device("lm"),
                                           next(enc.parameters()).dtype, first_round=i == 0)
             embeds = self.model.embed(inputs["input_ids"], inputs["input_features"])

@@ -4,8 +4,9 @@ AUDIO_DIR holds audio files (ACCEPTED: .wav and .flac, read with libsndfile) and
 their transcripts, in one of two forms (both may be present; a .txt file wins):
   <name>.txt        next to <name>.wav / <name>.flac: the transcript, UTF-8, one line or more
   transcripts.tsv   one line per clip: file<TAB>transcript[<TAB>language], '#' starts a comment
-A clip without a transcript still runs every task; its error rate is "no transcript". The
-language is the manifest's third column, else 'zh' when the transcript holds CJK ideographs,
+A clip without a transcript still runs every task; its stt and vc error rates are "no
+transcript", and tts-a speaks the first shipped sentence of the clip's language instead
+(data/prompts.json; `spoken`), scored against that sentence. The language is the manifest's third column, else 'zh' when the transcript holds CJK ideographs,
 else 'en'.
 
 Every file that cannot be used is a row with the reason (empty, unreadable or not audio, NaN
@@ -15,7 +16,7 @@ file that is not there); the others still run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,26 @@ class TaskClip:
     def samples(self, rate: int) -> np.ndarray:
         """The clip at another rate (read again from the file, as the models' loaders do)."""
         return self.samples16 if rate == 16_000 else audio.load_checked(self.path, sr=rate).samples
+
+
+def spoken(clip: TaskClip) -> TaskClip:
+    """The clip with the text tts-a speaks in a voice: its transcript, or, without one, the
+    first sentence of data/prompts.json in the clip's language (English when it has none)."""
+    if clip.text:
+        return clip
+    from helpers.models.base import prompts
+
+    shipped = prompts()
+    language = clip.language if clip.language in shipped else "en"
+    return replace(clip, text=shipped[language][0], language=language)
+
+
+def spoken_note(clips: list[TaskClip]) -> list[str]:
+    """A note naming the clips tts-a gave a shipped sentence (none when all have text)."""
+    lacking = [spoken(c) for c in clips if c.usable and not c.text]
+    return [f"tts-a for {c.name} (no transcript) speaks the first data/prompts.json sentence "
+            f"of its language ({c.language}): \"{c.text}\"; its round trip is scored against "
+            "that sentence" for c in lacking]
 
 
 def _validated(clip: TaskClip) -> TaskClip:
