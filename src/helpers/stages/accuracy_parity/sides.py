@@ -14,6 +14,7 @@ import psutil
 import torch
 
 from helpers import device as devices
+from helpers import generate
 from helpers.config import RunConfig
 from helpers.models.base import LoadedModel
 from helpers.stages import kit
@@ -101,37 +102,14 @@ def forward_prompts(run: SideRun, loaded: LoadedModel, prompts: list[Prompt], hi
     return out_logits
 
 
-def left_padded(tokenizer: Any, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Token ids [P, S] left-padded by hand, their attention mask [P, S], and the pad id.
-
-    The pad id is the tokenizer's pad token, else its eos token, else 0 (padded positions are
-    masked, so their id never matters). Padding by hand works with tokenizers that have no
-    pad token (GPT-2, Llama) without changing the user's tokenizer.
-    """
-    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
-    rows = [tokenizer(t, return_tensors="pt")["input_ids"][0] for t in texts]  # each [S_i]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)  # [P, S]
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # [P, S]
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return ids, mask, int(pad)
-
-
 def greedy(loaded: LoadedModel, prompts: list[Prompt], new_tokens: int) -> torch.Tensor:
-    """Greedy decoding of exactly new_tokens tokens for all prompts in one left-padded batch:
-    [P, N]. EOS is suppressed (min_new_tokens = N) so every row has N comparable tokens."""
-    from transformers import GenerationConfig
-
-    tok = loaded.tokenizer
-    ids, mask, pad = left_padded(tok, [p.text for p in prompts])
-    dev = loaded.input_device("lm")
-    gen = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           num_beams=1, pad_token_id=pad, eos_token_id=tok.eos_token_id)
-    out = loaded.lm.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                             generation_config=gen)
-    return out[:, ids.shape[1]:].cpu()  # [P, N]
+    """Greedy decoding of exactly new_tokens tokens for each prompt on its own (no padding):
+    [P, N]. The end tokens are blocked so every row has N comparable tokens."""
+    tok, dev = loaded.tokenizer, loaded.input_device("lm")
+    s = generate.exactly(generate.eos_ids(loaded.lm, tok))
+    rows = [generate.decode(loaded.lm, {"input_ids": tok(p.text, return_tensors="pt")[
+        "input_ids"].to(dev)}, new_tokens, s).ids[0] for p in prompts]  # each [N]
+    return torch.stack(rows)  # [P, N]
 
 
 def first_tensor(out: Any) -> torch.Tensor:
