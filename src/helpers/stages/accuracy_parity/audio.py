@@ -119,7 +119,7 @@ def components_section(runs: Runs) -> Section:
             f"The {runs.plan.model} recipe has no audio components (only its language model, "
             "compared through the logits above)."])
     rows: list[dict[str, Any]] = []
-    checks = [_fixtures_check(runs)]
+    checks = [_fixtures_check(runs), *_missing_checks(runs)]
     for name in runs.reference.components:
         why = runs.target.failed(name) or runs.reference.failed(name)
         if why:
@@ -199,6 +199,17 @@ def _fixtures_check(runs: Runs) -> Check:
     return Check.judge("all fixtures load without errors", loaded, "==", len(runs.clips),
                        "data/audio/fixtures.json: every shipped fixture must pass "
                        "helpers.audio validation", detail=f"{loaded} of {len(runs.clips)}")
+
+
+def _missing_checks(runs: Runs) -> list[Check]:
+    """A typed component the recipe has that did not load on the reference: a fact about
+    MODEL_DIR at profile real (informational), a failure of a built-in shape otherwise."""
+    if runs.reference.failed():
+        return []
+    missing = [n for n in ac.names_for(runs.plan.model) if n not in runs.reference.components]
+    return [Check(f"{n}: loaded", "no", "loads", None if runs.plan.profile == "real" else False,
+                  "the recipe's audio components", detail="the recipe left it out (see the "
+                  "model loading stage's notes)") for n in missing]
 
 
 def _typed_checks(runs: Runs, name: str, rows: list[dict[str, Any]]) -> list[Check]:

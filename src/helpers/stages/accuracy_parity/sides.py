@@ -68,12 +68,12 @@ class FixtureClip:
             self.fixture.path, sr=rate).samples
 
 
-def load_clips(names: tuple[str, ...], device: torch.device) -> list[FixtureClip]:
-    """Every named fixture read, validated and resampled to 16 kHz mono, with its log-mel on
+def load_clips(fixtures: list[audio.Fixture], device: torch.device) -> list[FixtureClip]:
+    """Every fixture read, validated and resampled to 16 kHz mono, with its log-mel on
     `device` and on the CPU; a clip that fails is a FixtureClip with its error."""
     clips = []
-    for name in names:
-        clip = FixtureClip(audio.fixture(name))
+    for fixture in fixtures:
+        clip = FixtureClip(fixture)
         try:
             loaded = audio.load_checked(clip.fixture.path, sr=16_000)
             clip.samples16, clip.warnings = loaded.samples, loaded.warnings
@@ -424,7 +424,7 @@ def run_all(cfg: RunConfig, p: Plan) -> Runs:
     """Reference, then target (twice for determinism), then the golden when wanted; the audio
     components on every fixture of the plan."""
     prompts = load_prompts(p.languages)
-    clips = load_clips(p.fixtures, p.target.device)
+    clips = load_clips([audio.fixture(n) for n in p.fixtures], p.target.device)
     with devices.full_float32(p.target.device, enabled=not p.tf32):
         ref = collect(cfg, p.reference, prompts, p.new_tokens, clips=clips,
                       digest_dtypes=(p.reference.dtype, p.target.dtype, torch.float64))
