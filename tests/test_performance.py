@@ -443,7 +443,7 @@ def test_graph_mode_is_declined_for_a_model_spread_over_devices(run, monkeypatch
                         host_samples=[0.5, 0.5], stopped_by="min_iters+min_seconds")
     from helpers.stages.kit import Section
 
-    sec = perf.modes(run, Section("latency", None, data={"e2e": eager}))
+    sec = perf.modes(run, Section("latency", None, data={"hf_generate": eager}))
     assert sec.table["status"].tolist() == ["measured", "not measured"]
     assert "declined" in sec.metrics["graph_problem"] and "cuda:0, cuda:1" in sec.metrics["graph_problem"]
     assert sec.checks == []
