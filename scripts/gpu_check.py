@@ -1,8 +1,9 @@
 """One short run on a CUDA machine of the paths the report has never run on hardware.
 
 GPA at the full-shape profile in bfloat16, batch 1: eager HF generate against the static-cache
-decode step compiled and captured (CUDA graphs), with what was captured verified; the decode
-step over a static cache uncompiled; achieved weight-read bandwidth against the measured copy
+decode step compiled and captured (CUDA graphs), with what was captured verified; the project's
+decode loop (helpers.generate) with prefill and decode timed apart, over a dynamic and a static
+cache; achieved weight-read bandwidth against the measured copy
 bandwidth; parity with identical weights (sha256 of every tensor) against the CPU in float32.
 Everything is measured by the performance stage's own sections (helpers.stages.performance)
 and compared by helpers.parity: this script only chooses the knobs, prints a compact summary
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from helpers import device as devices
-from helpers import parity
+from helpers import generate, parity
 from helpers.config import RunConfig
 from helpers.errors import ReportError
 from helpers.models.base import weight_digests
@@ -96,12 +97,14 @@ def check(tgt: Any, parity_tokens: int) -> dict[str, Any]:
         "graph_speedup": g.get("speedup"),
         "graph_mode": g.get("graph_label") or g.get("graph_problem"),
         "capture": g.get("capture"),
-        "decode_tokens_per_s_hf_generate_dynamic_cache": m["decode_tokens_per_s"],
-        "decode_tokens_per_s_decode_step_static_cache": m["static_decode_tokens_per_s"],
-        "warmup_settled": {k: m[k]["settled"] for k in ("ttft", "e2e", "static_decode")},
+        "decode_tokens_per_s_decode_loop_dynamic_cache": m["decode_tokens_per_s"],
+        "decode_tokens_per_s_decode_loop_static_cache": m["static_decode_tokens_per_s"],
+        "prefill_s": m["ttft_s"],
+        "warmup_settled": {"e2e": m["e2e"]["settled"], "hf_generate": m["hf_generate"]["settled"],
+                           "static_decode": m["static_decode"]["run"]["settled"]},
         "copy_bandwidth_gb_s": b["copy_bytes_per_s"] / 1e9,
         "achieved_bandwidth_gb_s": b["achieved_bytes_per_s"] / 1e9,
-        "bandwidth_utilization_hf_generate": b["utilization"],
+        "bandwidth_utilization_decode_loop": b["utilization"],
         "bandwidth_utilization_static_decode": b.get("utilization_static_decode"),
         "memory_devices": m["memory_devices"],
         "parity": par,
@@ -126,9 +129,10 @@ def parity_check(run: Any, new_tokens: int) -> dict[str, Any]:
         logits = run.lm(**inputs).logits[:, -1].float().cpu()  # [B, V]
         ref_logits = ref.lm(**cpu_inputs).logits[:, -1]  # [B, V]
     cmp = parity.compare(logits, ref_logits, name)
-    pad = perf.pad_id(run.loaded.tokenizer)
-    toks = perf.generate_fn(run.lm, inputs, new_tokens, pad)()[:, -new_tokens:].cpu()
-    ref_toks = perf.generate_fn(ref.lm, cpu_inputs, new_tokens, pad)()[:, -new_tokens:]
+    exact = generate.exactly(generate.eos_ids(run.lm, run.loaded.tokenizer))
+    toks = generate.decode(run.lm, {"input_ids": inputs["input_ids"]}, new_tokens, exact).ids
+    ref_toks = generate.decode(ref.lm, {"input_ids": cpu_inputs["input_ids"]}, new_tokens,
+                               exact).ids
     return {"identical_weights": not differ, "tensors": len(mine[name]),
             "differing_tensors": differ[:5], "logits_cosine": cmp.cosine,
             "logits_rel_l2": cmp.rel_l2, "logits_max_abs": cmp.max_abs,
@@ -150,10 +154,11 @@ def render(s: dict[str, Any]) -> str:
         f"  graph mode               {f(s['graph_tokens_per_s'])} tok/s  ratio {f(s['graph_speedup'], '.2f')}"
         f"  [{s['graph_mode']}]",
         f"  capture                  {cap.get('summary', 'not measured')}",
-        f"  decode tok/s             HF generate, dynamic cache {f(s['decode_tokens_per_s_hf_generate_dynamic_cache'])}"
-        f" | decode step, static cache {f(s['decode_tokens_per_s_decode_step_static_cache'])}",
+        f"  decode tok/s             decode loop, dynamic cache {f(s['decode_tokens_per_s_decode_loop_dynamic_cache'])}"
+        f" | static cache {f(s['decode_tokens_per_s_decode_loop_static_cache'])}"
+        f" (prefill {f(s['prefill_s'], '.4f')} s)",
         f"  bandwidth                {f(s['achieved_bandwidth_gb_s'], '.2f')} of {f(s['copy_bandwidth_gb_s'], '.1f')} GB/s copy"
-        f" = {f(s['bandwidth_utilization_hf_generate'], '.1%')} (static decode step "
+        f" = {f(s['bandwidth_utilization_decode_loop'], '.1%')} (static cache "
         f"{f(s['bandwidth_utilization_static_decode'], '.1%')})",
         f"  parity vs cpu float32    identical weights {par['identical_weights']} ({par['tensors']} tensors);"
         f" logits cosine {par['logits_cosine']:.6f}, rel L2 {par['logits_rel_l2']:.4g}; top-1 same"

@@ -169,7 +169,7 @@ def test_tts_a_speaks_a_shipped_sentence_without_a_transcript(name: str, languag
 
 def test_tts_a_runs_for_a_clip_without_a_transcript(tmp_path: Path, model_cache: Path) -> None:
     from helpers.config import RunConfig
-    from helpers.stages import audio_samples as tasks
+    from helpers.stages import tasks
     from helpers.stages.kit import target
 
     shutil.copy(audio.fixture("en_paris").path, tmp_path / "paris.wav")  # no transcript

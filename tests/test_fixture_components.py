@@ -3,19 +3,20 @@ failures as rows, and the covo vocoder path (the notebook end to end is test_acc
 
 from __future__ import annotations
 
+import copy
 import math
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import audio, models, parity
+from helpers import audio, parity
 from helpers.config import RunConfig
 from helpers.models import cache
-from helpers.stages.accuracy_parity import components as audio_stage
+from helpers.stages import accuracy_parity as accuracy
+from helpers.stages.accuracy_parity import sides
 from helpers.stages.kit import target
 
 
@@ -72,112 +73,99 @@ def test_mel_distance() -> None:
     assert math.isnan(parity.mel_distance(np.full_like(a, np.inf), a))
 
 
-# ---- failures are rows ----------------------------------------------------------------------
+# ---- every component x fixture on the sides run_all loads -------------------------------------
+
+
+def _runs(model: str, fixtures: str, **params) -> accuracy.Runs:
+    cfg = RunConfig.from_params(model=model, device="cpu", **params)
+    return accuracy.run_all(cfg, accuracy.plan(target(cfg), golden="off", new_tokens=0,
+                                               languages="en", fixtures=fixtures))
 
 
 @pytest.fixture(scope="module")
-def gpa_run(model_cache: Path) -> audio_stage.AudioRun:
-    return audio_stage.prepare(target(RunConfig.from_params(model="gpa", device="cpu")))
+def gpa_f32(model_cache: Path) -> accuracy.Runs:
+    """Float32 on both sides of the CPU: every output bit-identical."""
+    return _runs("gpa", "en_paris,zh_station", dtype="float32")
 
 
-def test_prepare_gives_both_sides_the_same_weights(gpa_run) -> None:
-    assert gpa_run.parts == ["speech_tokenizer", "codec"]
-    assert gpa_run.dev.dtype == torch.bfloat16 and gpa_run.ref.dtype == torch.float32
-    ref = gpa_run.modules["reference"]["codec"].bicodec.quantizer.codebook.weight
-    dev = gpa_run.modules["target"]["codec"].bicodec.quantizer.codebook.weight
-    assert torch.equal(ref.to(torch.bfloat16), dev)
+def test_same_configuration_is_identical_on_every_fixture(gpa_f32) -> None:
+    sec = accuracy.components_section(gpa_f32)
+    assert all(c.passed for c in sec.checks), [c for c in sec.checks if not c.passed]
+    rows = sec.table.set_index(["component", "input"])
+    assert set(rows.index) == {(c, f) for c in ("speech_tokenizer", "codec")
+                               for f in ("en_paris", "zh_station")}
+    assert (rows["agreement_pct"] == 100.0).all()
+    codec = rows.loc["codec"]
+    assert (codec["snr_db"] == math.inf).all() and (codec["mel_distance_db"] == 0.0).all()
+    s = sec.metrics["components"]["codec"]
+    assert s["inputs_ok"] == 2 and s["dtype"] == "float32" == s["upstream_dtype"]
+    # the players: the tokenizer's first ids, the codec's two waveforms
+    clip = accuracy.pick(gpa_f32, "zh_station")[0]
+    assert "nowhere" in accuracy.shown(sec, gpa_f32, clip, "speech_tokenizer").to_html()
+    assert accuracy.shown(sec, gpa_f32, clip, "codec").data.count("<audio") == 2
 
 
-def test_unreadable_fixture_is_a_row(gpa_run, tmp_path: Path) -> None:
+def test_failures_are_rows(gpa_f32, tmp_path: Path) -> None:
     bad = tmp_path / "empty.wav"
     bad.write_bytes(b"")
     fx = audio.Fixture("empty", str(bad), "en", "", "", 16000, 1, "PCM_16", "WAV", 0, 0.0)
-    res = audio_stage.run_fixture(fx, gpa_run)
-    assert not res.ok and "0 bytes" in res.error and not res.components
-    checks = audio_stage.checks(gpa_run, [res])
-    assert checks[0].name == "all fixtures load without errors" and checks[0].passed is False
+    clip = sides.load_clips([fx], torch.device("cpu"))[0]
+    assert not clip.ok and "0 bytes" in clip.error
+    runs = copy.copy(gpa_f32)
+    runs.clips = [*gpa_f32.clips, clip]
+    runs.target = copy.deepcopy(gpa_f32.target)
+    del runs.target.components["codec"]["en_paris"]
+    runs.target.errors["codec on en_paris"] = "KeyError: 'codec'"
+    sec = accuracy.components_section(runs)
+    checks = {c.name: c.passed for c in sec.checks}
+    assert checks["all fixtures load without errors"] is False
+    assert checks["codec: runs on every loaded fixture on both sides"] is False
+    assert checks["speech_tokenizer: runs on every loaded fixture on both sides"] is True
+    table = accuracy.parity_table(sec, "codec").set_index("input")
+    assert "KeyError" in table.loc["en_paris", "error"]
+    assert accuracy.fixtures_table(runs).set_index("fixture").loc["empty", "loaded"] == False  # noqa: E712
 
 
-def test_component_failure_is_a_row(gpa_run) -> None:
-    codec = gpa_run.modules["target"].pop("codec")
-    try:
-        res = audio_stage.run_fixture(audio.fixture("en_paris"), gpa_run)
-    finally:
-        gpa_run.modules["target"]["codec"] = codec
-    assert res.ok and res.components["speech_tokenizer"].ok
-    assert not res.components["codec"].ok and "KeyError" in res.components["codec"].error
-    table = audio_stage.parity_table([res], "codec")
-    assert "KeyError" in table.loc[0, "error"]
-    names = {c.name: c for c in audio_stage.checks(gpa_run, [res])}
-    assert names["codec: runs on every loaded fixture on both sides"].passed is False
+def test_a_component_that_raises_on_a_clip_is_recorded(gpa_f32) -> None:
+    run = sides.SideRun(gpa_f32.plan.target)
+    clip = gpa_f32.clips[0]
+
+    class Broken:
+        components = {"codec": torch.nn.Linear(1, 1)}
+
+        def input_device(self, name: str) -> torch.device:
+            return torch.device("cpu")
+
+    sides._run_clips(run, Broken(), "codec", [clip], None)
+    assert run.components["codec"] == {} and f"codec on {clip.name}" in run.errors
 
 
-def test_real_profile_reads_saved_components_only(model_cache: Path, tmp_path: Path) -> None:
-    """A model dir without the release's BiCodec/ folder: the tokenizer runs, the codec is an
-    informational row (a fact about MODEL_DIR, not a failure)."""
-    root, _ = cache.ensure(models.get("gpa"), 0)
-    dst = tmp_path / "gpa"
-    shutil.copytree(root, dst)
-    shutil.rmtree(dst / "BiCodec")
-    run = audio_stage.prepare(target(RunConfig.from_params(
-        model="gpa", model_dir=str(dst), device="cpu", dtype="float32")))
-    assert run.parts == ["speech_tokenizer"]
-    assert "holds no save of BiCodecCodec" in run.errors["codec"]
-    res = audio_stage.run_fixture(audio.fixture("zh_station"), run)
-    assert res.components["speech_tokenizer"].metrics["agreement_pct"] == 100.0
-    checks = {c.name: c for c in audio_stage.checks(run, [res])}
-    assert checks["codec: loaded"].passed is None
-    assert checks["speech_tokenizer: tokens agree device vs CPU (%, lowest fixture)"].passed
-
-
-def test_covo_vocoder_parity(model_cache: Path) -> None:
-    run = audio_stage.prepare(target(RunConfig.from_params(
-        model="covo-audio-chat", device="cpu", dtype="float32")))
-    assert run.parts == ["vocoder"]
-    res = audio_stage.run_fixture(audio.fixture("zh_ai"), run)
-    m = res.components["vocoder"].metrics
+def test_covo_vocoder_on_every_fixture(model_cache: Path) -> None:
+    runs = _runs("covo-audio-chat", "zh_ai", dtype="float32")
+    sec = accuracy.components_section(runs)
+    assert all(c.passed for c in sec.checks)
+    row = sec.data["rows"][("vocoder", "zh_ai")]
     # the same CPU in float32 on both sides: bit-identical
-    assert m["snr_db"] == math.inf and m["cosine"] == 1.0 and m["mel_distance_db"] == 0.0
-    wave = res.components["vocoder"].outputs["wave_dev"]
+    assert row["snr_db"] == math.inf and row["cosine"] == 1.0 and row["mel_distance_db"] == 0.0
     # token2wav decodes as many audio tokens as the clip holds at 25 Hz
-    voc = run.module(run.ref, "vocoder")
-    assert wave.shape[0] == voc.output_samples(ac_tokens("zh_ai"))
+    tokens = round(audio.load_fixture("zh_ai", 24_000).shape[0] / 24_000 * 25)
+    assert row["_waves"][0].shape[0] == (4 * tokens - 3) * 240  # x4 upsampled, hop 240
+    # the encoder and the adapter: once, on the recipe's inputs, by the whole-network rule
+    assert {"audio_encoder", "adapter"} <= set(sec.table["component"])
 
 
-def test_covo_real_without_token2wav_is_a_row(model_cache: Path, tmp_path: Path) -> None:
-    src, _ = cache.ensure(models.get("covo-audio-chat"), 0)
-    d = tmp_path / "Covo-Audio-Chat"
-    shutil.copytree(src, d)
-    shutil.rmtree(d / "token2wav")
-    run = audio_stage.prepare(target(RunConfig.from_params(
-        model="covo-audio-chat", device="cpu", dtype="float32", model_dir=str(d))))
-    assert run.parts == [] and "token2wav" in run.errors["vocoder"]
-    assert any("not run: vocoder" in n for n in run.notes)
-
-
-def ac_tokens(name: str) -> int:
-    return round(audio.load_fixture(name, 24_000).shape[0] / 24_000 * 25)
-
-
-def test_component_dtype_knob_follows_upstream_or_the_run(model_cache: Path) -> None:
+def test_component_dtype_follows_upstream_or_the_run() -> None:
     """component_dtype=upstream: each gpa component as upstream runs it on this device type
-    (on a CPU: float32 for both), recorded per component; a bad value names the choices."""
-    tgt = target(RunConfig.from_params(model="gpa", device="cpu", dtype="bfloat16"))
-    run = audio_stage.prepare(tgt, "upstream")
-    assert run.dev.dtype == torch.bfloat16
-    assert {n: run.dtype_name(run.dev, n) for n in run.parts} == {
-        "speech_tokenizer": "float32", "codec": "float32"}
-    assert ac_module_dtype(run, "codec") == torch.float32
-    res = audio_stage.run_fixture(audio.fixture("en_paris"), run)
-    assert res.components["codec"].metrics["snr_db"] == math.inf  # float32 CPU on both sides
-    summary = audio_stage.summary([res], run)
-    assert summary["codec"]["dtype"] == "float32" == summary["codec"]["upstream_dtype"]
+    (on a CPU: float32 for both); a bad value names the choices."""
     from helpers.models import audio_components as ac
 
+    tgt = target(RunConfig.from_params(model="gpa", device="cpu", dtype="bfloat16"))
+    p = accuracy.plan(tgt, component_dtype="upstream")
+    assert p.component_dtypes(["speech_tokenizer", "codec", "lm"]) == {
+        "speech_tokenizer": torch.float32, "codec": torch.float32, "lm": torch.bfloat16}
+    assert accuracy.plan(tgt).component_dtypes(["codec"]) == {"codec": torch.bfloat16}
     assert ac.upstream_dtype("codec", "cuda") == "float16"
     with pytest.raises(ValueError, match="use one of run, upstream"):
-        audio_stage.prepare(tgt, "half")
-
-
-def ac_module_dtype(run: audio_stage.AudioRun, name: str) -> torch.dtype:
-    return next(run.modules["target"][name].parameters()).dtype
+        accuracy.plan(tgt, component_dtype="half")
+    with pytest.raises(ValueError, match="unknown"):
+        accuracy.plan(tgt, fixtures="en_fox,nope")

@@ -237,3 +237,45 @@ def test_every_threshold_names_a_known_source() -> None:
                 walk(value)
 
     walk({k: v for k, v in th.items() if k != "sources"})
+
+
+# ---- token ids, waveforms, the rules the stages share -----------------------------------------
+
+
+def test_token_agreement_and_first_divergence() -> None:
+    assert parity.token_agreement([1, 2, 3], [1, 2, 3]) == {
+        "agreement_pct": 100.0, "matches": 3, "first_divergence": None, "tokens_target": 3,
+        "tokens_reference": 3, "identical": True}
+    a = parity.token_agreement([1, 9, 3, 4], [1, 2, 3])
+    assert a["first_divergence"] == 1 and a["agreement_pct"] == 50.0 and not a["identical"]
+    assert parity.token_agreement([1, 2], [1, 2, 3])["first_divergence"] == 2  # a prefix
+    t = parity.token_agreement(torch.tensor([[1, 2], [3, 4]]), np.array([1, 2, 3, 5]))
+    assert t["matches"] == 3 and t["first_divergence"] == 3  # tensors and arrays, flattened
+    assert parity.token_agreement([], [])["agreement_pct"] == 100.0
+
+
+def test_waveform_metrics_of_a_known_error() -> None:
+    from helpers import audio
+
+    t = np.arange(16_000) / 16_000
+    ref = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    m = parity.waveform_metrics(1.1 * ref, ref, audio.codec_spec())
+    assert m["snr_db"] == pytest.approx(20.0, abs=1e-4)  # noise 0.1 x signal: 10 log10(100)
+    # a gain moves every unclamped log-mel bin by 20 log10(1.1) dB, clamped bins not at all
+    assert 0.1 < m["mel_distance_db"] <= 20 * math.log10(1.1) + 1e-6
+    assert m["cosine"] == pytest.approx(1.0) and m["network_ok"]  # cosine cannot see a gain
+    assert m["peak_ref"] == pytest.approx(0.5, abs=1e-4)
+    same = parity.waveform_metrics(ref, np.concatenate([ref, ref]), audio.codec_spec())
+    assert same["snr_db"] == math.inf and same["mel_distance_db"] == 0.0  # common length
+    assert parity.waveform_metrics(ref[:0], ref, audio.codec_spec()) == {}
+
+
+def test_peak_normalize_and_the_rules() -> None:
+    y, level = parity.peak_normalize(np.array([0.0, -0.01, 0.005], np.float32))
+    assert level == pytest.approx(-40.0) and float(np.abs(y).max()) == pytest.approx(10 ** (-1 / 20))
+    zero, level = parity.peak_normalize(np.zeros(4))
+    assert level == -math.inf and not zero.any()
+    floor, src = parity.snr_rule()
+    assert floor == 16.9 and "cosine >= 0.99" in src  # -10 log10(1/0.99^2 - 1) = 16.94
+    op, limit, src = parity.agreement_rule()
+    assert (op, limit) == (">", 99.0) and "top-1 agreement" in src

@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from helpers import paths
+from helpers import generate, paths
 from helpers.bench import Measurement, Protocol
 from helpers.config import RunConfig
 from helpers.device.graph import Capture
@@ -80,7 +80,7 @@ def test_generate_makes_exactly_n_tokens_even_when_eos_comes_first():
     lm.generation_config.eos_token_id = int(first)  # greedy's first token is now EOS
     plain = lm.generate(**inputs, do_sample=False, max_new_tokens=12, pad_token_id=0)
     assert plain.shape[1] == 5  # plain generate stops at EOS after one token
-    out = perf.generate_fn(lm, inputs, 12, pad=0)()
+    out = perf.hf_generate_fn(lm, inputs, 12, pad=0)()
     assert out.shape == (1, 16)  # forced: 12 new tokens
     assert out[0, 4] != first  # EOS was masked until the 12th token
 
@@ -91,13 +91,16 @@ def _measurement(samples: list[float]) -> Measurement:
 
 
 def test_decode_rates_arithmetic():
-    ttft = _measurement([0.1, 0.1])
-    e2e = _measurement([1.37, 1.37])  # 128 tokens: 0.1 s first + 127 x 0.01 s
-    r = perf.decode_rates(ttft, e2e, 128)
-    assert r["tpot_s"] == pytest.approx(0.01)
+    from helpers.bench import stats
+
+    run = _measurement([1.37, 1.37])  # 128 tokens: 0.1 s to the first + 127 x 0.01 s
+    t = perf.DecodeTiming(run, stats([0.1, 0.1]), stats([1.27, 1.27]), 128, 1, 10)
+    r = t.rates()
+    assert r["ttft_s"] == pytest.approx(0.1) and r["tpot_s"] == pytest.approx(0.01)
     assert r["decode_tokens_per_s"] == pytest.approx(100.0)
     assert r["e2e_tokens_per_s"] == pytest.approx(128 / 1.37)
-    r4 = perf.decode_rates(ttft, e2e, 128, batch=4)
+    assert r["prefill_tokens_per_s"] == pytest.approx(100.0)  # 10 prompt tokens in 0.1 s
+    r4 = perf.DecodeTiming(run, stats([0.1, 0.1]), stats([1.27, 1.27]), 128, 4, 10).rates()
     assert r4["decode_tokens_per_s"] == pytest.approx(400.0)
 
 
@@ -192,7 +195,7 @@ def test_latency_bandwidth_and_sweeps(run):
     m = lat.metrics
     assert m["ttft_s"] > 0 and m["e2e_s"] > m["ttft_s"]
     assert m["decode_tokens_per_s"] > 0 and m["memory"]["host_rss"] > 0
-    assert lat.data["e2e"].output.shape[1] == perf.lm_inputs(run)["input_ids"].shape[1] + 8
+    assert lat.data["e2e"].output.shape == (1, 8)  # the new ids of the last timed run
     bw = perf.bandwidth(run, lat)
     assert bw.metrics["weight_bytes_per_token"] == perf.decode_weight_bytes(run.lm)[0]
     assert bw.metrics["utilization"] == pytest.approx(
@@ -301,7 +304,7 @@ def test_graph_mode_past_the_cap_is_a_row(run, monkeypatch, tmp_path):
     assert "0.01 s cap" in sec.metrics["graph_problem"]
     assert "cold: 0 files before" in sec.metrics["graph_problem"]
     assert sec.checks == []
-    again = perf.generate_fn(run.lm, perf.lm_inputs(run), 4, pad=0)()  # eager still works
+    again = perf.hf_generate_fn(run.lm, perf.lm_inputs(run), 4, pad=0)()  # eager still works
     assert again.shape[1] == perf.lm_inputs(run)["input_ids"].shape[1] + 4
 
 
@@ -387,27 +390,33 @@ def test_headline_marks_timings_unreliable_on_a_busy_host(run, tmp_path, monkeyp
 # ---- the two decode figures, graph capture verification, the cap between steps -----------------
 
 
-def test_static_decode_loop_makes_generates_tokens_run_after_run(run):
-    inputs = perf.lm_inputs(run)
-    want = perf.generate_fn(run.lm, inputs, 12, pad=perf.pad_id(run.loaded.tokenizer))()
-    fn, first = perf.static_decode_fn(run.lm, inputs, 12)
-    for _ in range(3):  # each run rewinds the static cache to the prefilled prompt
-        got = fn()
-        assert got.shape == (1, 12) and torch.equal(got, want[:, -12:])
-    assert int(first) == int(want[0, -12])
+def test_decode_loop_makes_hf_generates_tokens_on_both_caches_run_after_run(run):
+    want = perf.hf_generate_fn(run.lm, perf.lm_inputs(run), 12,
+                               pad=generate.pad_id(run.loaded.tokenizer))()[:, -12:]
+    p = Protocol(warmup=1, min_iters=3, min_seconds=0.0)
+    for static in (False, True):  # the static cache is rewound every run
+        t = perf.measure_decode(run, 12, p, static=static)
+        assert torch.equal(t.run.output, want) and t.prefill.count == t.run.stats.count == 3
+        # prefill and decode are parts of one run: together no longer than the run itself
+        assert 0 < t.prefill.mean and t.prefill.mean + t.decode.mean <= t.run.stats.mean
 
 
-def test_latency_shows_both_decode_figures_named_for_what_they_time(run):
+def test_latency_shows_prefill_decode_and_hf_generate_named_for_what_they_time(run):
     lat = perf.latency(run)
     m = lat.metrics
+    n = run.settings.new_tokens
+    assert m["decode_tokens_per_s"] == pytest.approx((n - 1) / m["decode"]["mean"])
     assert m["static_decode_tokens_per_s"] == pytest.approx(
-        (run.settings.new_tokens - 1) / m["static_decode"]["stats"]["mean"])
-    assert m["static_decode_same_tokens"] is True
+        (n - 1) / m["static_decode"]["decode"]["mean"])
+    assert m["static_decode_same_tokens"] is True and m["hf_generate_same_tokens"] is True
+    assert m["ttft_s"] == m["prefill"]["mean"] and m["e2e"]["stats"]["count"] >= 2
     quantities = list(perf.throughput_table(lat)["quantity"])
-    hf = next(i for i, q in enumerate(quantities) if q.startswith("decode throughput: HF generate, dynamic cache"))
-    assert quantities[hf + 1].startswith("decode throughput: decode step, static cache")
-    assert m["static_decode"]["settled"] in (True, False)  # settle warmup was asked, and said
-    assert "settled" in m["static_decode"]["described"]
+    loop = next(i for i, q in enumerate(quantities)
+                if q.startswith("decode throughput: decode loop, dynamic cache"))
+    assert quantities[loop + 1].startswith("decode throughput: decode loop, static cache")
+    assert any("HF generate" in q and "comparison" in q for q in quantities)
+    assert list(lat.table["measurement"])[0].startswith("time to first token: prefill")
+    assert m["hf_generate"]["settled"] in (True, False)  # settle warmup was asked, and said
 
 
 def test_memory_table_has_one_row_per_device_and_a_total():
@@ -434,7 +443,7 @@ def test_graph_mode_is_declined_for_a_model_spread_over_devices(run, monkeypatch
                         host_samples=[0.5, 0.5], stopped_by="min_iters+min_seconds")
     from helpers.stages.kit import Section
 
-    sec = perf.modes(run, Section("latency", None, data={"e2e": eager}))
+    sec = perf.modes(run, Section("latency", None, data={"hf_generate": eager}))
     assert sec.table["status"].tolist() == ["measured", "not measured"]
     assert "declined" in sec.metrics["graph_problem"] and "cuda:0, cuda:1" in sec.metrics["graph_problem"]
     assert sec.checks == []
@@ -465,13 +474,13 @@ def test_step_cap_stops_generate_between_decode_steps(run):
 
     cap = perf.StepCap(1e-9)  # already past the cap when the first step returns
     cap.start()
-    fn = perf.generate_fn(run.lm, perf.lm_inputs(run), 8, pad=0,
+    fn = perf.hf_generate_fn(run.lm, perf.lm_inputs(run), 8, pad=0,
                           stopping_criteria=StoppingCriteriaList([cap]))
     with pytest.raises(CapReached, match="checked after decode step 1"):
         fn()
     assert cap.steps == 1
     free = perf.StepCap(0)  # 0 = no cap: never stops a run
-    fn = perf.generate_fn(run.lm, perf.lm_inputs(run), 8, pad=0,
+    fn = perf.hf_generate_fn(run.lm, perf.lm_inputs(run), 8, pad=0,
                           stopping_criteria=StoppingCriteriaList([free]))
     assert fn().shape[1] == perf.lm_inputs(run)["input_ids"].shape[1] + 8 and free.steps >= 7
 

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from helpers import audio
 from helpers.config import RunConfig
 from helpers.errors import ConfigError
 from helpers.stages import tasks
 from helpers.stages.kit import target
-from helpers.tasks import decode, inputs, metrics
+from helpers.tasks import inputs, metrics
 
 # ---- WER / CER -----------------------------------------------------------------------------
 
@@ -106,39 +105,6 @@ def test_fixtures_are_the_default() -> None:
 
 
 # ---- decoding --------------------------------------------------------------------------------
-
-
-def test_repetition_penalties_follow_the_release_rules() -> None:
-    scores = torch.tensor([2.0, -2.0, 1.0, 0.5], dtype=torch.float64)
-    seen = torch.tensor([0, 1, 3, 3])
-    out = decode.process(scores, seen, decode.Sampling(repetition_penalty=2.0))
-    assert out.tolist() == [1.0, -4.0, 1.0, 0.25]  # positive / p, negative * p, unseen kept
-    out = decode.process(scores, seen, decode.Sampling(window_penalty=2.0, window=1))
-    assert out.tolist() == [2.0, -2.0, 1.0, 0.25]  # only the last id is in the window
-    allow = decode.process(scores, seen, decode.Sampling(allow=((2, 3),)), eos={0})
-    assert math.isinf(allow[1]) and math.isinf(allow[3]) and allow[2] == 1.0 and allow[0] == 2.0
-
-
-def test_sampling_is_the_same_draw_on_every_side() -> None:
-    s = decode.Sampling(True, temperature=0.5, top_k=3, top_p=0.9, seed=7)
-    scores = torch.tensor([1.0, 0.9, 0.2, -1.0, 3.0], dtype=torch.float64)
-    a = [decode.choose(decode.process(scores, torch.tensor([]), s),
-                       s, torch.Generator().manual_seed(7)) for _ in range(3)]
-    b = [decode.choose(decode.process(scores.to(torch.float32).to(torch.float64),
-                                      torch.tensor([]), s), s,
-                       torch.Generator().manual_seed(7)) for _ in range(3)]
-    assert a == b and all(x in (0, 1, 4) for x in a)  # top-k 3 keeps ids 4, 0, 1
-    greedy = s.greedy()
-    assert decode.choose(scores, greedy, torch.Generator()) == 4 and "greedy" in greedy.describe()
-
-
-def test_agreement_and_first_divergence() -> None:
-    assert decode.agreement([1, 2, 3], [1, 2, 3]) == {
-        "agreement_pct": 100.0, "first_divergence": None, "tokens_target": 3,
-        "tokens_reference": 3, "identical": True}
-    a = decode.agreement([1, 9, 3, 4], [1, 2, 3])
-    assert a["first_divergence"] == 1 and a["agreement_pct"] == 50.0 and not a["identical"]
-    assert decode.agreement([1, 2], [1, 2, 3])["first_divergence"] == 2
 
 
 def test_bad_knobs_name_the_choices() -> None:

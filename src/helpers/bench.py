@@ -13,12 +13,16 @@ Protocol (one `measure` call):
      from one sample into the next;
   4. raw samples are kept; statistics in float64 (helpers.records.LatencyStats).
 
+Events inside one run (each decoded token, a task's first audio) are stamped by Clock: the
+host clock read after the backend's synchronize, from a synchronized start.
+
 Nothing here knows cpu / cuda / npu: the backend's timer does.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -109,6 +113,35 @@ def stats(samples: Sequence[float], unit: str = "s") -> LatencyStats:
         min=float(x.min()), max=float(x.max()),
         stdev=float(x.std(ddof=1)) if x.size > 1 else None, unit=unit,
     )
+
+
+# ---- one run's events ----------------------------------------------------------------------
+
+
+class Clock:
+    """Seconds from a synchronized start to each event, on the host clock.
+
+    start() and every stamp() synchronize the backend (every device of its placement) first,
+    so work queued on a device is counted where it ends. Without a backend (a CPU-only
+    caller) nothing is queued and the stamps are plain perf_counter readings.
+    """
+
+    def __init__(self, be: Backend | None = None) -> None:
+        self.be = be
+        self._t0 = time.perf_counter()
+
+    def start(self) -> None:
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def stamp(self) -> float:
+        """Seconds since start(), after the device has finished what was queued."""
+        self._sync()
+        return time.perf_counter() - self._t0
+
+    def _sync(self) -> None:
+        if self.be is not None:
+            self.be.synchronize()
 
 
 # ---- measurement ------------------------------------------------------------------------
@@ -231,18 +264,24 @@ RTF_COLUMNS = ("component", "side", "audio s", "audio from", "mean s", "p50 s", 
                "x real time", "runs", "first call s", "protocol")
 
 
+def rtf(seconds: float, audio_s: float) -> float:
+    """Real-time factor: processing seconds / seconds of audio processed (below 1 is faster
+    than real time); NaN when there is no audio or no finite time."""
+    return seconds / audio_s if audio_s > 0 and math.isfinite(seconds) else math.nan
+
+
 def real_time_factor(m: Measurement, audio_s: float, component: str, side: str,
                      audio_from: str = "") -> dict[str, Any]:
     """One real-time-factor row, the same in every stage that reports one.
 
-    RTF = mean processing seconds / seconds of audio processed (below 1 is faster than real
-    time); "x real time" is its inverse. Both come from the protocol's timed runs of `m`.
+    RTF (rtf) of the mean processing seconds; "x real time" is its inverse. Both come from the
+    protocol's timed runs of `m`.
     """
     if not audio_s > 0:
         raise BenchError(f"{component}: audio duration must be > 0 s, got {audio_s!r}",
                          "time a forward over a non-empty clip")
     mean = m.stats.mean
     return {"component": component, "side": side, "audio s": audio_s, "audio from": audio_from,
-            "mean s": mean, "p50 s": m.stats.p50, "p90 s": m.stats.p90, "RTF": mean / audio_s,
+            "mean s": mean, "p50 s": m.stats.p50, "p90 s": m.stats.p90, "RTF": rtf(mean, audio_s),
             "x real time": audio_s / mean, "runs": m.stats.count,
             "first call s": m.first_call_s, "protocol": m.describe()}

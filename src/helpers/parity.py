@@ -252,3 +252,76 @@ def kl_divergence(ref_logits: Any, target_logits: Any) -> float:
         kl = np.where(p > 0.0, p * (lr - lt), 0.0).sum(-1)
     mean = float(kl.mean())
     return mean if math.isnan(mean) else max(0.0, mean)
+
+
+# ---- token ids ----------------------------------------------------------------------------
+
+
+def token_agreement(target: Any, reference: Any) -> dict[str, Any]:
+    """Token agreement of two id sequences (lists or tensors, flattened): equal positions over
+    the longer length (%), their count, the first position where they differ (None when the
+    two are identical; the shorter length when one is a prefix of the other), both lengths."""
+    a, b = _ids(target), _ids(reference)
+    n = max(len(a), len(b))
+    same = [x == y for x, y in zip(a, b, strict=False)]
+    first = next((i for i, s in enumerate(same) if not s),
+                 None if len(a) == len(b) else min(len(a), len(b)))
+    return {"agreement_pct": 100.0 * sum(same) / n if n else 100.0, "matches": sum(same),
+            "first_divergence": first, "tokens_target": len(a), "tokens_reference": len(b),
+            "identical": first is None}
+
+
+def _ids(x: Any) -> list[int]:
+    if hasattr(x, "detach"):
+        return [int(v) for v in x.detach().reshape(-1).cpu().tolist()]
+    return [int(v) for v in np.asarray(x).reshape(-1).tolist()]
+
+
+def agreement_rule() -> tuple[str, float, str]:
+    """(op, limit, source) of token agreement (%): the GPA report's float32 top-1 rule."""
+    rule = thresholds()["logits_float32"]["top1_agreement_pct"]
+    return rule["op"], rule["limit"], source(rule["source"]) + " (top-1 agreement)"
+
+
+# ---- waveforms ----------------------------------------------------------------------------
+
+DB_PER_NEPER = 20.0 / math.log(10.0)  # natural-log magnitude mel difference -> dB
+
+
+def snr_rule() -> tuple[float, str]:
+    """(floor in dB, source) of waveform SNR: msprobe's whole-network cosine 0.99 as SNR."""
+    cos = thresholds()["network"]["cosine_soft"]
+    snr = snr_for_cosine(cos)
+    return round(snr, 1), (f"{source('msprobe-network')}: cosine >= {cos}, as SNR "
+                           f"= -10 log10(1/{cos}^2 - 1) = {snr:.1f} dB")
+
+
+def waveform_metrics(target: Any, reference: Any, spec: Any, dtype: str = "float32",
+                     ) -> dict[str, Any]:
+    """Two waveforms over their common length: SNR (dB), cosine, max abs, relative L2,
+    msprobe's whole-network verdict, the log-mel distance in dB (`spec`: a helpers.audio
+    MelSpec with a natural-log magnitude mel) and the reference's peak; {} when one is empty."""
+    from helpers import audio
+
+    t, r = to64(target).ravel(), to64(reference).ravel()
+    n = min(t.shape[0], r.shape[0])
+    if n == 0:
+        return {}
+    t, r = t[:n], r[:n]
+    cmp = compare(t, r, dtype)
+    ok, why = network_verdict(cmp)
+    mel_t = audio.log_mel(t.astype(np.float32), spec).numpy()
+    mel_r = audio.log_mel(r.astype(np.float32), spec).numpy()
+    return {"snr_db": snr_db(t, r), "cosine": cmp.cosine, "max_abs": cmp.max_abs,
+            "rel_l2": cmp.rel_l2, "mel_distance_db": DB_PER_NEPER * mel_distance(mel_t, mel_r),
+            "network_ok": ok, "network_detail": why, "peak_ref": float(np.abs(r).max())}
+
+
+def peak_normalize(x: Any, dbfs: float = -1.0) -> tuple[np.ndarray, float]:
+    """(x scaled so its peak sits at `dbfs`, its own peak in dBFS); an all-zero x stays as it
+    is (peak -inf). For listening and drawing only: metrics use the raw samples."""
+    x = np.asarray(x, dtype=np.float32)
+    peak = float(np.abs(x).max(initial=0.0))
+    if peak == 0.0:
+        return x, -math.inf
+    return x * np.float32(10 ** (dbfs / 20) / peak), 20 * math.log10(peak)

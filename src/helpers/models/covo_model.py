@@ -21,7 +21,7 @@ names its file:
               tokenizer's <|cAUDIO|>, whatever audio_token_index says; the adapter output of
               every 30-s segment is joined into one row and the first N (N = placeholders)
               frames are used  (same file, prepare_inputs_for_generation, audio_encoder)
-  generation  a windowed repetition penalty (1.05 over the last 8 tokens) next to
+  generation  (helpers.generate) a windowed repetition penalty (1.05 over the last 8 tokens) next to
               transformers' repetition_penalty 1.05; tokens >= len(tokenizer) are audio
               tokens: id - len(tokenizer) in 0..16384 goes to token2wav  (example.py)
   weights     every *.safetensors file of the folder, in sorted order, loaded into the model
@@ -44,7 +44,6 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import (
-    LogitsProcessor,
     PretrainedConfig,
     PreTrainedModel,
     Qwen2Config,
@@ -242,41 +241,6 @@ def parts(model: CovoAudioForCausalLM) -> dict[str, nn.Module]:
 
 
 PREFIXES = {"audio_encoder": "encoder", "adapter": "audio_adapter", "lm": "llm"}
-
-
-class WindowedRepetitionPenalty(LogitsProcessor):
-    """Divide (positive) or multiply (negative) the scores of every token among the last
-    `window` ids by `penalty` (example.py: penalty 1.05, window 8)."""
-
-    def __init__(self, penalty: float = 1.05, window: int = 8) -> None:
-        self.penalty = penalty
-        self.window = window
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        recent = input_ids[:, -self.window:] if self.window > 0 else input_ids  # [B, W]
-        hit = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, recent, True)  # [B, V]
-        scaled = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
-        return torch.where(hit, scaled, scores)
-
-
-@torch.no_grad()
-def generate(model: CovoAudioForCausalLM, inputs: dict[str, torch.Tensor], eos_token_id: int,
-             max_new_tokens: int = 64, **kwargs: Any) -> torch.Tensor:
-    """New token ids [B, n] as the release generates them (example.py): the audio features in
-    the first step's embeddings, the windowed repetition penalty (1.05, window 8) next to
-    repetition_penalty 1.05, stop at eos_token_id (<|im_end|> for text + audio); greedy
-    unless kwargs ask for sampling."""
-    from transformers import LogitsProcessorList
-
-    embeds = model.embed(inputs["input_ids"], inputs["input_features"])
-    ids = inputs["input_ids"].to(embeds.device)
-    out = model.llm.generate(
-        input_ids=ids, inputs_embeds=embeds,
-        attention_mask=inputs.get("attention_mask", torch.ones_like(ids)).to(embeds.device),
-        max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=eos_token_id,
-        logits_processor=LogitsProcessorList([WindowedRepetitionPenalty(1.05, 8)]),
-        repetition_penalty=1.05, do_sample=kwargs.pop("do_sample", False), **kwargs)
-    return out[:, ids.shape[1]:] if out.shape[1] > ids.shape[1] else out
 
 
 def split_tokens(tokens: torch.Tensor, text_vocab: int) -> tuple[torch.Tensor, torch.Tensor]:

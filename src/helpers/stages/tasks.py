@@ -31,15 +31,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers import audio, models, parity
+from helpers import audio, generate, models, parity
 from helpers import players as playback
 from helpers.config import RunConfig
 from helpers.knobs import setting
 from helpers.records import Check
 from helpers.stages import kit
-from helpers.stages.accuracy_parity.components import DB_PER_NEPER, agreement_limit, snr_limit
 from helpers.stages.kit import Section, Side, Target, failure_text, reference_side
-from helpers.tasks import decode, metrics
+from helpers.tasks import metrics
 from helpers.tasks.inputs import TaskClip, spoken, spoken_note
 from helpers.tasks.inputs import clips as task_clips
 from helpers.tasks.results import TaskOutput
@@ -47,8 +46,8 @@ from helpers.tasks.results import TaskOutput
 REFERENCE_DTYPE = torch.float32
 TINY_NEW_TOKENS = 24  # random weights never stop on their own: a short, fixed budget
 TASKS = {"gpa": ("stt", "tts-a", "vc"), "covo-audio-chat": ("a2t", "a2ta")}
-TIMING_PROTOCOL = ("host clock from a synchronized start, one untimed warm-up task per side "
-                   "first; every decoding step brings its id to the host, which synchronizes")
+TIMING_PROTOCOL = ("helpers.bench.Clock: the host clock from a synchronized start, each event "
+                   "stamped after a synchronize; one untimed warm-up task per side first")
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ def settings(cfg: RunConfig, max_new_tokens: int = 0, decoding: str = "greedy",
     from helpers.errors import ConfigError
     from helpers.tasks import covo, gpa
 
-    decode.check_decoding(decoding)
+    generate.check_decoding(decoding)
     if audio_ids_only not in ("auto", "on", "off"):
         raise ConfigError(f"tasks.audio_ids_only is {audio_ids_only!r}",
                           "use auto, on or off")
@@ -174,7 +173,7 @@ def run_side(cfg: RunConfig, side: Side, clips: list[TaskClip], s: Resolved) -> 
         loaded = kit.load(cfg, side)
         fam = loaded.recipe.task_family
         kind = gpa.Pipeline if fam == "gpa" else covo.Pipeline
-        pipe = kind(loaded, side.backend.synchronize, s.max_new_tokens, s.decoding, cfg.seed,
+        pipe = kind(loaded, side.backend, s.max_new_tokens, s.decoding, cfg.seed,
                     s.audio_ids_only)
         usable = [c for c in clips if c.usable]
         if usable:  # warm-up: lazy initialisation and first-call costs stay out of the timings
@@ -246,15 +245,10 @@ def _rate(out: TaskOutput | None, clip: TaskClip | None, which: str) -> dict[str
 
 
 def _waveform_metrics(a: np.ndarray, b: np.ndarray, rate: int) -> dict[str, Any]:
-    n = min(a.shape[0], b.shape[0])
-    if n == 0:
-        return {}
-    a, b = a[:n].astype(np.float64), b[:n].astype(np.float64)
+    """SNR and log-mel distance (dB) of two task outputs (the codec front end at their rate)."""
     spec = audio.codec_spec(sample_rate=rate) if rate != 16_000 else audio.codec_spec()
-    mel_a, mel_b = audio.log_mel(a.astype(np.float32), spec).numpy(), audio.log_mel(
-        b.astype(np.float32), spec).numpy()
-    return {"snr_db": parity.snr_db(a, b),
-            "mel_distance_db": DB_PER_NEPER * parity.mel_distance(mel_a, mel_b)}
+    m = parity.waveform_metrics(a, b, spec)
+    return {k: m[k] for k in ("snr_db", "mel_distance_db") if k in m}
 
 
 def compare(runs: TaskRuns) -> pd.DataFrame:
@@ -274,8 +268,8 @@ def compare(runs: TaskRuns) -> pd.DataFrame:
             row["error"] = err
             rows.append(row)
             continue
-        prompt = decode.agreement(d.prompt, r.prompt)
-        gen = decode.agreement(d.tokens, r.tokens)
+        prompt = parity.token_agreement(d.prompt, r.prompt)
+        gen = parity.token_agreement(d.tokens, r.tokens)
         # stt is scored on its transcript, tts-a / vc on the round trip; a chat reply (covo)
         # is not a transcript of what it heard, so it has no error rate
         which = {"stt": "text", "tts-a": "roundtrip", "vc": "roundtrip"}.get(task)
@@ -403,7 +397,7 @@ def checks(runs: TaskRuns, frame: pd.DataFrame) -> list[Check]:
                            detail="; ".join(errors["error"].astype(str).head(2)) or "no errors"))
     ok = frame[frame["error"].isna()] if "error" in frame else frame
     float32 = runs.target.side.dtype == torch.float32
-    op, limit, source = agreement_limit()
+    op, limit, source = parity.agreement_rule()
     real = runs.profile == "real"
     for task in runs.tasks:
         sub = ok[ok["task"] == task]
@@ -439,7 +433,7 @@ def checks(runs: TaskRuns, frame: pd.DataFrame) -> list[Check]:
                                  metrics.DROP_SOURCE, detail="random weights: an error rate "
                                  "of noise means nothing; shown, not judged. " + detail))
         if "snr_db" in sub and sub["snr_db"].notna().any():
-            lim, src = snr_limit()
+            lim, src = parity.snr_rule()
             out.append(Check.judge(f"{task}: waveform SNR target vs reference where the ids "
                                    "agree (dB, lowest input)", float(sub["snr_db"].min()), ">=",
                                    lim, src, unit=" dB"))

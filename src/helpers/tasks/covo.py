@@ -18,17 +18,17 @@ feed its final id back), as example.py hands result.past_key_values on.
 from __future__ import annotations
 
 import math
-import time
-from typing import Any
 
 import numpy as np
 import torch
 
+from helpers import generate
+from helpers.bench import Clock
+from helpers.device import Backend
+from helpers.generate import Sampling
 from helpers.models import covo_frontend as frontend
 from helpers.models import covo_model as cm
 from helpers.models.base import LoadedModel
-from helpers.tasks import decode
-from helpers.tasks.decode import Sampling
 from helpers.tasks.inputs import TaskClip
 from helpers.tasks.results import TaskOutput
 
@@ -46,11 +46,11 @@ STREAM_CHUNK = 25  # 1 s of audio tokens at token2wav's 25 Hz
 class Pipeline:
     """The dialogue tasks on one loaded Covo-Audio-Chat (the chat module and token2wav)."""
 
-    def __init__(self, loaded: LoadedModel, synchronize: Any, max_new_tokens: int = 2048,
+    def __init__(self, loaded: LoadedModel, be: Backend | None = None, max_new_tokens: int = 2048,
                  decoding: str = "greedy", seed: int = 0, audio_ids_only: bool = False) -> None:
-        decode.check_decoding(decoding)
+        generate.check_decoding(decoding)
         self.audio_ids_only = audio_ids_only
-        self.loaded, self.sync = loaded, synchronize
+        self.loaded, self.be = loaded, be
         self.model, self.tok = loaded.model, loaded.tokenizer
         frontend.check_tokenizer(self.tok)
         self.vocoder = loaded.components.get("vocoder")
@@ -91,36 +91,36 @@ class Pipeline:
         enc = self.loaded.components["audio_encoder"]
         cache, outs = None, []
         for i, clip in enumerate([c for c in (first, second) if c is not None]):
-            self.sync()
-            t0 = time.perf_counter()
+            clock = Clock(self.be)
+            clock.start()
             inputs = frontend.chat_inputs(self.tok, *frontend.read(clip.path),
                                           self.loaded.input_device("lm"),
                                           next(enc.parameters()).dtype, first_round=i == 0)
             embeds = self.model.embed(inputs["input_ids"], inputs["input_features"])
-            t_prompt = time.perf_counter() - t0
+            t_prompt = clock.stamp()
             past = 0 if cache is None else cache.get_seq_length()
-            out = decode.run(self.model.llm, {"inputs_embeds": embeds}, inputs["input_ids"][0],
-                             eos, self.max_new, self.sampling(i, task), self.sync, cache, past)
+            out = generate.decode(self.model.llm, {"inputs_embeds": embeds}, self.max_new,
+                                  self.sampling(i, task), eos, Clock(self.be),
+                                  prompt_ids=inputs["input_ids"][0], cache=cache, past=past)
             cache = out.cache
             text_ids, audio_ids = self.split(out.tokens)
             wave, first_audio = None, math.nan
             if task == "a2ta" and audio_ids and self.vocoder is not None:
                 wave = self.vocode(audio_ids)
-            self.sync()
-            total = time.perf_counter() - t0
+            total = clock.stamp()
             if wave is not None:  # the first 1 s of audio tokens, then its vocoding
-                c0 = time.perf_counter()
+                chunk = Clock(self.be)
+                chunk.start()
                 self.vocode(audio_ids[:STREAM_CHUNK])
-                self.sync()
                 first_audio = (t_prompt + out.time_at(self.chunk_end(out.tokens, min(
-                    STREAM_CHUNK, len(audio_ids)))) + time.perf_counter() - c0)
+                    STREAM_CHUNK, len(audio_ids)))) + chunk.stamp())
             rate = self.vocoder.config.sample_rate if self.vocoder is not None else 0
             outs.append(TaskOutput(
                 task, f"{clip.name} (round {i + 1})",
                 prompt=inputs["input_ids"][0].tolist(), tokens=out.tokens,
                 text=self.tok.decode(text_ids, skip_special_tokens=True).strip(),
                 stopped=out.stopped, wave=wave, rate=rate, semantic=audio_ids,
-                first_token_s=t_prompt + out.first_token_s, first_audio_s=first_audio,
+                first_token_s=t_prompt + out.prefill_s, first_audio_s=first_audio,
                 seconds=total, audio_in_s=clip.seconds,
                 audio_out_s=0.0 if wave is None else wave.shape[0] / rate,
                 sampling=self.sampling(i, task).describe(), extra={"round": i + 1, "heard": clip.name}))

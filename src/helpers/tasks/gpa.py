@@ -24,17 +24,18 @@ release's repetition penalty; DECODING=release samples with a fixed seed.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from helpers import generate
+from helpers.bench import Clock
+from helpers.device import Backend
+from helpers.generate import Sampling
 from helpers.models import audio_components as ac
 from helpers.models import gpa as recipe
 from helpers.models.base import LoadedModel
-from helpers.tasks import decode
-from helpers.tasks.decode import Sampling
 from helpers.tasks.inputs import TaskClip
 from helpers.tasks.results import TaskOutput
 
@@ -56,9 +57,9 @@ MAX_NEW_TOKENS = 512  # the release's for every task
 class Pipeline:
     """The tasks on one loaded GPA (the LM, speech_tokenizer and codec on this side)."""
 
-    def __init__(self, loaded: LoadedModel, synchronize: Any, max_new_tokens: int = 512,
+    def __init__(self, loaded: LoadedModel, be: Backend | None = None, max_new_tokens: int = 512,
                  decoding: str = "greedy", seed: int = 0, audio_ids_only: bool = False) -> None:
-        decode.check_decoding(decoding)
+        generate.check_decoding(decoding)
         self.audio_ids_only = audio_ids_only
         missing = [n for n in ("speech_tokenizer", "codec") if n not in loaded.components]
         if missing:
@@ -67,7 +68,7 @@ class Pipeline:
             raise ModelLoadError(f"gpa tasks need {', '.join(missing)}, which did not load",
                                  "give MODEL_DIR the release's glm-4-voice-tokenizer/ and "
                                  "BiCodec/ folders")
-        self.loaded, self.sync = loaded, synchronize
+        self.loaded, self.be = loaded, be
         self.lm, self.tok = loaded.lm, loaded.tokenizer
         self.layout = recipe.layout(self.tok, self.lm.config.vocab_size)
         self.max_new = max_new_tokens
@@ -133,16 +134,16 @@ class Pipeline:
         text = [t for t in tokens if not audio_start <= t < audio_end and t < len(self.tok)]
         return self.tok.decode(text, skip_special_tokens=True).strip()
 
-    def generate(self, prompt: list[int], task: str) -> decode.Decoded:
+    def generate(self, prompt: list[int], task: str) -> generate.Decoded:
         eos = {self.layout["markers"][recipe.TOKEN_LAYOUT["eos"]]}
-        ids = torch.tensor([prompt], dtype=torch.long)
-        return decode.run(self.lm, {"input_ids": ids}, ids[0], eos, self.max_new,
-                          self.sampling(task), self.sync)
+        ids = torch.tensor([prompt], dtype=torch.long)  # [1, S]
+        return generate.decode(self.lm, {"input_ids": ids}, self.max_new, self.sampling(task),
+                               eos, Clock(self.be))
 
     # ---- tasks ----------------------------------------------------------------------------
     def stt(self, clip: TaskClip) -> TaskOutput:
-        self.sync()
-        t0 = time.perf_counter()
+        clock = Clock(self.be)
+        clock.start()
         x = clip.samples16
         glm = self.glm_tokens(x)
         semantic, _ = self.bicodec_tokens(x)
@@ -150,39 +151,39 @@ class Pipeline:
         prompt = (self.marker(L["glm"]["start"]) + self.ids("glm", glm) + self.marker(L["glm"]["end"])
                   + self.marker(L["semantic"]["start"]) + self.ids("semantic", semantic)
                   + self.marker(L["semantic"]["end"]) + self.marker(L["content"]["start"]))
-        t_prompt = time.perf_counter() - t0
+        t_prompt = clock.stamp()
         out = self.generate(prompt, "stt")
-        total = time.perf_counter() - t0
+        total = clock.stamp()
         return TaskOutput("stt", clip.name, prompt=prompt, tokens=out.tokens,
                           text=self.text_of(out.tokens), stopped=out.stopped,
-                          first_token_s=t_prompt + out.first_token_s, seconds=total,
+                          first_token_s=t_prompt + out.prefill_s, seconds=total,
                           audio_in_s=clip.seconds, audio_out_s=0.0,
                           sampling=self.sampling("stt").describe())
 
     def _speak(self, task: str, clip: TaskClip, prompt: list[int], glob: torch.Tensor,
-               t0: float, t_prompt: float, **fields: Any) -> TaskOutput:
+               clock: Clock, **fields: Any) -> TaskOutput:
+        t_prompt = clock.stamp()
         out = self.generate(prompt, task)
         semantic = self.semantic_of(out.tokens)
         wave = self.waveform(semantic, glob) if semantic else np.zeros(0, np.float32)
-        self.sync()
-        total = time.perf_counter() - t0
+        total = clock.stamp()
         first_audio = math.nan
         if semantic:  # the streaming server's first chunk: 1 s of tokens, then its decoding
             n = self.chunk_end(out.tokens, min(STREAM_CHUNK, len(semantic)))
-            c0 = time.perf_counter()
+            chunk = Clock(self.be)
+            chunk.start()
             self.waveform(semantic[:STREAM_CHUNK], glob)
-            self.sync()
-            first_audio = t_prompt + out.time_at(n) + time.perf_counter() - c0
+            first_audio = t_prompt + out.time_at(n) + chunk.stamp()
         return TaskOutput(task, clip.name, prompt=prompt, tokens=out.tokens,
                           text=self.text_of(out.tokens), stopped=out.stopped, wave=wave,
-                          rate=RATE, semantic=semantic, first_token_s=t_prompt + out.first_token_s,
+                          rate=RATE, semantic=semantic, first_token_s=t_prompt + out.prefill_s,
                           first_audio_s=first_audio, seconds=total, audio_in_s=clip.seconds,
                           audio_out_s=wave.shape[0] / RATE, sampling=self.sampling(task).describe(),
                           **fields)
 
     def tts(self, text: str, voice: TaskClip, name: str) -> TaskOutput:
-        self.sync()
-        t0 = time.perf_counter()
+        clock = Clock(self.be)
+        clock.start()
         _, glob = self.bicodec_tokens(voice.samples16)
         L = recipe.TOKEN_LAYOUT
         content = self.tok(L["content"]["start"] + text + L["content"]["end"],
@@ -190,11 +191,11 @@ class Pipeline:
         prompt = (self.marker(L["global"]["start"]) + self.ids("global", glob)
                   + self.marker(L["global"]["end"]) + content)
         return self._speak("tts-a", TaskClip(name, voice.path, voice.origin, text),
-                           prompt, glob, t0, time.perf_counter() - t0, voice=voice.name)
+                           prompt, glob, clock, voice=voice.name)
 
     def vc(self, source: TaskClip, voice: TaskClip) -> TaskOutput:
-        self.sync()
-        t0 = time.perf_counter()
+        clock = Clock(self.be)
+        clock.start()
         semantic, _ = self.bicodec_tokens(source.samples16)
         _, glob = self.bicodec_tokens(voice.samples16)
         L = recipe.TOKEN_LAYOUT
@@ -202,8 +203,7 @@ class Pipeline:
                   + self.marker(L["global"]["end"]) + self.marker(L["semantic"]["start"])
                   + self.ids("semantic", semantic) + self.marker(L["semantic"]["end"])
                   + self.marker(L["content"]["end"]))
-        return self._speak("vc", source, prompt, glob, t0, time.perf_counter() - t0,
-                           voice=voice.name)
+        return self._speak("vc", source, prompt, glob, clock, voice=voice.name)
 
     def transcribe(self, wave: np.ndarray, name: str) -> str:
         """The model's own stt of a waveform it wrote (the round trip of tts-a and vc)."""

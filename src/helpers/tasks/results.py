@@ -8,12 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from helpers import bench
+
 
 @dataclass
 class TaskOutput:
     """One task on one clip on one side, on the host.
 
-    Timings (host clock from a synchronized start; every step brings its token to the host):
+    Timings (helpers.bench.Clock: the host clock from a synchronized start):
     first_token_s from the start of the task (its audio tokenization included) to the first
     generated id; first_audio_s to the first playable chunk (see the task's module); seconds
     the whole task, decoding to a waveform included.
@@ -47,8 +49,7 @@ class TaskOutput:
     def rtf(self) -> float:
         """End-to-end real-time factor: task seconds over the audio it writes (or, for a text
         output, the audio it hears); below 1 is faster than real time."""
-        audio = self.audio_out_s or self.audio_in_s
-        return self.seconds / audio if audio and math.isfinite(self.seconds) else math.nan
+        return bench.rtf(self.seconds, self.audio_out_s or self.audio_in_s)
 
     def record(self) -> dict[str, Any]:
         """JSON values (no arrays)."""

@@ -11,23 +11,40 @@ Each side is loaded, run on the same inputs and freed in turn (reference, target
 one model is in memory at a time; outputs are kept on the host (float32; float64 for golden).
 
 Sections, each a table plus its checks: logits over the shipped prompts, hidden states layer by
-layer, greedy generation, determinism (the target twice), the audio front end (log-mel on the
-device vs the CPU) and every audio component of the recipe on identical inputs. All metrics come
-from helpers.parity (float64, inside their ranges); thresholds from data/thresholds.json.
+layer, greedy generation (helpers.generate, the one decode loop), determinism (the target
+twice), the audio front end (log-mel on the device vs the CPU per fixture) and every audio
+component of the recipe x every fixture, with players and figures. All metrics come from
+helpers.parity (float64, inside their ranges); thresholds from data/thresholds.json.
 A part that crashes on one side is a failed check naming the error, never a crashed stage.
 
-Modules: settings (the knobs), plan (who is compared with whom), sides (running one side),
-sections (the text path's tables and checks), audio (front end and components on the sides),
-components (every audio component per fixture, its players and figures), figures.
+Modules: settings (the knobs), plan (who is compared with whom), sides (running one side, the fixtures),
+sections (the text path's tables and checks), audio (front end and components x fixtures,
+their tables, players and figures), figures.
 """
 
-from helpers.stages.accuracy_parity.audio import agreement, components_section, frontend_section
+from helpers.stages.accuracy_parity.audio import (
+    components_notes,
+    components_section,
+    components_table,
+    fixtures_table,
+    frontend_section,
+    input_player,
+    parity_table,
+    pick,
+    shown,
+)
 from helpers.stages.accuracy_parity.figures import layer_figure
-from helpers.stages.accuracy_parity.plan import LOGIT_LABELS, Plan, Prompt, load_prompts, plan
+from helpers.stages.accuracy_parity.plan import (
+    COMPONENT_DTYPES,
+    LOGIT_LABELS,
+    Plan,
+    Prompt,
+    load_prompts,
+    plan,
+)
 from helpers.stages.accuracy_parity.sections import (
     determinism_section,
     display_frame,
-    divergence,
     generation_section,
     golden_section,
     headline,
@@ -51,9 +68,10 @@ from helpers.stages.accuracy_parity.sides import (
 
 __all__ = [
     "Settings",
-    "LOGIT_LABELS", "Plan", "Prompt", "Runs", "SideRun", "agreement", "collect", "collect_loaded",
-    "components_section", "determinism_section", "display_frame", "divergence",
-    "frontend_section", "generation_section", "golden_decision", "golden_section", "greedy",
-    "headline", "largest_increase", "layer_figure", "layer_frame", "layers_section",
-    "load_prompts", "logits_section", "plan", "run_all", "weight_digests", "weights_section",
+    "COMPONENT_DTYPES", "LOGIT_LABELS", "Plan", "Prompt", "Runs", "SideRun", "collect",
+    "collect_loaded", "components_notes", "components_section", "components_table", "determinism_section",
+    "display_frame", "fixtures_table", "frontend_section", "generation_section",
+    "golden_decision", "golden_section", "greedy", "headline", "input_player", "largest_increase",
+    "layer_figure", "layer_frame", "layers_section", "load_prompts", "logits_section",
+    "parity_table", "pick", "plan", "run_all", "shown", "weight_digests", "weights_section",
 ]

@@ -13,11 +13,16 @@ from helpers.models.base import prompts
 from helpers.stages.kit import CPU, Side, Target, reference_side
 
 REFERENCE_DTYPES = ("float32", "float64")
+# component_dtype knob: "run" = every audio component in the run's DTYPE; "upstream" = each as
+# its upstream code runs it on this device type (helpers.models.audio_components.upstream_dtype:
+# BiCodec float16 on CUDA, float32 elsewhere; the GLM tokenizer float32), others in DTYPE
+COMPONENT_DTYPES = ("run", "upstream")
 GOLDEN_MODES = ("auto", "on", "off")
 GOLDEN_MEMORY_SHARE = 0.5  # auto: the float64 copy may use at most half the free host memory
 NEW_TOKENS_AUTO = {"tiny": 8}  # new_tokens = 0 picks this per profile ...
 NEW_TOKENS_DEFAULT = 64  # ... or this (the Covo report's 64-token greedy runs)
 FRONTEND_FIXTURE = "en_fox"  # the clip fed to audio encoders that take log-mel features
+PLAYERS_DEFAULT = "en_fox,zh_weather,en_stereo_48k"  # fixtures given players
 
 
 LOGIT_LABELS = {"rel_l2_pct": "relative L2 (%)", "cosine": "cosine",
@@ -36,6 +41,19 @@ class Plan:
     languages: tuple[str, ...]
     model: str = ""
     tf32: bool = False  # let float32 matmuls / convolutions use TF32 (CUDA) or HF32 (Ascend)
+    fixtures: tuple[str, ...] = ()  # the audio fixtures every component runs on (empty: all)
+    component_dtype: str = "run"  # see COMPONENT_DTYPES
+    profile: str = ""
+
+    def component_dtypes(self, names: list[str]) -> dict[str, torch.dtype]:
+        """The target dtype of each audio component under the component_dtype rule."""
+        from helpers.models import audio_components as ac
+
+        if self.component_dtype == "run":
+            return {n: self.target.dtype for n in names}
+        chosen = {n: ac.upstream_dtype(n, self.target.device.type) if n in ac.PARTS else ""
+                  for n in names}
+        return {n: getattr(torch, c) if c else self.target.dtype for n, c in chosen.items()}
 
     @property
     def golden_side(self) -> Side:
@@ -69,11 +87,13 @@ class Plan:
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target.label, "reference": self.reference.label,
                 "golden": self.golden, "reason": self.reason, "new_tokens": self.new_tokens,
-                "languages": list(self.languages), "tf32": self.tf32}
+                "languages": list(self.languages), "tf32": self.tf32,
+                "fixtures": list(self.fixtures), "component_dtype": self.component_dtype}
 
 
 def plan(tgt: Target, reference_dtype: str = "float32", golden: str = "auto",
-         new_tokens: int = 0, languages: str = "en,zh", tf32: bool = False) -> Plan:
+         new_tokens: int = 0, languages: str = "en,zh", tf32: bool = False,
+         fixtures: str = "", component_dtype: str = "run") -> Plan:
     """The sides and workload for a run's target and the stage knobs (checked here)."""
     if reference_dtype not in REFERENCE_DTYPES:
         raise ConfigError(f"reference_dtype {reference_dtype!r} is not valid",
@@ -87,10 +107,27 @@ def plan(tgt: Target, reference_dtype: str = "float32", golden: str = "auto",
     if not isinstance(tf32, bool):
         raise ConfigError(f"tf32 must be True or False, got {tf32!r}",
                           "True lets float32 parity use TF32 (CUDA) / HF32 (Ascend)")
+    if component_dtype not in COMPONENT_DTYPES:
+        raise ConfigError(f"accuracy_parity.component_dtype is {component_dtype!r}",
+                          f"use one of {', '.join(COMPONENT_DTYPES)}")
     langs = _languages(languages)
     reference = reference_side(getattr(torch, reference_dtype))
     n = new_tokens or NEW_TOKENS_AUTO.get(tgt.cfg.profile, NEW_TOKENS_DEFAULT)
-    return Plan(tgt.side, reference, golden, tgt.reason, n, langs, tgt.cfg.model, tf32)
+    return Plan(tgt.side, reference, golden, tgt.reason, n, langs, tgt.cfg.model, tf32,
+                _fixtures(fixtures), component_dtype, tgt.cfg.profile)
+
+
+def _fixtures(text: str) -> tuple[str, ...]:
+    """The named shipped fixtures, checked ('' = all of them)."""
+    from helpers import audio
+
+    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
+    known = [f.name for f in audio.fixtures()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"fixtures {text!r}: unknown {unknown}",
+                          f"data/audio/fixtures.json has {', '.join(known)} (empty: all)")
+    return names or tuple(known)
 
 
 def _languages(text: str) -> tuple[str, ...]:

@@ -245,12 +245,14 @@ def golden_section(runs: Runs) -> Section:
     pairs.append(("last hidden state", torch.cat([h[-1] for h in runs.target.hidden]),
                   torch.cat([h[-1] for h in runs.reference.hidden]),
                   torch.cat([h[-1] for h in g.hidden])))
-    for name, outs in g.components.items():
-        t, r = runs.target.components.get(name, {}), runs.reference.components.get(name, {})
-        for key, out in outs.items():
-            if key in t and key in r and out.is_floating_point():
-                label = name if key == "output" else f"{name} {key}"
-                pairs.append((label, t[key], r[key], out))
+    for name, by_input in g.components.items():
+        for given, outs in by_input.items():  # the golden runs one input per component
+            t = runs.target.components.get(name, {}).get(given, {})
+            r = runs.reference.components.get(name, {}).get(given, {})
+            for key, out in outs.items():
+                if key in t and key in r and out.is_floating_point():
+                    label = name if key == "output" else f"{name} {key}"
+                    pairs.append((label, t[key], r[key], out))
     same = runs.plan.target.dtype == runs.plan.reference.dtype
     rows, checks = [], []
     for name, t, r, gold in pairs:
@@ -285,13 +287,6 @@ def _golden_row(name: str, t: torch.Tensor, r: torch.Tensor, gold: torch.Tensor,
 
 # -- greedy generation
 
-def divergence(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int | None]:
-    """(matching positions, first position where the two token rows differ, or None)."""
-    same = (a == b).tolist()
-    first = next((i for i, s in enumerate(same) if not s), None)
-    return int(sum(same)), first
-
-
 def generation_section(runs: Runs) -> Section:
     n = runs.plan.new_tokens
     if n == 0:
@@ -301,7 +296,8 @@ def generation_section(runs: Runs) -> Section:
         return Section.failure("generation", why)
     rows = []
     for i, p in enumerate(runs.prompts):
-        match, first = divergence(runs.target.tokens[i], runs.reference.tokens[i])
+        agree = parity.token_agreement(runs.target.tokens[i], runs.reference.tokens[i])
+        match, first = agree["matches"], agree["first_divergence"]
         rows.append({"lang": p.lang, "prompt": p.text, "match": f"{match}/{n}",
                      "match_pct": 100 * match / n, "first_divergence": first,
                      "target": runs.target.texts[i], "reference": runs.reference.texts[i]})
@@ -315,8 +311,8 @@ def generation_section(runs: Runs) -> Section:
                     "info", "measured", f"{n} new tokens per prompt, EOS suppressed"),
               _info("generation: prompts with identical greedy tokens",
                     f"{identical}/{len(rows)}", "info", "measured")]
-    note = (f"Greedy decoding of {n} new tokens per prompt in one left-padded batch, on the "
-            "target and on the reference. After the first divergence the two sides continue "
+    note = (f"Greedy decoding of {n} new tokens per prompt (each prompt on its own, the end "
+            "tokens blocked; helpers.generate), on the target and on the reference. After the first divergence the two sides continue "
             "from different prefixes, so later matches are not comparable position by position.")
     return Section("generation", frame, checks, metrics, [note])
 

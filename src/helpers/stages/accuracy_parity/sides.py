@@ -1,5 +1,11 @@
 """Running one side: load the model for a Side, run every part (forward, hidden states,
-generation, audio components) on the same inputs, keep the outputs on the host, free it."""
+generation, audio components) on the same inputs, keep the outputs on the host, free it.
+
+Audio components: one with typed outputs (helpers.models.audio_components: tokens, codes,
+waveforms) runs on every fixture of the plan, its inputs made from the clip on the side's own
+device and in its dtype (the front end included); any other (Covo's encoder and adapter) runs
+on the recipe's inputs, made once on the reference and copied. The golden runs the first
+fixture only (float64 of every component on every clip would dominate the stage's time)."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import pandas as pd
 import psutil
 import torch
 
+from helpers import audio, generate
 from helpers import device as devices
 from helpers.config import RunConfig
 from helpers.models.base import LoadedModel, weight_digests
@@ -23,7 +30,58 @@ from helpers.stages.accuracy_parity.plan import (
     Prompt,
     load_prompts,
 )
-from helpers.stages.kit import Side
+from helpers.stages.kit import Side, failure_text
+
+RECIPE_INPUTS = "recipe inputs"  # the input key of a component compared on one input
+
+# ---- the fixtures every audio component runs on -----------------------------------------------
+
+
+@dataclass
+class FixtureClip:
+    """One shipped fixture as the components hear it, and its Whisper log-mel on the target
+    device and on the CPU (float32 STFT on both): the front end both sides start from."""
+
+    fixture: audio.Fixture
+    samples16: Any = None  # mono 16 kHz float32, None when it did not load
+    warnings: list[str] = field(default_factory=list)
+    error: str = ""
+    mel_dev: Any = None  # [128, frames] numpy
+    mel_ref: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.fixture.name
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def duration_s(self) -> float:
+        return 0.0 if self.samples16 is None else self.samples16.shape[-1] / 16_000
+
+    def at(self, rate: int) -> Any:
+        """The clip at a component's input rate (read again from the file, as upstream does)."""
+        return self.samples16 if rate == 16_000 else audio.load_checked(
+            self.fixture.path, sr=rate).samples
+
+
+def load_clips(fixtures: list[audio.Fixture], device: torch.device) -> list[FixtureClip]:
+    """Every fixture read, validated and resampled to 16 kHz mono, with its log-mel on
+    `device` and on the CPU; a clip that fails is a FixtureClip with its error."""
+    clips = []
+    for fixture in fixtures:
+        clip = FixtureClip(fixture)
+        try:
+            loaded = audio.load_checked(clip.fixture.path, sr=16_000)
+            clip.samples16, clip.warnings = loaded.samples, loaded.warnings
+            clip.mel_dev = audio.log_mel(loaded.samples, audio.WHISPER, device=device).cpu().numpy()
+            clip.mel_ref = audio.log_mel(loaded.samples, audio.WHISPER, device="cpu").numpy()
+        except Exception as exc:  # one bad clip is a row, not a crashed stage
+            clip.error = failure_text(exc)
+        clips.append(clip)
+    return clips
 
 # ---- running one side --------------------------------------------------------------------------
 
@@ -39,7 +97,9 @@ class SideRun:
     texts: list[str] = field(default_factory=list)  # the decoded new tokens, per prompt
     again_logits: list[torch.Tensor] = field(default_factory=list)  # second forward (target)
     again_tokens: torch.Tensor | None = None  # second generation (target) [P, N]
-    components: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # name -> outputs
+    # component -> input (a fixture's name, or RECIPE_INPUTS) -> named outputs
+    components: dict[str, dict[str, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)  # component -> the dtype it ran in
     inputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # host copies
     inputs_note: dict[str, str] = field(default_factory=dict)  # name -> what the inputs are
     errors: dict[str, str] = field(default_factory=dict)  # part -> "TypeError: ..."
@@ -100,37 +160,14 @@ def forward_prompts(run: SideRun, loaded: LoadedModel, prompts: list[Prompt], hi
     return out_logits
 
 
-def left_padded(tokenizer: Any, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Token ids [P, S] left-padded by hand, their attention mask [P, S], and the pad id.
-
-    The pad id is the tokenizer's pad token, else its eos token, else 0 (padded positions are
-    masked, so their id never matters). Padding by hand works with tokenizers that have no
-    pad token (GPT-2, Llama) without changing the user's tokenizer.
-    """
-    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
-    rows = [tokenizer(t, return_tensors="pt")["input_ids"][0] for t in texts]  # each [S_i]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)  # [P, S]
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # [P, S]
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return ids, mask, int(pad)
-
-
 def greedy(loaded: LoadedModel, prompts: list[Prompt], new_tokens: int) -> torch.Tensor:
-    """Greedy decoding of exactly new_tokens tokens for all prompts in one left-padded batch:
-    [P, N]. EOS is suppressed (min_new_tokens = N) so every row has N comparable tokens."""
-    from transformers import GenerationConfig
-
-    tok = loaded.tokenizer
-    ids, mask, pad = left_padded(tok, [p.text for p in prompts])
-    dev = loaded.input_device("lm")
-    gen = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           num_beams=1, pad_token_id=pad, eos_token_id=tok.eos_token_id)
-    out = loaded.lm.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                             generation_config=gen)
-    return out[:, ids.shape[1]:].cpu()  # [P, N]
+    """Greedy decoding of exactly new_tokens tokens for each prompt on its own (no padding):
+    [P, N]. The end tokens are blocked so every row has N comparable tokens."""
+    tok, dev = loaded.tokenizer, loaded.input_device("lm")
+    s = generate.exactly(generate.eos_ids(loaded.lm, tok))
+    rows = [generate.decode(loaded.lm, {"input_ids": tok(p.text, return_tensors="pt")[
+        "input_ids"].to(dev)}, new_tokens, s).ids[0] for p in prompts]  # each [N]
+    return torch.stack(rows)  # [P, N]
 
 
 def first_tensor(out: Any) -> torch.Tensor:
@@ -150,7 +187,8 @@ def audio_components(loaded: LoadedModel) -> list[str]:
 
 
 def component_inputs(loaded: LoadedModel) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
-    """Host copies of the inputs each audio component is compared on, and what they are.
+    """Host copies of the inputs each audio component without typed outputs is compared on,
+    and what they are (the typed ones run on every fixture instead).
 
     A Whisper-style encoder (config with num_mel_bins and max_source_positions, taking
     input_features) gets the recipe's own front end on a shipped fixture where the recipe has
@@ -158,14 +196,10 @@ def component_inputs(loaded: LoadedModel) -> tuple[dict[str, dict[str, torch.Ten
     window; every other component gets the recipe's example inputs (seeded)."""
     inputs, notes = {}, {}
     for name in audio_components(loaded):
+        if _audio_part(name) is not None:
+            continue
         kwargs = {k: v.detach().cpu() for k, v in loaded.example_inputs(name).items()}
         notes[name] = "recipe example inputs"
-        typed = _audio_part(name)
-        if typed is not None:
-            fixture = getattr(typed, "DEFAULT_FIXTURE", "")
-            notes[name] += f" (made from fixture {fixture})" if fixture else ""
-            inputs[name] = kwargs
-            continue
         if "input_features" in kwargs and hasattr(loaded.recipe, "fixture_features"):
             # the release's own front end (Covo: 24 kHz -> hop trim -> 16 kHz -> log-mel)
             fixture = getattr(loaded.recipe, "fixture", FRONTEND_FIXTURE)
@@ -208,34 +242,61 @@ def _audio_part(name: str) -> Any:
 
 
 def run_component(loaded: LoadedModel, name: str, kwargs: dict[str, torch.Tensor], side: Side,
-                  reference: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """One forward of a component on inputs moved to its device and cast to its dtype:
-    named outputs on the host. A codec decodes the reference's codes (when given), so its
-    decoder is compared on equal input."""
+                  ) -> dict[str, torch.Tensor]:
+    """One forward of a component without typed outputs on inputs moved to its device and
+    cast to the side's dtype: its first output tensor on the host."""
     module = loaded.components[name]
     dev = loaded.input_device(name)
     moved = {k: v.to(dev, side.dtype) if v.is_floating_point() else v.to(dev)
              for k, v in kwargs.items()}
-    typed = _audio_part(name)
-    if typed is None:
-        outs = {"output": first_tensor(module(**moved))}
-    else:
-        outs = typed.run(name, module, moved, codes=(reference or {}).get("codes"))
+    return {"output": _host(first_tensor(module(**moved)), side)}
+
+
+def run_on_clip(loaded: LoadedModel, name: str, clip: FixtureClip, side: Side,
+                codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A typed audio component on one fixture: inputs made from the clip on this side's device
+    in the component's dtype; a codec decodes `codes` (the reference's) when given, so its
+    decoder is compared on equal input. Named outputs on the host."""
+    from helpers.models import audio_components as ac
+
+    module = loaded.components[name]
+    dtype = next(module.parameters()).dtype
+    kwargs = ac.inputs_for(name, clip.at(ac.part(name).input_rate), loaded.input_device(name),
+                           dtype, part_config=ac.config_of(name, module))
+    outs = ac.run(name, module, kwargs, codes=codes)
     return {k: _host(v, side) if v.is_floating_point() else v.detach().cpu()
             for k, v in outs.items()}
+
+
+def _run_clips(run: SideRun, loaded: LoadedModel, name: str, clips: list[FixtureClip],
+               reference: SideRun | None) -> None:
+    """One typed component on every clip; a clip that fails is an error of part 'name clip'."""
+    outs = run.components.setdefault(name, {})
+    for clip in clips:
+        ref = (reference.components.get(name, {}).get(clip.name, {}) if reference else {})
+        try:
+            outs[clip.name] = run_on_clip(loaded, name, clip, run.side, ref.get("codes"))
+        except Exception as exc:  # a failure on one clip is a row of the report
+            run.errors[f"{name} on {clip.name}"] = f"{type(exc).__name__}: {exc}"
 
 
 def collect_loaded(loaded: LoadedModel, side: Side, prompts: list[Prompt], new_tokens: int,
                    inputs: dict[str, dict[str, torch.Tensor]] | None = None,
                    again: bool = False, reference: SideRun | None = None,
-                   digest_dtypes: tuple[torch.dtype, ...] = ()) -> SideRun:
-    """Run every part on an already-loaded model. `inputs` are the component inputs to use
-    (None: make them here, from this side, as the reference does); `again` repeats the forward
-    and the generation for the determinism check; `reference` lends its codec codes;
-    digest_dtypes: the dtypes to fingerprint the weights in (default: the side's own)."""
+                   digest_dtypes: tuple[torch.dtype, ...] = (),
+                   clips: list[FixtureClip] | None = None,
+                   component_dtypes: dict[str, torch.dtype] | None = None) -> SideRun:
+    """Run every part on an already-loaded model. `inputs` are the inputs of the components
+    without typed outputs (None: make them here, as the reference does); `again` repeats the
+    forward and the generation for the determinism check; `reference` lends its codec codes;
+    digest_dtypes: the dtypes to fingerprint the weights in (default: the side's own); clips:
+    the fixtures the typed components run on; component_dtypes: a dtype per component (the
+    component_dtype rule; default: the side's)."""
     run = SideRun(side, parameters=loaded.parameters_total)
     _part(run, side.backend, "weights", lambda: run.digests.update(
         weight_digests(loaded, digest_dtypes or (side.dtype,))))
+    for name, dtype in (component_dtypes or {}).items():
+        loaded.components[name].to(dtype)
     be = side.backend
     with torch.inference_mode():
         _part(run, be, "forward", lambda: run.logits.extend(forward_prompts(run, loaded, prompts)))
@@ -247,10 +308,14 @@ def collect_loaded(loaded: LoadedModel, side: Side, prompts: list[Prompt], new_t
         else:
             run.inputs = inputs
         for name in audio_components(loaded):
-            if name in run.inputs:
-                ref_out = reference.components.get(name) if reference else None
-                _part(run, be, name, lambda n=name, r=ref_out: run.components.__setitem__(
-                    n, run_component(loaded, n, run.inputs[n], side, r)))
+            run.dtypes[name] = devices.dtype_name(next(loaded.components[name].parameters()).dtype)
+            if _audio_part(name) is not None:
+                usable = [c for c in clips or [] if c.ok]
+                _part(run, be, name, lambda n=name, c=usable: _run_clips(run, loaded, n, c,
+                                                                         reference))
+            elif name in run.inputs:
+                _part(run, be, name, lambda n=name: run.components.__setitem__(
+                    n, {RECIPE_INPUTS: run_component(loaded, n, run.inputs[n], side)}))
     if new_tokens and side.role != "golden":
         _part(run, be, "generate", lambda: setattr(run, "tokens", greedy(loaded, prompts, new_tokens)))
         if run.tokens is not None:
@@ -268,7 +333,8 @@ def _keep_inputs(run: SideRun, loaded: LoadedModel) -> None:
 def collect(cfg: RunConfig, side: Side, prompts: list[Prompt], new_tokens: int,
             inputs: dict[str, dict[str, torch.Tensor]] | None = None,
             again: bool = False, reference: SideRun | None = None,
-            digest_dtypes: tuple[torch.dtype, ...] = ()) -> SideRun:
+            digest_dtypes: tuple[torch.dtype, ...] = (), clips: list[FixtureClip] | None = None,
+            component_dtypes: dict[str, torch.dtype] | None = None) -> SideRun:
     """Load one side, run every part, free the model; a failed load is recorded, not raised."""
     be = side.backend
     try:
@@ -279,7 +345,8 @@ def collect(cfg: RunConfig, side: Side, prompts: list[Prompt], new_tokens: int,
         run.errors["load"] = f"{type(exc).__name__}: {exc}"
         return run
     run = collect_loaded(loaded, side, prompts, new_tokens, inputs, again, reference,
-                         digest_dtypes)
+                         digest_dtypes, clips, component_dtypes and {
+                             n: d for n, d in component_dtypes.items() if n in loaded.components})
     run.seconds["load"] = round(t.seconds, 4)
     del loaded
     gc.collect()
@@ -297,6 +364,7 @@ class Runs:
     target: SideRun
     golden: SideRun | None
     golden_note: str
+    clips: list[FixtureClip] = field(default_factory=list)
 
     @property
     def sides(self) -> list[SideRun]:
@@ -334,17 +402,21 @@ def golden_decision(mode: str, parameters: int) -> tuple[bool, str]:
 
 
 def run_all(cfg: RunConfig, p: Plan) -> Runs:
-    """Reference, then target (twice for determinism), then the golden when wanted."""
+    """Reference, then target (twice for determinism), then the golden when wanted; the audio
+    components on every fixture of the plan."""
     prompts = load_prompts(p.languages)
+    clips = load_clips([audio.fixture(n) for n in p.fixtures], p.target.device)
     with devices.full_float32(p.target.device, enabled=not p.tf32):
-        ref = collect(cfg, p.reference, prompts, p.new_tokens,
+        ref = collect(cfg, p.reference, prompts, p.new_tokens, clips=clips,
                       digest_dtypes=(p.reference.dtype, p.target.dtype, torch.float64))
         tgt = collect(cfg, p.target, prompts, p.new_tokens, inputs=ref.inputs, again=True,
-                      reference=ref)
+                      reference=ref, clips=clips,
+                      component_dtypes=p.component_dtypes(list(ref.dtypes)))
         tgt.inputs_note = ref.inputs_note
         use, note = golden_decision(p.golden, ref.parameters)
         if p.reference.dtype == torch.float64:
             use, note = False, "no separate golden: the reference itself runs in float64"
-        gold = (collect(cfg, p.golden_side, prompts, 0, inputs=ref.inputs, reference=ref)
-                if use else None)
-    return Runs(p, prompts, ref, tgt, gold, note)
+        gold = (collect(cfg, p.golden_side, prompts, 0, inputs=ref.inputs, reference=ref,
+                        clips=[c for c in clips if c.ok][:1]) if use else None)
+    return Runs(p, prompts, ref, tgt, gold, note, clips)
+

@@ -27,10 +27,11 @@ from helpers import device as devices
 from helpers.bench import Measurement
 from helpers.device.graph import Capture, captures_graphs
 from helpers.errors import CapReached
+from helpers.generate import pad_id
 from helpers.records import Check
 from helpers.stages.kit import Section, failure_row
 from helpers.stages.performance import inductor_cache
-from helpers.stages.performance.generation import Run, generate_fn, lm_inputs, pad_id
+from helpers.stages.performance.generation import Run, hf_generate_fn, lm_inputs
 
 
 @contextlib.contextmanager
@@ -116,14 +117,15 @@ GRAPH_ROW = "graph: static cache + torch.compile"
 
 
 def modes(run: Run, lat: Section) -> Section:
-    """Eager (the latency section's N-token runs) vs static cache + graph capture, batch 1.
+    """HF generate eager (the latency section's comparison runs) vs HF generate over a static
+    cache with graph capture, batch 1.
 
     The speed-up is judged only when the capture is verified (CaptureWatch); otherwise its row
     is info and says why. The row's name says "CUDA graphs" / "aclgraph" only for a verified
     capture.
     """
     s = run.settings
-    eager: Measurement = lat.data["e2e"]
+    eager: Measurement = lat.data["hf_generate"]
     rows = [_mode_row("eager: HF generate, dynamic cache", eager, s.new_tokens, "")]
     metrics: dict[str, Any] = {"eager_tokens_per_s": eager.rate(s.new_tokens)}
     checks: list[Check] = []
@@ -179,9 +181,9 @@ def _graph_runs(run: Run, cc: Any, how: str) -> tuple[Measurement | None, str, s
     cap = graph_cap(run)
     inputs, pad = lm_inputs(run), pad_id(run.loaded.tokenizer)
     step_cap = StepCap(cap)
-    first = generate_fn(run.lm, inputs, s.new_tokens, pad, cache_implementation="static",
+    first = hf_generate_fn(run.lm, inputs, s.new_tokens, pad, cache_implementation="static",
                         compile_config=cc, stopping_criteria=StoppingCriteriaList([step_cap]))
-    fn = generate_fn(run.lm, inputs, s.new_tokens, pad, cache_implementation="static",
+    fn = hf_generate_fn(run.lm, inputs, s.new_tokens, pad, cache_implementation="static",
                      compile_config=cc)
     prewarm_s = _prewarm(run, cc)
     # a signal may land anywhere: only where no device graph is captured (the CPU)

@@ -20,14 +20,12 @@ from helpers import device as devices
 from helpers.bench import Measurement, Protocol
 from helpers.device import dtype_name
 from helpers.models.base import LoadedModel
-from helpers.records import Check
+from helpers.records import Check, LatencyStats
 from helpers.stages.kit import Section, Stage, failure_row
 from helpers.stages.performance.generation import (
     Run,
-    decode_rates,
-    lm_inputs,
-    measure_generate,
-    measure_static_decode,
+    measure_decode,
+    measure_hf_generate,
 )
 from helpers.stages.performance.settings import (
     CACHE_SIZED,
@@ -96,42 +94,59 @@ def sanity(run: Run) -> Section:
 
 
 def latency(run: Run) -> Section:
-    """TTFT, N-token latency (batch 1), decode throughput and TPOT, peak memory during the runs,
-    and the decode step's own throughput over a static cache, next to HF generate's."""
+    """The project's decode loop at batch 1: prefill (time to first token) and decode timed
+    apart, the N-token latency, decode throughput and TPOT, peak memory during the runs; the
+    same loop over a static KV cache; and HF generate of the same N tokens, labelled as such."""
     s = run.settings
     p = s.protocol()
-    ttft = measure_generate(run, 1, p, name="ttft")
+    n = s.new_tokens
     run.be.reset_peak()
-    e2e = measure_generate(run, s.new_tokens, p, name=f"e2e_{s.new_tokens}")
+    loop = measure_decode(run, n, p, name=f"decode_{n}")
     mem = run.be.memory()
     mem_rows = run.be.memory_rows()
-    static = measure_static_decode(run, s.new_tokens, p, name=f"static_decode_{s.new_tokens - 1}")
-    rates = decode_rates(ttft, e2e, s.new_tokens)
-    rates["static_decode_tokens_per_s"] = static.rate(s.new_tokens - 1)
-    same = static.output.cpu() == e2e.output[:, -s.new_tokens:].cpu()
-    prompt = lm_inputs(run)["input_ids"].shape[1]
-    rows = [_stats_row(f"time to first token (prompt {prompt} tokens)", ttft),
-            _stats_row(f"latency, {s.new_tokens} new tokens (HF generate, dynamic cache)", e2e),
-            _stats_row(f"{s.new_tokens - 1} decode steps (greedy loop, static cache)", static)]
-    metrics = {"new_tokens": s.new_tokens, "batch": 1, **rates, "memory": mem,
-               "memory_devices": mem_rows, "ttft": ttft.to_dict(), "e2e": e2e.to_dict(),
-               "static_decode": static.to_dict(),
-               "static_decode_same_tokens": bool(same.all()), "protocol": e2e.describe()}
+    static = measure_decode(run, n, p, static=True, name=f"decode_{n}_static_cache")
+    hf = measure_hf_generate(run, n, p, name=f"hf_generate_{n}")
+    rates = loop.rates()
+    rates["static_decode_tokens_per_s"] = static.rates()["decode_tokens_per_s"]
+    rates["hf_generate_tokens_per_s"] = hf.rate(n)
+    same_static = bool(torch.equal(static.run.output, loop.run.output))
+    same_hf = bool(torch.equal(hf.output[:, -n:].cpu(), loop.run.output))
+    rows = [_stats_row(f"time to first token: prefill of {loop.prompt_tokens} prompt tokens + "
+                       "first token (decode loop)", loop.prefill),
+            _stats_row(f"decode: {n - 1} steps after the first token (decode loop, dynamic cache)",
+                       loop.decode),
+            _stats_row(f"latency, {n} new tokens (decode loop, dynamic cache)", loop.run.stats,
+                       loop.run.first_call_s),
+            _stats_row(f"decode: {n - 1} steps (decode loop, static cache)", static.decode),
+            _stats_row(f"latency, {n} new tokens (HF generate, dynamic cache; comparison)",
+                       hf.stats, hf.first_call_s)]
+    metrics = {"new_tokens": n, "batch": 1, **rates, "memory": mem, "memory_devices": mem_rows,
+               "prompt_tokens": loop.prompt_tokens, "prefill": loop.prefill.to_dict(),
+               "decode": loop.decode.to_dict(), "e2e": loop.run.to_dict(),
+               "static_decode": static.to_dict(), "hf_generate": hf.to_dict(),
+               "static_decode_same_tokens": same_static, "hf_generate_same_tokens": same_hf,
+               "protocol": loop.run.describe()}
     checks = [Check("decode throughput (tokens/s)", round(rates["decode_tokens_per_s"], 3), "",
-                    None, GPA_REPORT, detail=f"HF generate, dynamic cache, 1 / TPOT; GPA on "
-                    f"Ascend 910 reported 26.1 tok/s ({s.new_tokens}-token end-to-end here: "
-                    f"{rates['e2e_tokens_per_s']:.2f} tok/s; decode step, static cache: "
-                    f"{rates['static_decode_tokens_per_s']:.2f} tok/s)")]
-    checks += _settled_checks(ttft, e2e, static)
+                    None, GPA_REPORT, detail=f"decode loop, dynamic cache, 1 / TPOT; GPA on "
+                    f"Ascend 910 reported 26.1 tok/s ({n}-token end-to-end here: "
+                    f"{rates['e2e_tokens_per_s']:.2f} tok/s; time to first token "
+                    f"{rates['ttft_s']:.4g} s; static cache: "
+                    f"{rates['static_decode_tokens_per_s']:.2f} tok/s; HF generate end-to-end: "
+                    f"{rates['hf_generate_tokens_per_s']:.2f} tok/s)")]
+    checks += _settled_checks(loop.run, static.run, hf)
     load = host_load()
     metrics["host"] = load
-    notes = [f"protocol: {e2e.describe()}",
-             f"decode step, static cache: {static.describe()}; same greedy tokens as HF generate: "
-             f"{'yes' if same.all() else 'no'}"]
+    notes = [f"protocol: {loop.run.describe()}",
+             "decode loop: helpers.generate, the loop every stage decodes with; prefill and "
+             "decode are stamped by its synchronized clock inside each timed run",
+             f"static cache: {static.run.describe()}; same greedy tokens: "
+             f"{'yes' if same_static else 'no'}",
+             f"HF generate (comparison): {hf.describe()}; same greedy tokens: "
+             f"{'yes' if same_hf else 'no'}"]
     if run.sel.backend == "cpu" and load.get("host_note", "host quiet") != "host quiet":
         notes.append(load["host_note"])
     return Section("latency", pd.DataFrame(rows), checks, metrics, notes=notes,
-                   data={"ttft": ttft, "e2e": e2e, "static": static})
+                   data={"e2e": loop.run, "static": static.run, "hf_generate": hf})
 
 
 def _settled_checks(*ms: Measurement) -> list[Check]:
@@ -141,28 +156,32 @@ def _settled_checks(*ms: Measurement) -> list[Check]:
                   detail=m.describe()) for m in ms if m.settled is False]
 
 
-def _stats_row(what: str, m: Measurement) -> dict[str, Any]:
-    st = m.stats
-    return {"measurement": what, "runs": st.count, "first call s": m.first_call_s,
+def _stats_row(what: str, st: LatencyStats, first_call_s: float | None = None) -> dict[str, Any]:
+    return {"measurement": what, "runs": st.count, "first call s": first_call_s,
             "mean s": st.mean, "median s": st.p50, "p90 s": st.p90, "p99 s": st.p99,
             "min s": st.min, "max s": st.max, "stdev s": st.stdev}
 
 
 def throughput_table(sec: Section) -> pd.DataFrame:
-    """The throughput figures, each named for what it times; the two decode figures side by side."""
+    """The throughput figures, each named for what it times: the decode loop's prefill and
+    decode apart, its static-cache variant, and HF generate as a labelled comparison."""
     m = sec.metrics
     n = m["new_tokens"]
     return pd.DataFrame([
-        {"quantity": "time to first token (HF generate of 1 token: prefill + first step)",
-         "value": m["ttft_s"], "unit": "s"},
-        {"quantity": "time per output token (HF generate, dynamic cache)",
+        {"quantity": f"time to first token (decode loop: prefill of {m['prompt_tokens']} "
+                     "tokens + first token)", "value": m["ttft_s"], "unit": "s"},
+        {"quantity": "prefill throughput (prompt tokens / time to first token)",
+         "value": m["prefill_tokens_per_s"], "unit": "tokens/s"},
+        {"quantity": "time per output token (decode loop, dynamic cache)",
          "value": m["tpot_s"] * 1e3, "unit": "ms"},
-        {"quantity": f"decode throughput: HF generate, dynamic cache ((N - 1) / (latency - TTFT), N = {n})",
+        {"quantity": f"decode throughput: decode loop, dynamic cache ((N - 1) / decode time, N = {n})",
          "value": m["decode_tokens_per_s"], "unit": "tokens/s"},
-        {"quantity": f"decode throughput: decode step, static cache (greedy loop of {n - 1} steps)",
+        {"quantity": "decode throughput: decode loop, static cache",
          "value": m["static_decode_tokens_per_s"], "unit": "tokens/s"},
-        {"quantity": f"end-to-end throughput (HF generate, {n} tokens / latency)",
+        {"quantity": f"end-to-end throughput (decode loop, {n} tokens / latency)",
          "value": m["e2e_tokens_per_s"], "unit": "tokens/s"},
+        {"quantity": f"end-to-end throughput: HF generate, {n} tokens / latency (comparison)",
+         "value": m["hf_generate_tokens_per_s"], "unit": "tokens/s"},
     ])
 
 
@@ -256,13 +275,13 @@ def bandwidth(run: Run, lat: Section) -> Section:
     ratio = achieved / copy_bps
     rows = [
         {"quantity": "weights read per decoded token", "value": wbytes / 1e6, "unit": "MB", "how": how},
-        {"quantity": "decode throughput (batch 1, HF generate, dynamic cache)", "value": tps,
+        {"quantity": "decode throughput (batch 1, decode loop, dynamic cache)", "value": tps,
          "unit": "tokens/s", "how": "latency section"},
-        {"quantity": "achieved weight-read bandwidth (HF generate)", "value": achieved / 1e9,
+        {"quantity": "achieved weight-read bandwidth (decode loop)", "value": achieved / 1e9,
          "unit": "GB/s", "how": "weights per token x tokens/s"},
         {"quantity": "measured device bandwidth (copy)", "value": copy_bps / 1e9, "unit": "GB/s",
          "how": f"{run.settings.copy_mib} MiB copy, (read + write) / time, {copy_m.stats.count} runs"},
-        {"quantity": "bandwidth utilization (HF generate)", "value": ratio, "unit": "ratio",
+        {"quantity": "bandwidth utilization (decode loop)", "value": ratio, "unit": "ratio",
          "how": "achieved / measured"},
     ]
     metrics = {"weight_bytes_per_token": wbytes, "weight_elements": welems, "counted": how,
@@ -270,7 +289,7 @@ def bandwidth(run: Run, lat: Section) -> Section:
                "utilization": ratio, "copy": copy_m.to_dict()}
     if static_tps:
         metrics["utilization_static_decode"] = wbytes * static_tps / copy_bps
-        rows.append({"quantity": "bandwidth utilization (decode step, static cache)",
+        rows.append({"quantity": "bandwidth utilization (decode loop, static cache)",
                      "value": metrics["utilization_static_decode"], "unit": "ratio",
                      "how": f"weights per token x {static_tps:.1f} tokens/s / measured"})
     table = pd.DataFrame(rows)
@@ -386,24 +405,24 @@ def _measure_forward(run: Run, module: torch.nn.Module, inputs: dict[str, torch.
 
 
 def batch_sweep(run: Run) -> Section:
-    """Per batch size: TTFT, latency for sweep_new_tokens, decode tokens/s per sequence and total."""
+    """Per batch size: TTFT, latency for sweep_new_tokens, decode tokens/s per sequence and total
+    (the decode loop over identical rows)."""
     s = run.settings
     p = s.sweep_protocol()
     rows, raw = [], []
     for b in s.sweep_batches:
         try:
-            ttft = measure_generate(run, 1, p, batch=b, name=f"ttft_b{b}")
-            e2e = measure_generate(run, s.sweep_new_tokens, p, batch=b, name=f"e2e_b{b}")
+            t = measure_decode(run, s.sweep_new_tokens, p, batch=b, name=f"decode_b{b}")
         except Exception as exc:
             rows.append({"batch": b, **failure_row(f"batch {b}", exc)})
             continue
-        r = decode_rates(ttft, e2e, s.sweep_new_tokens, batch=b)
+        r = t.rates()
         row = {"batch": b, "ttft s": r["ttft_s"], "latency s": r["e2e_s"],
-               "latency p90 s": e2e.stats.p90, "tpot ms": r["tpot_s"] * 1e3,
+               "latency p90 s": t.run.stats.p90, "tpot ms": r["tpot_s"] * 1e3,
                "decode tokens/s (all)": r["decode_tokens_per_s"],
                "tokens/s (end-to-end)": r["e2e_tokens_per_s"]}
         rows.append(row)
-        raw.append({**row, "ttft": ttft.to_dict(), "e2e": e2e.to_dict()})
+        raw.append({**row, "timing": t.to_dict()})
     ok = [r for r in rows if "status" not in r]
     return Section("batch_sweep", pd.DataFrame(rows), metrics=
                    {"new_tokens": s.sweep_new_tokens, "rows": raw, "protocol": p.describe()},
@@ -411,7 +430,8 @@ def batch_sweep(run: Run) -> Section:
 
 
 def prompt_sweep(run: Run) -> Section:
-    """Prefill time (TTFT, batch 1) per prompt length; lengths past the model's limit skipped."""
+    """Prefill time (TTFT of the decode loop, batch 1) per prompt length; lengths past the
+    model's limit skipped."""
     p = run.settings.sweep_protocol()
     limit = getattr(run.lm.config, "max_position_embeddings", None) or 10**9
     rows, raw = [], []
@@ -421,14 +441,14 @@ def prompt_sweep(run: Run) -> Section:
                          "error": f"beyond max_position_embeddings {limit}"})
             continue
         try:
-            m = measure_generate(run, 1, p, length=n, name=f"prefill_{n}")
+            t = measure_decode(run, 1, p, length=n, name=f"prefill_{n}")
         except Exception as exc:
             rows.append({"prompt tokens": n, **failure_row(f"prefill {n}", exc)})
             continue
-        row = {"prompt tokens": n, "prefill s": m.stats.mean, "p90 s": m.stats.p90,
-               "prefill tokens/s": n / m.stats.mean, "runs": m.stats.count}
+        row = {"prompt tokens": n, "prefill s": t.prefill.mean, "p90 s": t.prefill.p90,
+               "prefill tokens/s": n / t.prefill.mean, "runs": t.prefill.count}
         rows.append(row)
-        raw.append({**row, "measurement": m.to_dict()})
+        raw.append({**row, "timing": t.to_dict()})
     return Section("prompt_sweep", pd.DataFrame(rows),
                    metrics={"rows": raw, "protocol": p.describe()})
 
@@ -446,10 +466,12 @@ def headline(st: Stage, run: Run, sections: Sequence[Section]) -> pd.DataFrame:
         "load_seconds": run.loaded.timings.get("load_seconds"),
     }
     if lat:
-        rows.update(ttft_s=lat.metrics["ttft_s"], tpot_s=lat.metrics["tpot_s"],
+        rows.update(ttft_s=lat.metrics["ttft_s"], decode_s=lat.metrics["decode_s"],
+                    tpot_s=lat.metrics["tpot_s"],
                     decode_tokens_per_s=lat.metrics["decode_tokens_per_s"],
                     decode_tokens_per_s_static_cache=lat.metrics["static_decode_tokens_per_s"],
                     e2e_tokens_per_s=lat.metrics["e2e_tokens_per_s"],
+                    hf_generate_tokens_per_s=lat.metrics["hf_generate_tokens_per_s"],
                     latency_mean_s=lat.data["e2e"].stats.mean,
                     latency_p99_s=lat.data["e2e"].stats.p99,
                     peak_allocated=lat.metrics["memory"]["peak_allocated"],
