@@ -89,3 +89,8 @@ def test_limits_come_from_the_thresholds_file_with_a_source() -> None:
     assert f32.stable_margin == bf16.stable_margin == 0.1
     assert f32.rel_l2_p95 < bf16.rel_l2_p95  # float32 is held to the GPA report's 1 %
     assert f32.source and bf16.source
+
+
+def test_code_margin_scales_with_the_dtype() -> None:
+    assert tj.code_margin("bfloat16") == pytest.approx(16 * 2.0 ** -8)
+    assert tj.code_margin("float32") < 1e-5 < tj.code_margin("bfloat16")

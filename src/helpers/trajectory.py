@@ -233,6 +233,17 @@ def code_margins(states: torch.Tensor, book: torch.Tensor) -> tuple[np.ndarray, 
     return two.indices[:, 0].numpy(), rel.numpy()
 
 
+UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11,
+                 "bfloat16": 2.0 ** -8}
+
+
+def code_margin(dtype: str) -> float:
+    """The relative code margin below which `dtype` may pick either code: a multiple of its
+    unit roundoff (data/thresholds.json "trajectory.code_margin")."""
+    spec = parity.thresholds()["trajectory"]["code_margin"]
+    return float(spec["unit_roundoff_multiple"]) * UNIT_ROUNDOFF[dtype]
+
+
 def codes(reference_ids: Any, target_ids: Any, margins: np.ndarray, margin: float) -> Codes:
     """Count equal codes, and sort differing ones by the reference's relative margin."""
     r = np.asarray(reference_ids).reshape(-1)
