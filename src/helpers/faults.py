@@ -130,17 +130,17 @@ def _norm_low_precision(loaded: Any) -> Undo:
 
 def _nan_step(loaded: Any, step: int = 3) -> Undo:
     """Every logit NaN at the `step`-th decode step of each sequence (an overflow in a kernel
-    reached only by decode shapes)."""
-    count = {"n": 0}
+    reached only by decode shapes); step 0 is the prefill's logits."""
+    count = {"n": -1}
+
+    def seen(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        count["n"] = 0 if _width(args, kwargs) > 1 else count["n"] + 1  # a prefill restarts
 
     def hook(_m: nn.Module, _a: Any, out: torch.Tensor) -> torch.Tensor:
-        if out.shape[1] > 1:  # a prefill starts a sequence
-            count["n"] = 0
-            return out
-        count["n"] += 1
         return torch.full_like(out, math.nan) if count["n"] == step else out
 
-    return _hooks([loaded.lm.lm_head.register_forward_hook(hook)])
+    return _hooks([loaded.lm.register_forward_pre_hook(seen, with_kwargs=True),
+                   loaded.lm.lm_head.register_forward_hook(hook)])
 
 
 def _prefill_mask_dropped(loaded: Any) -> Undo:
