@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 # Command-line variables except this Makefile's own; the CLI rejects unknown names.
-PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=% GPU_CHECK_ARGS=% STACK_%,$(MAKEOVERRIDES))
+PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=% GPU_CHECK_ARGS=% FAULT_ARGS=% STACK_%,$(MAKEOVERRIDES))
 # The lowest tested stack (helpers.compat.TESTED): the Ascend reports' torch and transformers.
 # torch 2.9.0 is the registry's CUDA build (it runs on a CPU): 3.8 GB of wheels, kept in
 # STACK_CACHE between runs, and a 7.8 GB venv, kept there too.
@@ -17,7 +17,7 @@ STACK_PIN ?= transformers==4.57.6
 STACK_CACHE ?= $(HOME)/.cache/adaptation-report
 STACK_VENV ?= $(STACK_CACHE)/venv-$(notdir $(STACK_PYTHON))-$(subst ==,,$(STACK_TORCH))-$(subst ==,,$(STACK_PIN))
 
-.PHONY: setup report test test-fast test-stacks lint lab clean clean-interrupted data gpu-check
+.PHONY: setup report test test-fast test-stacks fault-matrix lint lab clean clean-interrupted data gpu-check
 .DEFAULT_GOAL := report
 
 setup: $(STAMP)
@@ -69,3 +69,9 @@ clean-interrupted: $(STAMP)
 
 clean:
 	rm -rf report/[0-9]* report/latest report/lab figures/*.png .cache .pytest_cache .ruff_cache
+
+# The planted-fault matrix: stages 4 and 6 with each fault of helpers.faults planted on the
+# target, at float32 and bfloat16; prints which check caught each (run it before trusting a
+# PASS on a new machine). FAULT_ARGS="--device npu:0 --dtypes bfloat16" for a device.
+fault-matrix: $(STAMP)
+	$(PY) scripts/fault_matrix.py $(FAULT_ARGS)

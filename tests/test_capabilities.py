@@ -10,8 +10,8 @@ import pytest
 
 from helpers import models
 from helpers.config import RunConfig
+from helpers.stages import accuracy_parity as accuracy
 from helpers.stages import model_loading, tasks
-from helpers.stages.accuracy_parity import components
 from helpers.stages.kit import target
 
 RECIPE_FILE = """
@@ -57,10 +57,10 @@ def test_renamed_subclass_runs_stages_2_4_and_6(renamed) -> None:
     assert all(c.passed is not False for c in model_loading.checks(loaded))
     del loaded
     # stage 4: the audio components compared device vs CPU, on one fixture
-    run = components.prepare(tgt)
-    assert run.parts == list(parent.audio_parts) and not run.errors
-    fixtures = components.run_all(run, "en_fox")
-    assert len(fixtures) == 1
+    plan = accuracy.plan(tgt, golden="off", new_tokens=1, languages="en", fixtures="en_fox")
+    runs = accuracy.run_all(cfg, plan)
+    assert not runs.reference.errors and not runs.target.errors
+    assert set(runs.target.components) == set(parent.audio_parts)
     # stage 6: the parent's speech tasks, end to end, on one input with a short budget
     runs = tasks.run_all(tgt, fixtures="en_fox", s=tasks.settings(cfg, max_new_tokens=3))
     assert not runs.skipped and not runs.target.error and not runs.reference.error

@@ -42,6 +42,7 @@ class RunConfig:
     strict: bool = _opt(True, "exit 1 when a check fails (0 only when every check passes; 2 for bad input or a stage that raised); STRICT=0 exits 0 on failed checks, for runs that publish known failures")
     report_lang: str = _opt("en", "language of the published report: en or zh (headings, explanations, table headers, verdict words; numbers and code stay as they are)")
     audio_dir: str = _opt("", "folder of the user's own .wav / .flac clips for the tasks stage (transcripts as <name>.txt or transcripts.tsv); '' = the shipped fixtures")
+    fault: str = _opt("", "plant a known fault on the target side only (helpers.faults; make fault-matrix runs them all), to see the report FAIL a broken port; '' = none")
     knobs: Knobs = _opt(Knobs(), "stage knobs, STAGE.KNOB=VALUE (stage by name or number); --list-knobs lists them")
 
     def __post_init__(self) -> None:
@@ -77,6 +78,10 @@ class RunConfig:
         from helpers import i18n
 
         i18n.check(self.report_lang)
+        if self.fault:
+            from helpers import faults
+
+            faults.get(self.fault)  # an unknown name is a ConfigError listing the known ones
         if parse_device(self.device) is None:
             raise ConfigError(f"device {self.device!r} is not valid; use one of: {DEVICE_FORMS}")
         if self.profile == "auto":
@@ -107,7 +112,8 @@ class RunConfig:
     def stage_fields(cls) -> tuple[str, ...]:
         """The fields a stage notebook declares and builds its config from (the others steer
         the runner: which stages, where, knobs, exit code)."""
-        runner = {"stages", "out", "strict", "extra_stages", "knobs", "report_lang", "audio_dir"}
+        runner = {"stages", "out", "strict", "extra_stages", "knobs", "report_lang", "audio_dir",
+                  "fault"}
         return tuple(n for n in cls.field_names() if n not in runner)
 
     @classmethod
@@ -132,7 +138,7 @@ class RunConfig:
     def from_notebook(cls, namespace: Mapping[str, Any]) -> RunConfig:
         """Build from a stage notebook's namespace: the run parameters its parameters cell
         declares (and papermill set), by name; the notebook's other names are left alone."""
-        names = (*cls.stage_fields(), "report_lang", "audio_dir")
+        names = (*cls.stage_fields(), "report_lang", "audio_dir", "fault")
         return cls.from_params(**{n: namespace[n] for n in names if n in namespace})
 
     @classmethod
@@ -190,7 +196,7 @@ class RunConfig:
 _TYPES: dict[str, type] = {
     "model": str, "model_dir": str, "profile": str, "device": str, "dtype": str,
     "device_map": str, "stages": tuple, "extra_stages": str, "out": str, "seed": int,
-    "strict": bool, "report_lang": str, "audio_dir": str, "knobs": Knobs,
+    "strict": bool, "report_lang": str, "audio_dir": str, "fault": str, "knobs": Knobs,
 }
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from helpers import parity
+from helpers.records import Check
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,20 @@ def judge(s: Summary, limits: Limits) -> list[tuple[str, float, str, float, bool
             passed = ok and (value >= limit if op == ">=" else value <= limit)
         out.append((name, value, op, limit, passed))
     out.append(("non-finite steps", float(s.nonfinite_steps), "==", 0.0, ok))
+    return out
+
+
+def checks(prefix: str, s: Summary, limits: Limits) -> list[Check]:
+    """The rule's rows as report checks; a rule with no step of its kind is info."""
+    out = []
+    for name, value, op, limit, passed in judge(s, limits):
+        title = f"{prefix}: {name}"
+        if math.isnan(value):
+            out.append(Check(title, "no such step", f"{op} {limit:g}", None, limits.source))
+            continue
+        out.append(Check(title, value, f"{op} {limit:g}", passed, limits.source,
+                         f"{s.steps} steps over {s.sequences} sequence(s), {s.stable_steps} "
+                         "stable"))
     return out
 
 

@@ -213,7 +213,7 @@ def _lab_manifest(folder: Path, result: StageResult, cfg: RunConfig | None) -> N
 class Side:
     """One configuration that runs the model: role, device, dtype (and placement)."""
 
-    role: str  # "target" | "reference" | "golden"
+    role: str  # "target" | "reference" | "golden" | "baseline" (the CPU in the target's dtype)
     device: torch.device
     dtype: torch.dtype
     device_map: str = ""
@@ -291,4 +291,11 @@ def load(cfg: RunConfig, side: Side, backend: devices.Backend | None = None) -> 
                                         backend=backend or side.backend)
     for module in loaded.components.values():
         module.eval()
+    if cfg.fault and side.role == "target":
+        from helpers import faults
+
+        planted = faults.plant(cfg.fault, loaded)
+        loaded.notes.append(f"FAULT planted on this side: {cfg.fault} ({planted.fault.magnitude})"
+                            if planted else f"FAULT {cfg.fault}: this model has no "
+                            f"{faults.get(cfg.fault).needs}, nothing planted")
     return loaded

@@ -18,6 +18,7 @@ feed its final id back), as example.py hands result.past_key_values on.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from helpers.models import covo_frontend as frontend
 from helpers.models import covo_model as cm
 from helpers.models.base import LoadedModel
 from helpers.tasks.inputs import TaskClip
-from helpers.tasks.results import TaskOutput
+from helpers.tasks.results import TRAJECTORY_STEPS, TaskOutput
 
 SOURCE = "Tencent/Covo-Audio example.py"
 TASKS = ("a2t", "a2ta")
@@ -56,6 +57,7 @@ class Pipeline:
         self.vocoder = loaded.components.get("vocoder")
         self.max_new, self.decoding, self.seed = max_new_tokens, decoding, seed
         self.text_vocab = len(self.tok)
+        self.leader: dict[tuple[str, str], TaskOutput] | None = None  # see tasks.gpa.Pipeline
 
     def sampling(self, round_: int, task: str = "a2t") -> Sampling:
         s = ROUND[round_]
@@ -90,6 +92,7 @@ class Pipeline:
         eos = {self.tok.convert_tokens_to_ids(EOS[task])}
         enc = self.loaded.components["audio_encoder"]
         cache, outs = None, []
+        forced_cache: Any = None  # the teacher-forced rounds' own cache (target side)
         for i, clip in enumerate([c for c in (first, second) if c is not None]):
             clock = Clock(self.be)
             clock.start()
@@ -101,7 +104,8 @@ class Pipeline:
             past = 0 if cache is None else cache.get_seq_length()
             out = generate.decode(self.model.llm, {"inputs_embeds": embeds}, self.max_new,
                                   self.sampling(i, task), eos, Clock(self.be),
-                                  prompt_ids=inputs["input_ids"][0], cache=cache, past=past)
+                                  prompt_ids=inputs["input_ids"][0], cache=cache, past=past,
+                                  keep_logits=self.leader is None)
             cache = out.cache
             text_ids, audio_ids = self.split(out.tokens)
             wave, first_audio = None, math.nan
@@ -124,4 +128,22 @@ class Pipeline:
                 seconds=total, audio_in_s=clip.seconds,
                 audio_out_s=0.0 if wave is None else wave.shape[0] / rate,
                 sampling=self.sampling(i, task).describe(), extra={"round": i + 1, "heard": clip.name}))
+            if self.leader is None:
+                outs[-1].steps = out.logits[0, :TRAJECTORY_STEPS]
+            else:
+                outs[-1].steps, forced_cache = self.forced(outs[-1].key, embeds, forced_cache, i)
         return outs
+
+    def forced(self, key: tuple[str, str], embeds: torch.Tensor, cache: Any, round_: int,
+               ) -> tuple[torch.Tensor | None, Any]:
+        """This side's step logits fed the leader's ids of the same round (on this side's own
+        audio embeddings, continuing the forced rounds' cache), and that cache: None when the
+        leader's round was longer than TRAJECTORY_STEPS (a later round then has no context)."""
+        lead = self.leader.get(key) if self.leader else None
+        if lead is None or not lead.tokens or (round_ > 0 and cache is None):
+            return None, None
+        n = min(len(lead.tokens), TRAJECTORY_STEPS)
+        past = 0 if cache is None else cache.get_seq_length()
+        out = generate.decode(self.model.llm, {"inputs_embeds": embeds}, n,
+                              forced=torch.tensor([lead.tokens[:n]]), cache=cache, past=past)
+        return out.logits[0], out.cache if n == len(lead.tokens) else None

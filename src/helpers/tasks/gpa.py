@@ -37,12 +37,13 @@ from helpers.models import audio_components as ac
 from helpers.models import gpa as recipe
 from helpers.models.base import LoadedModel
 from helpers.tasks.inputs import TaskClip
-from helpers.tasks.results import TaskOutput
+from helpers.tasks.results import TRAJECTORY_STEPS, TaskOutput
 
 SOURCE = "AutoArk/GPA scripts/inference/gpa_inference.py"
 RATE = 16_000  # BiCodec writes 16 kHz (gpa_inference.py: sf.write(..., 16000))
 SEMANTIC_HZ = 50.0  # BiCodec semantic tokens per second (320 samples at 16 kHz)
 STREAM_CHUNK = 50  # gpa_engine.py streams ceil(1.0 s * AUDIO_FRAME_RATE 50) tokens per chunk
+ROUND_TRIP = "round trip of "  # the clip name of a transcription of the model's own output
 RELEASE = {
     "stt": Sampling(source=f"{SOURCE} run_stt: greedy, max_new_tokens 512"),
     "tts-a": Sampling(True, temperature=0.2, repetition_penalty=1.2,
@@ -74,6 +75,9 @@ class Pipeline:
         self.max_new = max_new_tokens
         self.decoding, self.seed = decoding, seed
         self.st, self.codec = loaded.components["speech_tokenizer"], loaded.components["codec"]
+        # the reference's outputs by (task, clip) on the target side: each task is then also
+        # teacher-forced on the reference's prompt and ids (None: this is the reference)
+        self.leader: dict[tuple[str, str], TaskOutput] | None = None
 
     # ---- pieces ---------------------------------------------------------------------------
     def sampling(self, task: str) -> Sampling:
@@ -134,11 +138,26 @@ class Pipeline:
         text = [t for t in tokens if not audio_start <= t < audio_end and t < len(self.tok)]
         return self.tok.decode(text, skip_special_tokens=True).strip()
 
-    def generate(self, prompt: list[int], task: str) -> generate.Decoded:
+    def generate(self, prompt: list[int], task: str, keep: bool = True) -> generate.Decoded:
         eos = {self.layout["markers"][recipe.TOKEN_LAYOUT["eos"]]}
         ids = torch.tensor([prompt], dtype=torch.long)  # [1, S]
         return generate.decode(self.lm, {"input_ids": ids}, self.max_new, self.sampling(task),
-                               eos, Clock(self.be))
+                               eos, Clock(self.be), keep_logits=keep and self.leader is None)
+
+    def steps(self, out: TaskOutput, decoded: generate.Decoded) -> TaskOutput:
+        """`out` with its step logits: its own (no leader), or this side's teacher-forced on
+        the leader's prompt and ids for the same task and clip."""
+        lead = (self.leader or {}).get(out.key)
+        if out.clip.startswith(ROUND_TRIP):
+            return out  # the model transcribing its own output: not a task compared here
+        if self.leader is None:
+            out.steps = decoded.logits[0, :TRAJECTORY_STEPS]
+        elif lead is not None and lead.tokens:
+            n = min(len(lead.tokens), TRAJECTORY_STEPS)
+            ids = torch.tensor([lead.prompt], dtype=torch.long)  # [1, S]
+            out.steps = generate.decode(self.lm, {"input_ids": ids}, n,
+                                        forced=torch.tensor([lead.tokens[:n]])).logits[0]
+        return out
 
     # ---- tasks ----------------------------------------------------------------------------
     def stt(self, clip: TaskClip) -> TaskOutput:
@@ -152,13 +171,13 @@ class Pipeline:
                   + self.marker(L["semantic"]["start"]) + self.ids("semantic", semantic)
                   + self.marker(L["semantic"]["end"]) + self.marker(L["content"]["start"]))
         t_prompt = clock.stamp()
-        out = self.generate(prompt, "stt")
+        out = self.generate(prompt, "stt", keep=not clip.name.startswith(ROUND_TRIP))
         total = clock.stamp()
-        return TaskOutput("stt", clip.name, prompt=prompt, tokens=out.tokens,
-                          text=self.text_of(out.tokens), stopped=out.stopped,
-                          first_token_s=t_prompt + out.prefill_s, seconds=total,
-                          audio_in_s=clip.seconds, audio_out_s=0.0,
-                          sampling=self.sampling("stt").describe())
+        return self.steps(TaskOutput(
+            "stt", clip.name, prompt=prompt, tokens=out.tokens, text=self.text_of(out.tokens),
+            stopped=out.stopped, first_token_s=t_prompt + out.prefill_s, seconds=total,
+            audio_in_s=clip.seconds, audio_out_s=0.0,
+            sampling=self.sampling("stt").describe()), out)
 
     def _speak(self, task: str, clip: TaskClip, prompt: list[int], glob: torch.Tensor,
                clock: Clock, **fields: Any) -> TaskOutput:
@@ -174,12 +193,12 @@ class Pipeline:
             chunk.start()
             self.waveform(semantic[:STREAM_CHUNK], glob)
             first_audio = t_prompt + out.time_at(n) + chunk.stamp()
-        return TaskOutput(task, clip.name, prompt=prompt, tokens=out.tokens,
-                          text=self.text_of(out.tokens), stopped=out.stopped, wave=wave,
-                          rate=RATE, semantic=semantic, first_token_s=t_prompt + out.prefill_s,
-                          first_audio_s=first_audio, seconds=total, audio_in_s=clip.seconds,
-                          audio_out_s=wave.shape[0] / RATE, sampling=self.sampling(task).describe(),
-                          **fields)
+        return self.steps(TaskOutput(
+            task, clip.name, prompt=prompt, tokens=out.tokens, text=self.text_of(out.tokens),
+            stopped=out.stopped, wave=wave, rate=RATE, semantic=semantic,
+            first_token_s=t_prompt + out.prefill_s, first_audio_s=first_audio, seconds=total,
+            audio_in_s=clip.seconds, audio_out_s=wave.shape[0] / RATE,
+            sampling=self.sampling(task).describe(), **fields), out)
 
     def tts(self, text: str, voice: TaskClip, name: str) -> TaskOutput:
         clock = Clock(self.be)
@@ -209,4 +228,5 @@ class Pipeline:
         """The model's own stt of a waveform it wrote (the round trip of tts-a and vc)."""
         if wave.shape[0] < int(0.1 * RATE):
             return ""
-        return self.stt(TaskClip(name, None, "output", samples16=wave)).text  # type: ignore[arg-type]
+        clip = TaskClip(ROUND_TRIP + name, None, "output", samples16=wave)  # type: ignore[arg-type]
+        return self.stt(clip).text

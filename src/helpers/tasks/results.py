@@ -10,6 +10,8 @@ import numpy as np
 
 from helpers import bench
 
+TRAJECTORY_STEPS = 64  # steps per output whose logits are kept for teacher-forced parity
+
 
 @dataclass
 class TaskOutput:
@@ -40,6 +42,9 @@ class TaskOutput:
     roundtrip: str = ""  # the model's own transcript of its output
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # [N, V] host logits of the generated steps (at most TRAJECTORY_STEPS): the reference's own,
+    # or the target's fed the reference's prompt and ids (teacher forcing)
+    steps: Any = field(default=None, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:

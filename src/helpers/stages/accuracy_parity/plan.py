@@ -60,6 +60,14 @@ class Plan:
         return Side("golden", CPU, torch.float64)
 
     @property
+    def baseline_side(self) -> Side | None:
+        """The CPU in the target's dtype, when that differs from the reference's: what the
+        dtype's own rounding costs, so the target's error is judged with it factored out."""
+        if self.target.dtype == self.reference.dtype:
+            return None
+        return Side("baseline", CPU, self.target.dtype)
+
+    @property
     def same_config(self) -> bool:
         return (self.target.device.type == "cpu" and self.target.dtype == self.reference.dtype)
 
@@ -76,8 +84,12 @@ class Plan:
         if self.same_config:
             lines.append("Target and reference are the same configuration: every difference "
                          "must be exactly zero.")
+        if self.baseline_side is not None:
+            lines.append(f"Baseline: the CPU in {t.dtype_name}, fed the same inputs, so the "
+                         f"target's error is held to what {t.dtype_name} itself costs.")
         lines.append(f"Workload: prompts in {', '.join(self.languages)}; greedy generation of "
-                     f"{self.new_tokens} new tokens.")
+                     f"{self.new_tokens} new tokens, then every other side fed those ids "
+                     "(teacher forcing).")
         lines.append("Reduced-precision float32 (TF32 on CUDA, HF32 on Ascend): "
                      + ("**allowed** (knob tf32 = True): float32 differences include it."
                         if self.tf32 else "off for every side (knob tf32 = False), so float32 "

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers import parity
+from helpers import parity, trajectory
 from helpers.records import VERDICTS, Check
 from helpers.stages.accuracy_parity.plan import LOGIT_LABELS, Plan, Prompt
 from helpers.stages.accuracy_parity.sides import Runs
@@ -29,7 +29,10 @@ HEADINGS = {
     "mean_rel_ratio": "mean rel ratio", "max_rel_ratio": "max rel ratio",
     "agreement_pct": "agreement (%)", "match_pct": "match (%)",
     "first_divergence": "first divergence", "max_abs_difference": "max abs difference",
-    "bitwise_equal": "bitwise equal",
+    "bitwise_equal": "bitwise equal", "stable_steps": "stable steps",
+    "stable_top1_pct": "stable top-1 (%)", "near_tie_hit_pct": "near-tie top-k hit (%)",
+    "cosine_p5": "cosine p5", "rel_l2_p95_pct": "rel L2 p95 (%)", "kl_max": "KL max (nats)",
+    "free_running": "free-running match",
 }
 RULE_NAMES = {"logits_float32": "the GPA report's float32 thresholds",
               "network": "msprobe's whole-network rule"}
@@ -230,8 +233,9 @@ def layers_section(runs: Runs) -> Section:
 # -- golden
 
 def golden_section(runs: Runs) -> Section:
-    """Target and reference each against the float64 golden; msprobe's error ratios, judged
-    when target and reference share a dtype (the benchmark standard's setting)."""
+    """Target and its comparator each against the float64 golden; msprobe's error ratios,
+    judged when the two share a dtype (the benchmark standard's setting). The comparator is
+    the CPU in the target's dtype (the baseline) where it ran that output, else the reference."""
     g = runs.golden
     if g is None:
         check = _info("golden: float64 comparison", "not run", "info", "stage knob golden",
@@ -240,81 +244,119 @@ def golden_section(runs: Runs) -> Section:
     why = g.failed("forward") or runs.target.failed("forward") or runs.reference.failed("forward")
     if why:
         return Section.failure("golden", why)
-    pairs = [("logits", torch.cat(runs.target.logits), torch.cat(runs.reference.logits),
-              torch.cat(g.logits))]
-    pairs.append(("last hidden state", torch.cat([h[-1] for h in runs.target.hidden]),
-                  torch.cat([h[-1] for h in runs.reference.hidden]),
-                  torch.cat([h[-1] for h in g.hidden])))
-    for name, by_input in g.components.items():
-        for given, outs in by_input.items():  # the golden runs one input per component
-            t = runs.target.components.get(name, {}).get(given, {})
-            r = runs.reference.components.get(name, {}).get(given, {})
-            for key, out in outs.items():
-                if key in t and key in r and out.is_floating_point():
-                    label = name if key == "output" else f"{name} {key}"
-                    pairs.append((label, t[key], r[key], out))
-    same = runs.plan.target.dtype == runs.plan.reference.dtype
     rows, checks = [], []
-    for name, t, r, gold in pairs:
-        row, check = _golden_row(name, t, r, gold, runs.plan, same)
+    for name, key in _golden_outputs(g):
+        t, gold = key(runs.target), key(g)
+        cmp = next((c for c in (runs.baseline, runs.reference)
+                    if c is not None and key(c) is not None), None)
+        if t is None or gold is None or cmp is None:
+            continue
+        row, check = _golden_row(name, t, key(cmp), gold, runs.plan, cmp.side)
         rows.append(row)
         checks.append(check)
-    return Section("golden", pd.DataFrame(rows), checks, {"rows": rows}, [runs.golden_note])
+    notes = [runs.golden_note]
+    if runs.baseline is not None:
+        notes.append(f"Comparator: the CPU in {runs.baseline.side.dtype_name} (the baseline) "
+                     "wherever it ran the output, so the ratios measure the target's error "
+                     f"beyond what {runs.baseline.side.dtype_name} itself costs.")
+    return Section("golden", pd.DataFrame(rows), checks, {"rows": rows}, notes)
+
+
+def _golden_outputs(g: Any) -> list[tuple[str, Any]]:
+    """(label, side -> that output on the host or None) for every output the golden has."""
+    def cat(get: Any) -> Any:
+        def pick(r: Any) -> Any:
+            parts = get(r)
+            return torch.cat(parts) if parts else None
+        return pick
+
+    out = [("logits", cat(lambda r: r.logits)),
+           ("last hidden state", cat(lambda r: [h[-1] for h in r.hidden])),
+           ("teacher-forced step logits", cat(lambda r: r.steps))]
+    for name, by_input in g.components.items():
+        for given, outs in by_input.items():  # the golden runs one input per component
+            for k, v in outs.items():
+                if v.is_floating_point():
+                    label = name if k == "output" else f"{name} {k}"
+                    out.append((label, lambda r, n=name, i=given, k=k: r.components.get(
+                        n, {}).get(i, {}).get(k)))
+    return out
 
 
 def _golden_row(name: str, t: torch.Tensor, r: torch.Tensor, gold: torch.Tensor, p: Plan,
-                judged: bool) -> tuple[dict[str, Any], Check]:
-    dtype = p.reference.dtype_name
+                cmp: Any) -> tuple[dict[str, Any], Check]:
+    dtype = p.target.dtype_name
+    judged = cmp.dtype == p.target.dtype
     tg, rg = parity.compare(t, gold, dtype), parity.compare(r, gold, dtype)
     ratios = parity.error_ratios(t, r, gold, dtype)
-    row = {"output": name, "target_rel_l2_pct": 100 * tg.rel_l2,
+    row = {"output": name, "comparator": cmp.role, "target_rel_l2_pct": 100 * tg.rel_l2,
            "reference_rel_l2_pct": 100 * rg.rel_l2, "target_rmse": tg.rmse,
            "reference_rmse": rg.rmse, "rmse_ratio": ratios["rmse"],
            "mean_rel_ratio": ratios["mean_rel"], "max_rel_ratio": ratios["max_rel"]}
     limits = parity.thresholds()["error_ratio"]
     rule = ", ".join(f"{k} <= {v['max']:g}" for k, v in limits.items())
     src = parity.source(limits["rmse"]["source"])
-    detail = ", ".join(f"{k} {v:.3g}" for k, v in ratios.items())
+    detail = ", ".join(f"{k} {v:.3g}" for k, v in ratios.items()) + f" (vs the {cmp.role})"
     if judged:
         ok = parity.ratios_pass(ratios)
         row["verdict"] = VERDICTS.of(ok)
         return row, Check(f"golden: {name} error ratio", detail, rule, ok, src)
     row["verdict"] = VERDICTS.INFO
     return row, _info(f"golden: {name} error ratio", detail,
-                      f"info: target {p.target.dtype_name} vs reference {dtype} ({rule} applies "
+                      f"info: target {dtype} vs {cmp.role} {cmp.dtype_name} ({rule} applies "
                       "to equal dtypes)", src)
 
 
 # -- greedy generation
 
 def generation_section(runs: Runs) -> Section:
+    """Generated ids, judged teacher-forced (helpers.trajectory): the target fed the reference's
+    greedy ids, its logits compared step by step; free-running agreement shown and explained."""
     n = runs.plan.new_tokens
     if n == 0:
         return Section("generation", notes=["new_tokens = 0: no generation"])
-    why = runs.target.failed("generate") or runs.reference.failed("generate")
+    why = (runs.reference.failed("generate")
+           or runs.target.failed("teacher-forced", "generate"))
     if why:
         return Section.failure("generation", why)
-    rows = []
+    limits = trajectory.Limits.for_dtype(runs.plan.target.dtype_name)
+    rows, seqs, kinds, matches = [], [], [], []
     for i, p in enumerate(runs.prompts):
-        agree = parity.token_agreement(runs.target.tokens[i], runs.reference.tokens[i])
-        match, first = agree["matches"], agree["first_divergence"]
-        rows.append({"lang": p.lang, "prompt": p.text, "match": f"{match}/{n}",
-                     "match_pct": 100 * match / n, "first_divergence": first,
+        st = trajectory.steps(runs.reference.steps[i], runs.target.steps[i], limits.near_tie_k)
+        one = trajectory.summarize([st], limits)
+        div = trajectory.divergence(runs.reference.tokens[i].tolist(),
+                                    runs.target.tokens[i].tolist(), st.margin, limits)
+        seqs.append(st)
+        kinds.append(div.kind)
+        match = parity.token_agreement(runs.target.tokens[i], runs.reference.tokens[i])["matches"]
+        matches.append(match)
+        rows.append({"lang": p.lang, "prompt": p.text,
+                     "stable_steps": f"{one.stable_steps}/{one.steps}",
+                     "stable_top1_pct": 100 * one.stable_top1,
+                     "near_tie_hit_pct": 100 * one.near_tie_hit, "cosine_p5": one.cosine_p5,
+                     "rel_l2_p95_pct": 100 * one.rel_l2_p95, "kl_max": one.kl_max,
+                     "free_running": f"{match}/{n}", "divergence": div.describe(),
                      "target": runs.target.texts[i], "reference": runs.reference.texts[i]})
-    frame = pd.DataFrame(rows)
-    identical = int(frame["first_divergence"].isna().sum())
-    firsts = frame["first_divergence"].dropna()
-    metrics = {"new_tokens": n, "match_pct": float(frame["match_pct"].mean()),
-               "prompts_identical": identical, "prompts": len(rows),
-               "earliest_divergence": int(firsts.min()) if len(firsts) else None}
-    checks = [_info("generation: greedy tokens matching the reference (%)", metrics["match_pct"],
-                    "info", "measured", f"{n} new tokens per prompt, EOS suppressed"),
-              _info("generation: prompts with identical greedy tokens",
-                    f"{identical}/{len(rows)}", "info", "measured")]
-    note = (f"Greedy decoding of {n} new tokens per prompt (each prompt on its own, the end "
-            "tokens blocked; helpers.generate), on the target and on the reference. After the first divergence the two sides continue "
-            "from different prefixes, so later matches are not comparable position by position.")
-    return Section("generation", frame, checks, metrics, [note])
+    pooled = trajectory.summarize(seqs, limits)
+    checks = trajectory.checks("teacher-forced", pooled, limits)
+    found = kinds.count("stable")
+    checks.append(_info("free-running: divergences at a stable step", f"{found}/{len(kinds)}",
+                        "info: explained, not judged (a near-tie flip is rounding)",
+                        "helpers.trajectory", f"{kinds.count('near-tie')} at a near-tie"))
+    metrics = {"new_tokens": n, "trajectory": pooled.as_dict(),
+               "stable_top1_pct": 100 * pooled.stable_top1, "cosine_p5": pooled.cosine_p5,
+               "rel_l2_p95_pct": 100 * pooled.rel_l2_p95,
+               "match_pct": 100 * float(np.mean(matches)) / n,
+               "divergences": {k: kinds.count(k) for k in ("none", "near-tie", "stable")}}
+    note = (f"Greedy decoding of {n} new tokens per prompt on the reference (end tokens blocked; "
+            "helpers.generate); the target is then fed those ids step by step through its own "
+            "KV cache (teacher forcing) and its logits compared at every step. A step is "
+            f"stable where the reference's top-1 leads its top-2 by at least "
+            f"{limits.stable_margin:g}: a different top-1 there is a finding; at a near-tie the "
+            f"target's top-1 need only be in the reference's top-{limits.near_tie_k}. Limits: "
+            f"{limits.source}. Free-running agreement is shown, and its first divergence "
+            "explained by the reference's margin at that step.")
+    return Section("generation", pd.DataFrame(rows), checks, metrics, [note])
 
 
 # -- determinism
@@ -355,7 +397,8 @@ def headline(runs: Runs, sections: list[Section]) -> dict[str, Any]:
     out: dict[str, Any] = {"compared": f"{runs.plan.target.label} vs {runs.plan.reference.label}"}
     for sec in sections:
         for key in ("rel_l2_pct", "cosine", "top1_agreement_pct", "top5_overlap", "kl",
-                    "match_pct", "tokens_identical_pct", "largest_increase_state"):
+                    "match_pct", "stable_top1_pct", "cosine_p5", "rel_l2_p95_pct",
+                    "tokens_identical_pct", "largest_increase_state"):
             if key in sec.metrics and not isinstance(sec.metrics[key], list):
                 out[f"{sec.name}.{key}"] = sec.metrics[key]
     return out

@@ -97,6 +97,9 @@ class SideRun:
     texts: list[str] = field(default_factory=list)  # the decoded new tokens, per prompt
     again_logits: list[torch.Tensor] = field(default_factory=list)  # second forward (target)
     again_tokens: torch.Tensor | None = None  # second generation (target) [P, N]
+    # per prompt [N, V]: the reference's own greedy step logits, every other side's logits
+    # teacher-forced on the reference's ids (helpers.trajectory compares them step by step)
+    steps: list[torch.Tensor] = field(default_factory=list)
     # component -> input (a fixture's name, or RECIPE_INPUTS) -> named outputs
     components: dict[str, dict[str, dict[str, torch.Tensor]]] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)  # component -> the dtype it ran in
@@ -160,14 +163,33 @@ def forward_prompts(run: SideRun, loaded: LoadedModel, prompts: list[Prompt], hi
     return out_logits
 
 
-def greedy(loaded: LoadedModel, prompts: list[Prompt], new_tokens: int) -> torch.Tensor:
+def _prompt_ids(loaded: LoadedModel, p: Prompt) -> dict[str, torch.Tensor]:
+    ids = loaded.tokenizer(p.text, return_tensors="pt")["input_ids"]  # [1, S]
+    return {"input_ids": ids.to(loaded.input_device("lm"))}
+
+
+def greedy(loaded: LoadedModel, prompts: list[Prompt], new_tokens: int,
+           steps: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Greedy decoding of exactly new_tokens tokens for each prompt on its own (no padding):
-    [P, N]. The end tokens are blocked so every row has N comparable tokens."""
-    tok, dev = loaded.tokenizer, loaded.input_device("lm")
-    s = generate.exactly(generate.eos_ids(loaded.lm, tok))
-    rows = [generate.decode(loaded.lm, {"input_ids": tok(p.text, return_tensors="pt")[
-        "input_ids"].to(dev)}, new_tokens, s).ids[0] for p in prompts]  # each [N]
+    [P, N]. The end tokens are blocked so every row has N comparable tokens. `steps`, when
+    given, receives each prompt's step logits [N, V] (the trajectory others are forced on)."""
+    s = generate.exactly(generate.eos_ids(loaded.lm, loaded.tokenizer))
+    rows = []
+    for p in prompts:
+        d = generate.decode(loaded.lm, _prompt_ids(loaded, p), new_tokens, s,
+                            keep_logits=steps is not None)
+        rows.append(d.ids[0])  # [N]
+        if steps is not None:
+            steps.append(d.logits[0])  # [N, V]
     return torch.stack(rows)  # [P, N]
+
+
+def forced(loaded: LoadedModel, prompts: list[Prompt], ids: torch.Tensor,
+           ) -> list[torch.Tensor]:
+    """Teacher forcing: each prompt fed the given ids [P, N] step by step through this side's
+    own KV cache, as it decodes; its step logits [N, V] per prompt, on the host."""
+    return [generate.decode(loaded.lm, _prompt_ids(loaded, p), ids.shape[1],
+                            forced=ids[i:i + 1]).logits[0] for i, p in enumerate(prompts)]
 
 
 def first_tensor(out: Any) -> torch.Tensor:
@@ -316,8 +338,13 @@ def collect_loaded(loaded: LoadedModel, side: Side, prompts: list[Prompt], new_t
             elif name in run.inputs:
                 _part(run, be, name, lambda n=name: run.components.__setitem__(
                     n, {RECIPE_INPUTS: run_component(loaded, n, run.inputs[n], side)}))
-    if new_tokens and side.role != "golden":
-        _part(run, be, "generate", lambda: setattr(run, "tokens", greedy(loaded, prompts, new_tokens)))
+    leader = reference if reference is not None and reference.tokens is not None else None
+    if new_tokens and leader is not None:
+        _part(run, be, "teacher-forced", lambda: run.steps.extend(
+            forced(loaded, prompts, leader.tokens)))
+    if new_tokens and side.role not in ("golden", "baseline"):
+        _part(run, be, "generate", lambda: setattr(run, "tokens", greedy(
+            loaded, prompts, new_tokens, run.steps if leader is None else None)))
         if run.tokens is not None:
             run.texts = [loaded.tokenizer.decode(row) for row in run.tokens]
         if again:
@@ -365,10 +392,18 @@ class Runs:
     golden: SideRun | None
     golden_note: str
     clips: list[FixtureClip] = field(default_factory=list)
+    baseline: SideRun | None = None  # the CPU in the target's dtype, when it is not float32
 
     @property
     def sides(self) -> list[SideRun]:
-        return [r for r in (self.reference, self.target, self.golden) if r is not None]
+        return [r for r in (self.reference, self.target, self.golden, self.baseline)
+                if r is not None]
+
+    @property
+    def comparator(self) -> SideRun:
+        """The side whose error against the golden the target's is held to: the CPU in the
+        target's own dtype (the baseline), or the reference when they share a dtype."""
+        return self.baseline if self.baseline is not None else self.reference
 
     def timings(self) -> pd.DataFrame:
         """Seconds per side and part (device-synchronized timer)."""
@@ -402,8 +437,10 @@ def golden_decision(mode: str, parameters: int) -> tuple[bool, str]:
 
 
 def run_all(cfg: RunConfig, p: Plan) -> Runs:
-    """Reference, then target (twice for determinism), then the golden when wanted; the audio
-    components on every fixture of the plan."""
+    """Reference, then target (twice for determinism), then the golden when wanted, then the
+    baseline (the CPU in the target's dtype) when that is not the reference's; the audio
+    components on every fixture of the plan. Every side but the reference is also fed the
+    reference's greedy ids (teacher forcing)."""
     prompts = load_prompts(p.languages)
     clips = load_clips([audio.fixture(n) for n in p.fixtures], p.target.device)
     with devices.full_float32(p.target.device, enabled=not p.tf32):
@@ -416,7 +453,9 @@ def run_all(cfg: RunConfig, p: Plan) -> Runs:
         use, note = golden_decision(p.golden, ref.parameters)
         if p.reference.dtype == torch.float64:
             use, note = False, "no separate golden: the reference itself runs in float64"
-        gold = (collect(cfg, p.golden_side, prompts, 0, inputs=ref.inputs, reference=ref,
-                        clips=[c for c in clips if c.ok][:1]) if use else None)
-    return Runs(p, prompts, ref, tgt, gold, note, clips)
+        gold = (collect(cfg, p.golden_side, prompts, p.new_tokens, inputs=ref.inputs,
+                        reference=ref, clips=[c for c in clips if c.ok][:1]) if use else None)
+        base = (collect(cfg, p.baseline_side, prompts, p.new_tokens, inputs=ref.inputs,
+                        reference=ref) if p.baseline_side is not None else None)
+    return Runs(p, prompts, ref, tgt, gold, note, clips, base)
 
