@@ -296,6 +296,24 @@ def snr_rule() -> tuple[float, str]:
                            f"= -10 log10(1/{cos}^2 - 1) = {snr:.1f} dB")
 
 
+def level_db(target: Any, reference: Any) -> float:
+    """Loudness of target over reference, 20 log10(rms_t / rms_r) in dB: 0 when equal; a gain
+    error shows here whatever the SNR (a 10 % gain is 0.83 dB; its SNR is 20 dB)."""
+    t, r = to64(target).ravel(), to64(reference).ravel()
+    rt, rr = float(np.sqrt(np.mean(t * t))), float(np.sqrt(np.mean(r * r)))
+    if rt == rr:
+        return 0.0
+    if rt == 0.0 or rr == 0.0:
+        return math.inf if rt > rr else -math.inf
+    return 20.0 * math.log10(rt / rr)
+
+
+def level_rule() -> tuple[float, str]:
+    """(largest |level difference| in dB, source) of two waveforms decoded from equal ids."""
+    rule = thresholds()["waveform_level"]
+    return float(rule["max_abs_db"]), f"{source(rule['source'])}: {rule['note']}"
+
+
 def waveform_metrics(target: Any, reference: Any, spec: Any, dtype: str = "float32",
                      ) -> dict[str, Any]:
     """Two waveforms over their common length: SNR (dB), cosine, max abs, relative L2,
@@ -312,7 +330,8 @@ def waveform_metrics(target: Any, reference: Any, spec: Any, dtype: str = "float
     ok, why = network_verdict(cmp)
     mel_t = audio.log_mel(t.astype(np.float32), spec).numpy()
     mel_r = audio.log_mel(r.astype(np.float32), spec).numpy()
-    return {"snr_db": snr_db(t, r), "cosine": cmp.cosine, "max_abs": cmp.max_abs,
+    return {"snr_db": snr_db(t, r), "level_db": level_db(t, r), "cosine": cmp.cosine,
+            "max_abs": cmp.max_abs,
             "rel_l2": cmp.rel_l2, "mel_distance_db": DB_PER_NEPER * mel_distance(mel_t, mel_r),
             "network_ok": ok, "network_detail": why, "peak_ref": float(np.abs(r).max())}
 

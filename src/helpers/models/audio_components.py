@@ -266,7 +266,7 @@ def example_inputs(name: str, module: nn.Module, batch: int = 1,
 def run(name: str, module: nn.Module, inputs: dict[str, torch.Tensor],
         codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One forward; outputs by kind: tokenizer {tokens [B, N], lengths [B], states [B, N, D]
-    (the pooled encoder states the codes are chosen from)}, codec {codes
+    (the pooled encoder states the codes are chosen from), codebook [K, D]}, codec {codes
     [B, Q, N], waveform [B, T]}, vocoder {waveform [B, T]}. Tensors stay on the device.
 
     For the codec, `codes` (e.g. the CPU reference's) are decoded instead of its own, so the
@@ -276,7 +276,7 @@ def run(name: str, module: nn.Module, inputs: dict[str, torch.Tensor],
     if kind == "tokenizer":  # GLM-4-Voice: ids, the real tokens' count, pre-quantization states
         out = module(**inputs)
         return {"tokens": out["token_ids"], "lengths": out["token_mask"].sum(dim=-1),
-                "states": out["states"]}
+                "states": out["states"], "codebook": module.codebook.weight}
     if kind == "codec":  # BiCodec: codes = the 32 global tokens then the N semantic ones
         semantic, glob = module.tokenize(inputs["input_values"], inputs["ref_wav"])
         own = torch.cat([glob.flatten(1).long(), semantic.long()], dim=-1)  # [B, G + N]

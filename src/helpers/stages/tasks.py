@@ -251,7 +251,7 @@ def _waveform_metrics(a: np.ndarray, b: np.ndarray, rate: int) -> dict[str, Any]
     """SNR and log-mel distance (dB) of two task outputs (the codec front end at their rate)."""
     spec = audio.codec_spec(sample_rate=rate) if rate != 16_000 else audio.codec_spec()
     m = parity.waveform_metrics(a, b, spec)
-    return {k: m[k] for k in ("snr_db", "mel_distance_db") if k in m}
+    return {k: m[k] for k in ("snr_db", "level_db", "mel_distance_db") if k in m}
 
 
 def _trajectory_row(d: TaskOutput, r: TaskOutput, limits: trajectory.Limits) -> dict[str, Any]:
@@ -460,6 +460,10 @@ def checks(runs: TaskRuns, frame: pd.DataFrame) -> list[Check]:
             out.append(Check.judge(f"{task}: waveform SNR target vs reference where the ids "
                                    "agree (dB, lowest input)", float(sub["snr_db"].min()), ">=",
                                    lim, src, unit=" dB"))
+            lim, src = parity.level_rule()
+            out.append(Check.judge(f"{task}: waveform level target vs reference where the ids "
+                                   "agree (|dB|, largest input)",
+                                   float(sub["level_db"].abs().max()), "<=", lim, src, unit=" dB"))
         rtf = pd.to_numeric(sub["RTF target"], errors="coerce").dropna()
         if len(rtf):
             out.append(Check(f"{task}: end-to-end real-time factor on the target (median)",

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers import audio, models, parity, players
+from helpers import audio, models, parity, players, trajectory
 from helpers.models import audio_components as ac
 from helpers.records import Check
 from helpers.stages.accuracy_parity.plan import PLAYERS_DEFAULT
@@ -175,7 +175,10 @@ def _typed_metrics(name: str, t: dict[str, torch.Tensor], r: dict[str, torch.Ten
         n = int(r["lengths"][0])
         states = parity.compare(t["states"][:, :n], r["states"][:, :n], dtype)
         ok, why = parity.network_verdict(states)
+        codes = trajectory.codes(r["tokens"][0, :n], t["tokens"][0, :n], r["margins"][:n].numpy(),
+                                 trajectory.code_margin(dtype))
         return {"tokens": n, "agreement_pct": _agree(t["tokens"][0, :n], r["tokens"][0, :n]),
+                "near_tie_codes": codes.near_tie, "clear_code_misses": codes.clear,
                 "states_cosine": states.cosine, "states_max_abs": states.max_abs,
                 "network_ok": ok, "network_detail": why,
                 "_tokens": (t["tokens"][0, :n].numpy(), r["tokens"][0, :n].numpy())}
@@ -223,6 +226,14 @@ def _typed_checks(runs: Runs, name: str, rows: list[dict[str, Any]]) -> list[Che
     if not good:
         return out
     dtype = runs.target.dtypes.get(name, "float32")
+    if any("clear_code_misses" in r for r in good):
+        near = sum(r["near_tie_codes"] for r in good)
+        out.append(Check.judge(f"{name}: codes that differ at a clear margin (of all fixtures)",
+                               sum(r["clear_code_misses"] for r in good), "==", 0,
+                               parity.source("calibrated"), detail=f"{near} differ at a "
+                               f"near-tie ({dtype} may pick either code: the reference's two "
+                               f"nearest within {trajectory.code_margin(dtype):.3g} of the "
+                               "mean squared state norm)"))
     if any("agreement_pct" in r for r in good):
         op, limit, source = parity.agreement_rule()
         what = "tokens" if ac.part(name).kind == "tokenizer" else "codes"
@@ -245,6 +256,10 @@ def _typed_checks(runs: Runs, name: str, rows: list[dict[str, Any]]) -> list[Che
         what = "decoded waveform (CPU codes)" if ac.part(name).kind == "codec" else "waveform"
         out.append(Check.judge(f"{name}: {what} SNR device vs CPU (dB, lowest fixture)",
                                min(r["snr_db"] for r in good), ">=", floor, source, unit=" dB"))
+        limit, source = parity.level_rule()
+        out.append(Check.judge(f"{name}: {what} level device vs CPU (|dB|, largest fixture)",
+                               max(abs(r["level_db"]) for r in good), "<=", limit, source,
+                               unit=" dB"))
     return out
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import psutil
 import torch
 
-from helpers import audio, generate
+from helpers import audio, generate, trajectory
 from helpers import device as devices
 from helpers.config import RunConfig
 from helpers.models.base import LoadedModel, weight_digests
@@ -286,8 +286,11 @@ def run_on_clip(loaded: LoadedModel, name: str, clip: FixtureClip, side: Side,
     kwargs = ac.inputs_for(name, clip.at(ac.part(name).input_rate), loaded.input_device(name),
                            dtype, part_config=ac.config_of(name, module))
     outs = ac.run(name, module, kwargs, codes=codes)
-    return {k: _host(v, side) if v.is_floating_point() else v.detach().cpu()
-            for k, v in outs.items()}
+    book = outs.pop("codebook", None)
+    if book is not None:  # each frame's margin to its second-nearest code (float64, [N])
+        outs["margins"] = torch.from_numpy(trajectory.code_margins(outs["states"][0], book)[1])
+    return {k: _host(v, side) if v.is_floating_point() and v.dtype != torch.float64
+            else v.detach().cpu() for k, v in outs.items()}
 
 
 def _run_clips(run: SideRun, loaded: LoadedModel, name: str, clips: list[FixtureClip],
