@@ -47,7 +47,7 @@ test-stacks:
 	PYTHON="$(STACK_PYTHON)" TORCH_SPEC="$(STACK_TORCH)" PIN="$(STACK_PIN)" \
 	  WHEELS="$(STACK_CACHE)/wheels" scripts/setup.sh "$(STACK_VENV)"
 	$(STACK_VENV)/bin/python -m helpers.report OUT=report/stacks --no-pdf
-	$(STACK_VENV)/bin/python -m pytest -q -m "not e2e"
+	$(STACK_VENV)/bin/python -m pytest -q -m "not slow"
 
 # One short run on a CUDA GPU (< 8 min): graph capture verified, both decode figures, bandwidth,
 # parity with identical weights; summary printed and written to report/gpu-check.json. Not part

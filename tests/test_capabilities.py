@@ -60,7 +60,7 @@ def test_renamed_subclass_runs_stages_2_4_and_6(renamed) -> None:
     plan = accuracy.plan(tgt, golden="off", new_tokens=1, languages="en", fixtures="en_fox")
     runs = accuracy.run_all(cfg, plan)
     assert not runs.reference.errors and not runs.target.errors
-    assert set(runs.target.components) == set(parent.audio_parts)
+    assert set(parent.audio_parts) <= set(runs.target.components)  # Covo also: encoder, adapter
     # stage 6: the parent's speech tasks, end to end, on one input with a short budget
     runs = tasks.run_all(tgt, fixtures="en_fox", s=tasks.settings(cfg, max_new_tokens=3))
     assert not runs.skipped and not runs.target.error and not runs.reference.error

@@ -16,7 +16,7 @@ from helpers.models import get
 @pytest.fixture(scope="module")
 def gpa(model_cache: Path):  # noqa: ANN201 - a LoadedModel
     cfg = RunConfig.from_params(model="gpa")
-    return get("gpa").load(cfg, torch.device("cpu"), torch.float32)
+    return get("gpa").load(torch.device("cpu"), torch.float32, **cfg.recipe_args())
 
 
 def _forced_logits(loaded, ids: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:  # noqa: ANN001

@@ -196,7 +196,7 @@ def test_gpa_lm_with_an_unknown_tensor_is_refused(tmp_path: Path, model_cache: P
     save_file(state, str(file), metadata={"format": "pt"})
     cfg = RunConfig.from_params(model="gpa", model_dir=str(root), device="cpu", dtype="float32")
     with pytest.raises(ModelLoadError) as err:
-        models.get("gpa").load(cfg, CPU, torch.float32)
+        models.get("gpa").load(CPU, torch.float32, **cfg.recipe_args())
     assert "model.layers.0.mlp.extra_proj.weight" in str(err.value)
     assert str(file) in str(err.value)
 

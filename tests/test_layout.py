@@ -88,12 +88,7 @@ def test_imports_flow_one_way() -> None:
     for script in (paths.ROOT / "scripts").glob("*.py"):
         wrong += [f"scripts/{script.name} -> {n}" for n in _imports(script, known)
                   if n in stages and n.count(".") > 2]
-    assert wrong == [] or wrong == KNOWN_CROSSINGS, wrong
-
-
-# stage 6 reads stage 4's agreement and SNR rules; they move into the tools (parity) with the
-# one agreement function, then this list is empty
-KNOWN_CROSSINGS = ["helpers.stages.tasks -> helpers.stages.accuracy_parity.components"]
+    assert wrong == [], wrong
 
 
 def test_every_stage_notebook_has_its_stage_module() -> None:

@@ -113,6 +113,11 @@ def notes(run: Run) -> list[str]:
     """The caveats a reader must see with the figures: the tiny / full-shape profile (random
     weights), a busy host, a missing PDF."""
     lang, out = run.lang, []
+    fault = run.config.get("fault")
+    if fault:
+        out.append(i18n.t("<b>FAULT planted</b> on the target side: {fault}. This run checks "
+                          "that the report FAILs a broken port; its figures are not the "
+                          "port's.", lang, fault=fault))
     profile = run.config.get("profile")
     if profile in ("tiny", "full-shape"):
         out.append(i18n.t("Profile <b>{profile}</b>: random weights built from the real "
