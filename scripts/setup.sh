@@ -43,6 +43,8 @@ else
 fi
 say "installing the helpers package and its dependencies${PIN:+ with $PIN}"
 # shellcheck disable=SC2086  # PIN is a list of requirements
+# the distribution was called `helpers` before: an old editable install of it would shadow this one
+"$PY" -m pip show -q helpers >/dev/null 2>&1 && quiet "$PY" -m pip uninstall -q -y helpers
 quiet "$PY" -m pip install -q -e ".[dev]" $PIN
 "$PY" -c "import helpers.runner.pipeline, papermill, nbconvert, transformers" \
   || { say "the package did not install; see the pip output above"; exit 1; }

@@ -263,10 +263,14 @@ def _trajectory_row(d: TaskOutput, r: TaskOutput, limits: trajectory.Limits) -> 
     st = trajectory.steps(r.steps[:n], d.steps[:n], limits.near_tie_k)
     one = trajectory.summarize([st], limits)
     div = trajectory.divergence(r.tokens, d.tokens, st.margin, limits)
+    text, kind = div.describe(), div.kind
+    if kind != "none" and d.prompt != r.prompt:  # each side tokenized the clip itself
+        text, kind = (f"first differs at step {div.index}, after a different prompt (each side "
+                      "tokenized the clip: see the prompt ids)"), "prompt"
     return {"teacher-forced steps": n, "_steps": st,
             "stable top-1 %": 100 * one.stable_top1, "near-tie hit %": 100 * one.near_tie_hit,
             "cosine p5": one.cosine_p5, "rel L2 p95 %": 100 * one.rel_l2_p95,
-            "divergence": div.describe(), "divergence kind": div.kind}
+            "divergence": text, "divergence kind": kind}
 
 
 def compare(runs: TaskRuns) -> pd.DataFrame:
@@ -435,7 +439,8 @@ def checks(runs: TaskRuns, frame: pd.DataFrame) -> list[Check]:
                              float(sub[col].min()), f"info ({op} {limit} was the rule)", None,
                              source, detail="explained, not judged: divergences at a near-tie "
                              f"{kinds.get('near-tie', 0)}, at a stable step "
-                             f"{kinds.get('stable', 0)} (see the teacher-forced checks)"))
+                             f"{kinds.get('stable', 0)}, after a different prompt "
+                             f"{kinds.get('prompt', 0)} (see the teacher-forced checks)"))
         seqs = [x for x in sub.get("_steps", pd.Series(dtype=object))
                 if isinstance(x, trajectory.Steps)]
         if seqs:

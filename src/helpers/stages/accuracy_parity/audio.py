@@ -342,7 +342,7 @@ def parity_table(sec: Section, name: str) -> pd.DataFrame:
     if frame.empty:
         return frame
     sub = frame[frame["component"] == name].drop(columns=["component"])
-    drop = [c for c in sub.columns if c == "network_detail" or sub[c].isna().all()]
+    drop = [c for c in sub.columns if c in ("network_detail", "peak_ref") or sub[c].isna().all()]
     return sub.drop(columns=drop)
 
 

@@ -281,7 +281,7 @@ def _golden_outputs(g: Any) -> list[tuple[str, Any]]:
     for name, by_input in g.components.items():
         for given, outs in by_input.items():  # the golden runs one input per component
             for k, v in outs.items():
-                if v.is_floating_point():
+                if v.is_floating_point() and k != "margins":  # margins: derived, not an output
                     label = name if k == "output" else f"{name} {k}"
                     out.append((label, lambda r, n=name, i=given, k=k: r.components.get(
                         n, {}).get(i, {}).get(k)))
@@ -324,6 +324,9 @@ def generation_section(runs: Runs) -> Section:
            or runs.target.failed("teacher-forced", "generate"))
     if why:
         return Section.failure("generation", why)
+    if len(runs.target.steps) != len(runs.prompts) or len(runs.reference.steps) != len(runs.prompts):
+        return Section.failure("generation", "no teacher-forced logits for every prompt (the "
+                               "target must run after the reference, fed its ids)")
     limits = trajectory.Limits.for_dtype(runs.plan.target.dtype_name)
     rows, seqs, kinds, matches = [], [], [], []
     for i, p in enumerate(runs.prompts):
