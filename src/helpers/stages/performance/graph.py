@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from helpers import bench, paths
+from helpers import bench, parity, paths
 from helpers import device as devices
 from helpers.bench import Measurement
 from helpers.device.graph import Capture, captures_graphs
@@ -270,11 +270,11 @@ def _same_tokens(a: torch.Tensor, b: torch.Tensor) -> dict[str, Any]:
     a, b = a.cpu(), b.cpu()
     if a.shape != b.shape:
         return {"fraction": 0.0, "detail": f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"}
-    eq = (a == b)
-    frac = float(eq.double().mean())
-    diff = (~eq).nonzero()
-    where = f"first difference at position {int(diff[0, -1])}" if len(diff) else "all equal"
-    return {"fraction": frac, "detail": f"{int(eq.sum())}/{eq.numel()} tokens equal; {where}"}
+    agree = parity.token_agreement(b.reshape(-1), a.reshape(-1))  # row after row
+    first = agree["first_divergence"]
+    where = "all equal" if first is None else f"first difference at position {first % a.shape[-1]}"
+    return {"fraction": agree["agreement_pct"] / 100,
+            "detail": f"{agree['matches']}/{a.numel()} tokens equal; {where}"}
 
 
 def _capture_check(capture: Capture) -> Check:
