@@ -258,7 +258,8 @@ def _trajectory_row(d: TaskOutput, r: TaskOutput, limits: trajectory.Limits) -> 
     """The target's teacher-forced step logits against the reference's own, and the free-running
     divergence explained by the reference's margin there."""
     if d.steps is None or r.steps is None or not len(r.steps):
-        return {"teacher-forced steps": 0}
+        why = d.extra.get("teacher_forced_error", "")
+        return {"teacher-forced steps": 0, **({"teacher-forced error": why} if why else {})}
     n = min(len(d.steps), len(r.steps))
     st = trajectory.steps(r.steps[:n], d.steps[:n], limits.near_tie_k)
     one = trajectory.summarize([st], limits)
@@ -446,6 +447,12 @@ def checks(runs: TaskRuns, frame: pd.DataFrame) -> list[Check]:
         if seqs:
             pooled = trajectory.summarize(seqs, limits)
             out.extend(trajectory.checks(f"{task}: teacher-forced ids", pooled, limits))
+        failed = sub.get("teacher-forced error", pd.Series(dtype=object)).dropna()
+        if len(failed):  # an input without step logits for another reason (a later round
+            # after one longer than TRAJECTORY_STEPS) is counted in the detail of the checks above
+            out.append(Check(f"{task}: teacher-forced ids compared", f"{len(seqs)}/{len(sub)}",
+                             "every input", False, "stage contract",
+                             detail="; ".join(failed.astype(str).head(2))))
         rates = sub.dropna(subset=["rate target", "rate reference"])
         for metric, group in rates.groupby("metric", sort=True):  # WER (en) and CER (zh) apart
             drop = float(metrics.drop_points(group["rate target"].mean(),

@@ -131,7 +131,12 @@ class Pipeline:
             if self.leader is None:
                 outs[-1].steps = out.logits[0, :TRAJECTORY_STEPS]
             else:
-                outs[-1].steps, forced_cache = self.forced(outs[-1].key, embeds, forced_cache, i)
+                try:  # a failure here is the comparison's, not the task's: the output stays
+                    outs[-1].steps, forced_cache = self.forced(outs[-1].key, embeds,
+                                                               forced_cache, i)
+                except Exception as exc:
+                    outs[-1].extra["teacher_forced_error"] = f"{type(exc).__name__}: {exc}"
+                    forced_cache = None
         return outs
 
     def forced(self, key: tuple[str, str], embeds: torch.Tensor, cache: Any, round_: int,

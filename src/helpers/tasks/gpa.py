@@ -155,8 +155,11 @@ class Pipeline:
         elif lead is not None and lead.tokens:
             n = min(len(lead.tokens), TRAJECTORY_STEPS)
             ids = torch.tensor([lead.prompt], dtype=torch.long)  # [1, S]
-            out.steps = generate.decode(self.lm, {"input_ids": ids}, n,
-                                        forced=torch.tensor([lead.tokens[:n]])).logits[0]
+            try:  # a failure here is the comparison's, not the task's: the output stays
+                out.steps = generate.decode(self.lm, {"input_ids": ids}, n,
+                                            forced=torch.tensor([lead.tokens[:n]])).logits[0]
+            except Exception as exc:
+                out.extra["teacher_forced_error"] = f"{type(exc).__name__}: {exc}"
         return out
 
     # ---- tasks ----------------------------------------------------------------------------
