@@ -38,13 +38,14 @@ from helpers.knobs import setting
 from helpers.records import Check
 from helpers.stages import kit
 from helpers.stages.kit import Section, Side, Target, failure_text, reference_side
-from helpers.tasks import metrics
+from helpers.tasks import metrics, sampled
 from helpers.tasks.inputs import TaskClip, spoken, spoken_note
 from helpers.tasks.inputs import clips as task_clips
 from helpers.tasks.results import TaskOutput
 
 REFERENCE_DTYPE = torch.float32
 TINY_NEW_TOKENS = 24  # random weights never stop on their own: a short, fixed budget
+SEEDS_RANDOM, SEEDS_REAL = 3, 5  # samples per input with decoding=release (knob tasks.seeds)
 TASKS = {"gpa": ("stt", "tts-a", "vc"), "covo-audio-chat": ("a2t", "a2ta")}
 TIMING_PROTOCOL = ("helpers.bench.Clock: the host clock from a synchronized start, each event "
                    "stamped after a synchronize; one untimed warm-up task per side first")
@@ -62,6 +63,8 @@ class Settings:
     audio_ids_only: str = setting("auto", "auto: on for random weights (they rarely emit audio "
                                           "ids), off for real")
     roundtrip: bool = setting(True, "transcribe tts-a / vc outputs with the model's own stt")
+    seeds: int = setting(0, "seeds per input and side when decoding is release (0: 3 with "
+                            "random weights, 5 with real ones)")
     players: int = setting(1, "inputs per task with a speech output shown with players")
 
 
@@ -73,14 +76,16 @@ class Resolved:
     decoding: str
     audio_ids_only: bool
     roundtrip: bool
+    seeds: int = 1  # samples per input and side (decoding=release), the first is seed `seed`
     notes: list[str] = field(default_factory=list)
 
 
 def settings(cfg: RunConfig, max_new_tokens: int = 0, decoding: str = "greedy",
-             audio_ids_only: str = "auto", roundtrip: bool = True) -> Resolved:
+             audio_ids_only: str = "auto", roundtrip: bool = True, seeds: int = 0) -> Resolved:
     """max_new_tokens 0 = the release's (gpa 512, covo 2048) for real weights, TINY_NEW_TOKENS
     for random ones; audio_ids_only auto = on for random weights (they would rarely emit an
-    audio id, so the audio path would never run), off for real ones."""
+    audio id, so the audio path would never run), off for real ones; seeds 0 = 3 samples per
+    input with random weights, 5 with real ones (decoding=release only)."""
     from helpers.errors import ConfigError
     from helpers.tasks import covo, gpa
 
@@ -91,12 +96,20 @@ def settings(cfg: RunConfig, max_new_tokens: int = 0, decoding: str = "greedy",
     if max_new_tokens < 0:
         raise ConfigError(f"tasks.max_new_tokens is {max_new_tokens}",
                           "give 0 (the release's budget) or a positive number")
+    if seeds < 0:
+        raise ConfigError(f"tasks.seeds is {seeds}",
+                          "give 0 (3 with random weights, 5 with real ones) or a positive number")
     real = cfg.profile == "real"
     fam = models.get(cfg.model).task_family
     release = gpa.MAX_NEW_TOKENS if fam == "gpa" else covo.MAX_NEW_TOKENS
     n = max_new_tokens or (release if real else TINY_NEW_TOKENS)
     only = audio_ids_only == "on" or (audio_ids_only == "auto" and not real)
-    s = Resolved(n, decoding, only, roundtrip)
+    samples = (seeds or (SEEDS_REAL if real else SEEDS_RANDOM)) if decoding == "release" else 1
+    s = Resolved(n, decoding, only, roundtrip, samples)
+    if samples > 1:
+        s.notes.append(f"decoding=release: every input sampled with {samples} seeds (seed "
+                       f"{cfg.seed} to {cfg.seed + samples - 1}) on both sides; the first seed's "
+                       "outputs fill the tables, all of them the distributions")
     if not real:
         s.notes.append(f"profile {cfg.profile}: random weights, so transcripts and voices are "
                        "noise and error rates are meaningless (info rows); device-vs-CPU "
@@ -115,6 +128,9 @@ def settings(cfg: RunConfig, max_new_tokens: int = 0, decoding: str = "greedy",
 class SideTasks:
     side: Side
     outputs: dict[tuple[str, str], TaskOutput] = field(default_factory=dict)
+    # decoding=release: the further seeds' outputs, (task, input, seed offset >= 1) -> output
+    # (without waveform and step logits)
+    samples: dict[tuple[str, str, int], TaskOutput] = field(default_factory=dict)
     error: str = ""  # the side could not load or run at all
 
     def get(self, task: str, clip: str) -> TaskOutput | None:
@@ -184,7 +200,16 @@ def run_side(cfg: RunConfig, side: Side, clips: list[TaskClip], s: Resolved,
             (pipe.stt(usable[0]) if fam == "gpa" else pipe.dialogue("a2t", usable[0], None))
             pipe.max_new = s.max_new_tokens
         pipe.leader = dict(leader.outputs) if leader is not None else None
-        (run_gpa if fam == "gpa" else run_covo)(pipe, res, clips, s)
+        run = run_gpa if fam == "gpa" else run_covo
+        run(pipe, res, clips, s)
+        pipe.leader = None  # further seeds: sampled on their own, compared as distributions
+        for k in range(1, s.seeds):
+            pipe.seed = cfg.seed + k
+            more = SideTasks(side)
+            run(pipe, more, clips, s)
+            for out in more.outputs.values():
+                out.wave, out.steps = None, None
+                res.samples[(out.task, out.clip, k)] = out
     except Exception as exc:
         res.error = failure_text(exc)
     finally:
@@ -207,6 +232,7 @@ class TaskRuns:
     reference: SideTasks
     reason: str = ""
     skipped: str = ""  # why the stage does not apply to this recipe ("" = it ran)
+    seed: int = 0  # the first sampling seed (decoding=release)
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -233,7 +259,8 @@ def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Resolved | 
         s.notes.extend(spoken_note(clips))
     ref = run_side(cfg, reference_side(REFERENCE_DTYPE), clips, s)
     dev = run_side(cfg, tgt.side, clips, s, leader=ref)
-    return TaskRuns(recipe.name, cfg.profile, TASKS[fam], clips, s, dev, ref, tgt.reason)
+    return TaskRuns(recipe.name, cfg.profile, TASKS[fam], clips, s, dev, ref, tgt.reason,
+                    seed=cfg.seed)
 
 
 # ---- comparison --------------------------------------------------------------------------
@@ -325,6 +352,47 @@ def compare(runs: TaskRuns) -> pd.DataFrame:
     if "error" not in frame:
         frame["error"] = None
     return frame
+
+
+def _sample(out: TaskOutput, clip: TaskClip | None, seed: int) -> dict[str, Any]:
+    """One output's measures for the distributions (helpers.tasks.sampled)."""
+    if clip is not None and out.task == "tts-a":
+        clip = spoken(clip)
+    which = {"stt": "text", "tts-a": "roundtrip", "vc": "roundtrip"}.get(out.task)
+    rate = _rate(out, clip, which)["rate"] if which else None
+    return {"task": out.task, "input": out.clip, "seed": seed, "generated ids": len(out.tokens),
+            "speech seconds": out.audio_out_s or None, "error rate": rate}
+
+
+def sampled_pairs(runs: TaskRuns) -> pd.DataFrame:
+    """decoding=release: every seed's outputs of both sides, paired by task, input and seed
+    (helpers.tasks.sampled.paired); empty for greedy decoding."""
+    if runs.settings.seeds <= 1:
+        return sampled.paired(sampled.per_sample({}))
+    by_name = {c.name: c for c in runs.clips}
+    recs: dict[str, list[dict[str, Any]]] = {}
+    for label, side in (("target", runs.target), ("reference", runs.reference)):
+        outs = [(o, 0) for o in side.outputs.values()]
+        outs += [(o, k) for (_t, _c, k), o in side.samples.items()]
+        recs[label] = [_sample(o, by_name.get(o.clip.split(" (round")[0]), runs.seed + k)
+                       for o, k in outs if not o.error]
+    return sampled.paired(sampled.per_sample(recs))
+
+
+def sampled_view(runs: TaskRuns) -> Section:
+    """The distributions' table (per task and measure) and the pairs (data["pairs"]), or why
+    there are none."""
+    pairs = sampled_pairs(runs)
+    if runs.settings.seeds <= 1 or pairs.empty:
+        why = ("decoding is greedy: one deterministic output per input, compared id by id above"
+               if runs.settings.decoding != "release" else "no pair of outputs to compare")
+        return Section("sampled", notes=[why])
+    judged = "judged" if runs.profile == "real" else "shown, not judged (random weights)"
+    note = (f"{runs.settings.seeds} seeds x {pairs['input'].nunique()} inputs per task, "
+            f"{judged}; mean and percentile-bootstrap {sampled.LEVEL:.0%} interval over the "
+            f"pairs ({sampled.BOOTSTRAP_RESAMPLES} resamples, generator seed "
+            f"{sampled.BOOTSTRAP_SEED}).")
+    return Section("sampled", sampled.summary(pairs), notes=[note], data={"pairs": pairs})
 
 
 # ---- tables ------------------------------------------------------------------------------
@@ -481,6 +549,8 @@ def checks(runs: TaskRuns, frame: pd.DataFrame) -> list[Check]:
             out.append(Check(f"{task}: end-to-end real-time factor on the target (median)",
                              round(float(rtf.median()), 4), "measured, not judged", None,
                              TIMING_PROTOCOL))
+    if runs.settings.seeds > 1:
+        out.extend(sampled.checks(sampled.summary(sampled_pairs(runs)), judged=real))
     return out
 
 
@@ -492,6 +562,14 @@ def record(st: Any, runs: TaskRuns, frame: pd.DataFrame) -> None:
     st.record(results_section(runs, frame))
 
 
+def _sampled_metrics(runs: TaskRuns) -> dict[str, Any]:
+    pairs = sampled_pairs(runs)
+    return {"seeds": runs.settings.seeds, "pairs": pairs.to_dict("records"),
+            "summary": sampled.summary(pairs).to_dict("records") if len(pairs) else [],
+            "bootstrap": {"resamples": sampled.BOOTSTRAP_RESAMPLES, "level": sampled.LEVEL,
+                          "seed": sampled.BOOTSTRAP_SEED}}
+
+
 def results_section(runs: TaskRuns, frame: pd.DataFrame) -> Section:
     shown = frame.drop(columns=["_steps"], errors="ignore")
     records = shown.replace({np.nan: None}).to_dict("records") if not frame.empty else []
@@ -501,11 +579,13 @@ def results_section(runs: TaskRuns, frame: pd.DataFrame) -> Section:
                 "settings": {"max_new_tokens": runs.settings.max_new_tokens,
                              "decoding": runs.settings.decoding,
                              "audio_ids_only": runs.settings.audio_ids_only,
-                             "roundtrip": runs.settings.roundtrip},
+                             "roundtrip": runs.settings.roundtrip,
+                             "seeds": runs.settings.seeds},
                 "normalization": metrics.NORMALIZATION, "timing_protocol": TIMING_PROTOCOL,
                 "inputs": inputs_table(runs).to_dict("records"), "rows": records,
                 "timings": timing_table(frame).replace({np.nan: None}).to_dict("records"),
                 "outputs": {side: [o.record() for o in s.outputs.values()] for side, s in
                             (("target", runs.target), ("reference", runs.reference))},
+                "sampled": _sampled_metrics(runs),
                 "notes": runs.settings.notes}
     return Section("tasks", checks=checks(runs, frame), metrics=metrics_)

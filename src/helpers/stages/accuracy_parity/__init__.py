@@ -34,6 +34,7 @@ from helpers.stages.accuracy_parity.audio import (
     shown,
 )
 from helpers.stages.accuracy_parity.figures import layer_figure
+from helpers.stages.accuracy_parity.modules import modules_section
 from helpers.stages.accuracy_parity.plan import (
     COMPONENT_DTYPES,
     LOGIT_LABELS,
@@ -73,5 +74,6 @@ __all__ = [
     "display_frame", "fixtures_table", "frontend_section", "generation_section",
     "golden_decision", "golden_section", "greedy", "headline", "input_player", "largest_increase",
     "layer_figure", "layer_frame", "layers_section", "load_prompts", "logits_section",
+    "modules_section",
     "parity_table", "pick", "plan", "run_all", "shown", "weight_digests", "weights_section",
 ]

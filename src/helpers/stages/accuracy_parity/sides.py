@@ -23,6 +23,7 @@ from helpers import device as devices
 from helpers.config import RunConfig
 from helpers.models.base import LoadedModel, weight_digests
 from helpers.stages import kit
+from helpers.stages.accuracy_parity import modules as isolated
 from helpers.stages.accuracy_parity.plan import (
     FRONTEND_FIXTURE,
     GOLDEN_MEMORY_SHARE,
@@ -109,6 +110,9 @@ class SideRun:
     seconds: dict[str, float] = field(default_factory=dict)  # part -> synchronized seconds
     parameters: int = 0
     digests: dict[str, dict[str, str]] = field(default_factory=dict)  # dtype -> tensor -> sha256
+    # module name -> tensors (helpers.stages.accuracy_parity.modules): the target's captured
+    # {input, output}; the baseline's replay of them {output, golden}
+    modules: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def failed(self, *parts: str) -> str:
         """'' when the parts ran; else the first error, named with side and part."""
@@ -287,8 +291,9 @@ def run_on_clip(loaded: LoadedModel, name: str, clip: FixtureClip, side: Side,
                            dtype, part_config=ac.config_of(name, module))
     outs = ac.run(name, module, kwargs, codes=codes)
     book = outs.pop("codebook", None)
-    if book is not None:  # each frame's margin to its second-nearest code (float64, [N])
-        outs["margins"] = torch.from_numpy(trajectory.code_margins(outs["states"][0], book)[1])
+    if book is not None:  # each frame's float64 nearest code and margin to the second [N]
+        nearest, margins = trajectory.code_margins(outs["states"][0], book)
+        outs["nearest"], outs["margins"] = torch.from_numpy(nearest), torch.from_numpy(margins)
     return {k: _host(v, side) if v.is_floating_point() and v.dtype != torch.float64
             else v.detach().cpu() for k, v in outs.items()}
 
@@ -310,13 +315,16 @@ def collect_loaded(loaded: LoadedModel, side: Side, prompts: list[Prompt], new_t
                    again: bool = False, reference: SideRun | None = None,
                    digest_dtypes: tuple[torch.dtype, ...] = (),
                    clips: list[FixtureClip] | None = None,
-                   component_dtypes: dict[str, torch.dtype] | None = None) -> SideRun:
+                   component_dtypes: dict[str, torch.dtype] | None = None,
+                   modules: str | dict[str, dict[str, torch.Tensor]] = "") -> SideRun:
     """Run every part on an already-loaded model. `inputs` are the inputs of the components
     without typed outputs (None: make them here, as the reference does); `again` repeats the
     forward and the generation for the determinism check; `reference` lends its codec codes;
     digest_dtypes: the dtypes to fingerprint the weights in (default: the side's own); clips:
     the fixtures the typed components run on; component_dtypes: a dtype per component (the
-    component_dtype rule; default: the side's)."""
+    component_dtype rule; default: the side's); modules: "capture" (the target: every
+    single-tensor LM module's input and output on the first prompt) or the target's capture to
+    replay (the baseline), see helpers.stages.accuracy_parity.modules."""
     run = SideRun(side, parameters=loaded.parameters_total)
     _part(run, side.backend, "weights", lambda: run.digests.update(
         weight_digests(loaded, digest_dtypes or (side.dtype,))))
@@ -328,6 +336,12 @@ def collect_loaded(loaded: LoadedModel, side: Side, prompts: list[Prompt], new_t
         if again:
             _part(run, be, "forward again", lambda: run.again_logits.extend(
                 forward_prompts(run, loaded, prompts, hidden=False)))
+        if modules == "capture" and prompts:
+            _part(run, be, "modules", lambda: run.modules.update(isolated.capture(
+                loaded.lm, _prompt_ids(loaded, prompts[0])["input_ids"])))
+        elif isinstance(modules, dict) and modules:
+            _part(run, be, "modules", lambda: run.modules.update(isolated.replay(
+                loaded.lm, modules, side.dtype)))
         if inputs is None:
             _part(run, be, "inputs", lambda: _keep_inputs(run, loaded))
         else:
@@ -364,7 +378,8 @@ def collect(cfg: RunConfig, side: Side, prompts: list[Prompt], new_tokens: int,
             inputs: dict[str, dict[str, torch.Tensor]] | None = None,
             again: bool = False, reference: SideRun | None = None,
             digest_dtypes: tuple[torch.dtype, ...] = (), clips: list[FixtureClip] | None = None,
-            component_dtypes: dict[str, torch.dtype] | None = None) -> SideRun:
+            component_dtypes: dict[str, torch.dtype] | None = None,
+            modules: str | dict[str, dict[str, torch.Tensor]] = "") -> SideRun:
     """Load one side, run every part, free the model; a failed load is recorded, not raised."""
     be = side.backend
     try:
@@ -376,7 +391,8 @@ def collect(cfg: RunConfig, side: Side, prompts: list[Prompt], new_tokens: int,
         return run
     run = collect_loaded(loaded, side, prompts, new_tokens, inputs, again, reference,
                          digest_dtypes, clips, component_dtypes and {
-                             n: d for n, d in component_dtypes.items() if n in loaded.components})
+                             n: d for n, d in component_dtypes.items() if n in loaded.components},
+                         modules)
     run.seconds["load"] = round(t.seconds, 4)
     del loaded
     gc.collect()
@@ -451,7 +467,8 @@ def run_all(cfg: RunConfig, p: Plan) -> Runs:
                       digest_dtypes=(p.reference.dtype, p.target.dtype, torch.float64))
         tgt = collect(cfg, p.target, prompts, p.new_tokens, inputs=ref.inputs, again=True,
                       reference=ref, clips=clips,
-                      component_dtypes=p.component_dtypes(list(ref.dtypes)))
+                      component_dtypes=p.component_dtypes(list(ref.dtypes)),
+                      modules="capture" if p.baseline_side is not None else "")
         tgt.inputs_note = ref.inputs_note
         use, note = golden_decision(p.golden, ref.parameters)
         if p.reference.dtype == torch.float64:
@@ -459,6 +476,7 @@ def run_all(cfg: RunConfig, p: Plan) -> Runs:
         gold = (collect(cfg, p.golden_side, prompts, p.new_tokens, inputs=ref.inputs,
                         reference=ref, clips=[c for c in clips if c.ok][:1]) if use else None)
         base = (collect(cfg, p.baseline_side, prompts, p.new_tokens, inputs=ref.inputs,
-                        reference=ref) if p.baseline_side is not None else None)
+                        reference=ref, modules=tgt.modules)
+                if p.baseline_side is not None else None)
     return Runs(p, prompts, ref, tgt, gold, note, clips, base)
 
