@@ -52,10 +52,9 @@ def _with_fault(clean, name: str) -> acc.Runs:  # noqa: ANN001
     tgt.inputs_note = ref.inputs_note
     base = runs.baseline
     if base is not None:  # the baseline replays the faulty target's module inputs
-        again = sides.collect(cfg, plan.baseline_side, runs.prompts, 0, inputs=ref.inputs,
-                              modules=tgt.modules)
-        base = dataclasses.replace(base, modules=again.modules, errors={
-            **base.errors, **{k: v for k, v in again.errors.items() if k == "modules"}})
+        again = sides.replay_modules(cfg, plan.baseline_side, tgt.modules)
+        base = dataclasses.replace(base, modules=again.modules,
+                                   errors={**base.errors, **again.errors})
     return dataclasses.replace(runs, target=tgt, baseline=base)
 
 

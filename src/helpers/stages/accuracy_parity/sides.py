@@ -400,6 +400,24 @@ def collect(cfg: RunConfig, side: Side, prompts: list[Prompt], new_tokens: int,
     return run
 
 
+def replay_modules(cfg: RunConfig, side: Side, captured: dict[str, dict[str, torch.Tensor]],
+                   ) -> SideRun:
+    """Only the module replay (helpers.stages.accuracy_parity.modules) of the target's capture
+    on `side` (the baseline), for a baseline whose other outputs are already known: its
+    `modules`, or the error of the load or the replay."""
+    run = SideRun(side)
+    try:
+        loaded = kit.load(cfg, side)
+    except Exception as exc:
+        run.errors["load"] = failure_text(exc)
+        return run
+    _part(run, side.backend, "modules", lambda: run.modules.update(isolated.replay(
+        loaded.lm, captured, side.dtype)))
+    loaded = None
+    gc.collect()
+    return run
+
+
 @dataclass
 class Runs:
     """The three sides of one stage run, on the same prompts and inputs."""
