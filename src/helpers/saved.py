@@ -432,7 +432,8 @@ def save_task_side(folder: str | Path, side: SideTasks, hashes: StageHashes,
                    meta: dict[str, Any], **how: Any) -> Path:
     """Save one stage 6 side (SideTasks) into an outputs folder (how: as save_side_run)."""
     tensors, rows = task_tensors(side)
-    side_meta = {"side": _side_dict(side.side), "error": side.error, "outputs": rows}
+    side_meta = {"side": _side_dict(side.side), "error": side.error, "weights": side.weights,
+                 "outputs": rows}
     return write_side(folder, TASKS, side.side.role, tensors, side_meta, hashes, meta, **how)
 
 
@@ -443,7 +444,7 @@ def task_side(saved: SavedRun, role: str = "target") -> SideTasks:
 
     meta = saved.side_meta(TASKS, role)
     tensors = saved.tensors(TASKS, role)
-    side = SideTasks(_side(meta["side"]), error=meta["error"])
+    side = SideTasks(_side(meta["side"]), error=meta["error"], weights=meta["weights"])
     for i, row in enumerate(meta["outputs"]):
         out = TaskOutput(**row)
         for f in TASK_LISTS:
@@ -470,6 +471,7 @@ CACHE_DIR = ".reference-cache"
 FRESH = "fresh"
 CPU_ROLES = ("reference", "golden", "baseline")  # the sides a cache holds
 REUSE_PARTS = ("weights source", "inputs", "settings", "reference side", "versions")
+TARGET_ONLY = ("target_dtype",)  # settings that change the target alone: not in the cache key
 
 
 def cache_root(run_dir: str | Path) -> Path:
@@ -585,7 +587,8 @@ def store(stage: str, run_dir: str | Path, cfg: Any, inputs: dict[str, str],
     import transformers
 
     parts = {"weights source": weights_source(cfg), "inputs": digest(sorted(inputs.items())),
-             "settings": digest(settings), "reference side": "cpu float32 reference",
+             "settings": digest({k: v for k, v in settings.items() if k not in TARGET_ONLY}),
+             "reference side": "cpu float32 reference",
              "versions": digest([VERSION, torch.__version__, transformers.__version__])}
     run = run_meta(Path(run_dir).name, cfg.model, cfg.profile, target)
     key = f"{stage}-{digest(parts)[:20]}"

@@ -517,5 +517,6 @@ def stage_store(cfg: RunConfig, p: Plan, run_dir: str | Path, reference: str = "
         inputs[f"fixture:{name}"] = saved.file_digest(audio.fixture(name).path)
     settings = {k: v for k, v in p.as_dict().items() if k not in ("target", "reason")}
     settings.update(model=cfg.model, profile=cfg.profile, seed=cfg.seed,
-                    target_dtype=p.target.dtype_name)
+                    target_dtype=p.target.dtype_name,
+                    baseline_dtype=p.baseline_side.dtype_name if p.baseline_side else "")
     return saved.store(saved.PARITY, run_dir, cfg, inputs, settings, reference, p.target.label)
