@@ -236,3 +236,47 @@ def test_task_sides_read_back_and_are_reused(parity_runs: dict, tmp_path: Path) 
             assert out.wave is None or np.array_equal(b.wave, out.wave)
             assert (b.steps is None) == (out.steps is None)
             assert out.steps is None or torch.equal(b.steps, out.steps)
+
+
+# ---- BASELINE= -------------------------------------------------------------------------------
+
+def _baseline_copy(parity_runs: dict, tmp_path: Path, edit: dict[str, str]) -> Path:
+    """A copy of the computed run whose index says some inputs held other content."""
+    import shutil
+
+    folder = shutil.copytree(parity_runs["computed"]["dir"] / saved.OUTPUTS, tmp_path / "outputs")
+    index = json.loads((folder / saved.INDEX).read_text())
+    index["stages"][saved.PARITY]["inputs"].update(edit)
+    (folder / saved.INDEX).write_text(json.dumps(index))
+    return tmp_path
+
+
+def test_baseline_run_is_compared_by_the_same_rules(parity_runs: dict) -> None:
+    mine = parity_runs["reused"]
+    sec = accuracy.baseline_section(mine["runs"], mine["store"], str(parity_runs["computed"]["dir"]))
+    judged = [c for c in sec.checks if c.passed is not None]
+    assert all(c.name.startswith("baseline run: ") for c in sec.checks) and len(judged) > 10
+    assert all(c.passed for c in judged)  # the same CPU bfloat16 target twice
+    assert sec.metrics["logits"]["rel_l2_pct"] == 0.0
+    assert "Both runs ran the same 9 inputs." in sec.notes
+
+
+def test_baseline_partly_other_inputs_compares_what_they_share(parity_runs: dict,
+                                                               tmp_path: Path) -> None:
+    folder = _baseline_copy(parity_runs, tmp_path, {"prompt:en:7": "0" * 64})
+    mine = parity_runs["reused"]
+    sec = accuracy.baseline_section(mine["runs"], mine["store"], str(folder))
+    assert sec.metrics["logits"]["prompts"] == 7
+    assert ("Compared on the 8 inputs both runs share; left out: prompt:en:7 (other content), "
+            "none (this run only), none (the baseline only).") in sec.notes
+
+
+def test_baseline_of_other_weights_or_inputs_is_refused(parity_runs: dict, tmp_path: Path) -> None:
+    mine = parity_runs["reused"]
+    other = dataclasses.replace(mine["store"], weights="f" * 64)
+    with pytest.raises(ConfigError, match="ran other weights: weights hash .* here"):
+        accuracy.baseline_section(mine["runs"], other, str(parity_runs["computed"]["dir"]))
+    folder = _baseline_copy(parity_runs, tmp_path, {f"prompt:en:{i}": "0" * 64 for i in range(8)})
+    with pytest.raises(ConfigError, match="shares no prompt with this run: inputs hash"):
+        accuracy.baseline_section(mine["runs"], mine["store"], str(folder))
+    assert accuracy.baseline_section(mine["runs"], mine["store"], "").checks == []
