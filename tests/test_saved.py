@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import audio, saved
+from helpers import audio, outputs, saved
 from helpers.config import RunConfig
 from helpers.errors import ConfigError
 from helpers.stages import accuracy_parity as accuracy
@@ -150,15 +150,15 @@ def test_a_changed_weight_input_or_setting_misses(parity_runs: dict, tmp_path: P
     named = RunConfig.from_params(model="gpa", reference=str(parity_runs["computed"]["dir"]),
                                   **change)
     with pytest.raises(ConfigError, match=f"made from other {part} "):
-        accuracy.stage_store(named, _plan(named, **knobs), tmp_path, named.reference)
+        accuracy.stage_store(named, _plan(named, **knobs), tmp_path)
 
 
 def test_a_changed_file_of_model_dir_changes_the_weights_source(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"one")
     cfg = RunConfig.from_params(model="gpa", model_dir=str(tmp_path))
-    before = saved.weights_source(cfg)
+    before = outputs.weights_source(cfg)
     os.utime(tmp_path / "model.safetensors", ns=(1, 1))
-    assert saved.weights_source(cfg) != before
+    assert outputs.weights_source(cfg) != before
 
 
 def test_other_weights_behind_a_matching_key_are_computed_again(parity_runs: dict) -> None:
@@ -172,13 +172,14 @@ def test_other_weights_behind_a_matching_key_are_computed_again(parity_runs: dic
 def test_reference_named_and_fresh(parity_runs: dict, tmp_path: Path) -> None:
     first = parity_runs["computed"]
     cfg = RunConfig.from_params(model="gpa", reference=str(first["dir"]))
-    named = accuracy.stage_store(cfg, _plan(cfg), tmp_path, cfg.reference)
+    named = accuracy.stage_store(cfg, _plan(cfg), tmp_path)
     assert named.source is not None and named.cache is None
     assert f"REFERENCE={first['dir']}" in named.note
-    fresh = accuracy.stage_store(cfg, _plan(cfg), tmp_path, saved.FRESH)
+    fresh = accuracy.stage_store(dataclasses.replace(cfg, reference=outputs.FRESH), _plan(cfg),
+                                 tmp_path)
     assert fresh.source is None and fresh.cache == first["store"].cache
     with pytest.raises(ConfigError, match="holds no reference side of stage tasks"):
-        saved.store(saved.TASKS, tmp_path, cfg, {}, {}, str(first["dir"]))
+        outputs.store(saved.TASKS, (tasks.pack, tasks.task_side), tmp_path, cfg, {}, {})
 
 
 def test_the_cache_never_holds_a_target(parity_runs: dict, tmp_path: Path) -> None:
@@ -192,7 +193,7 @@ def test_the_cache_never_holds_a_target(parity_runs: dict, tmp_path: Path) -> No
 
 def test_a_fault_run_caches_the_clean_reference(parity_runs: dict, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(saved.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(outputs.CACHE_ENV, str(tmp_path / "cache"))
     cfg = RunConfig.from_params(model="gpa", fault="layer_mlp_1pct")
     p = _plan(cfg, golden="off", new_tokens=1)
     store = accuracy.stage_store(cfg, p, tmp_path / "run")
@@ -280,3 +281,13 @@ def test_baseline_of_other_weights_or_inputs_is_refused(parity_runs: dict, tmp_p
     with pytest.raises(ConfigError, match="shares no prompt with this run: inputs hash"):
         accuracy.baseline_section(mine["runs"], mine["store"], str(folder))
     assert accuracy.baseline_section(mine["runs"], mine["store"], "").checks == []
+
+
+def test_reused_sides_are_linked_not_copied(parity_runs: dict) -> None:
+    reused = parity_runs["reused"]
+    for role in ("reference", "golden", "baseline"):
+        name = f"{saved.PARITY}-{role}.safetensors"
+        mine = reused["dir"] / saved.OUTPUTS / name
+        assert mine.stat().st_ino == (reused["store"].source.folder / name).stat().st_ino
+    target = reused["dir"] / saved.OUTPUTS / f"{saved.PARITY}-target.safetensors"
+    assert target.stat().st_nlink == 1  # the target is this run's own

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers import audio, generate, models, parity, saved, trajectory
+from helpers import audio, generate, models, outputs, parity, trajectory
 from helpers import players as playback
 from helpers.config import RunConfig
 from helpers.knobs import setting
@@ -176,7 +176,7 @@ def run_side(cfg: RunConfig, side: Side, clips: list[TaskClip], s: Resolved,
     try:
         loaded = kit.load(cfg, side)
         if side.role == "reference":
-            res.weights = saved.weights_hash(weight_digests(loaded, (torch.float32,)))
+            res.weights = outputs.weights_hash(weight_digests(loaded, (torch.float32,)))
         fam = loaded.recipe.task_family
         kind = gpa.Pipeline if fam == "gpa" else covo.Pipeline
         pipe = kind(loaded, side.backend, s.max_new_tokens, s.decoding, cfg.seed,
@@ -211,7 +211,7 @@ class TaskRuns:
     reference: SideTasks
     reason: str = ""
     skipped: str = ""  # why the stage does not apply to this recipe ("" = it ran)
-    store: saved.Store | None = None  # where the sides were saved, the reference came from
+    store: outputs.Store | None = None  # where the sides were saved, the reference came from
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -238,8 +238,8 @@ def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Resolved | 
     if fam == "gpa":
         s.notes.extend(spoken_note(clips))
     store = stage_store(tgt, clips, s, run_dir) if run_dir else None
-    ref = (store and store.reused_tasks()) or run_side(cfg, reference_side(REFERENCE_DTYPE),
-                                                       clips, s)
+    ref = (store and store.reused("reference")) or run_side(
+        cfg, reference_side(REFERENCE_DTYPE), clips, s)
     dev = run_side(cfg, tgt.side, clips, s, leader=ref)
     if store is not None:
         store.weights = ref.weights
@@ -251,17 +251,45 @@ def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Resolved | 
                     store=store)
 
 
-def stage_store(tgt: Target, clips: list[TaskClip], s: Resolved, run_dir: str) -> saved.Store:
+def stage_store(tgt: Target, clips: list[TaskClip], s: Resolved, run_dir: str) -> outputs.Store:
     """Where the stage saves its sides and finds its reference: each clip's bytes, transcript
     and language, and the settings that decide the outputs."""
-    inputs = {f"clip:{c.name}": saved.digest([saved.file_digest(c.path) if c.path.is_file()
-                                              else c.error, c.text, c.language]) for c in clips}
+    inputs = {f"clip:{c.name}": outputs.digest([outputs.file_digest(c.path) if c.path.is_file()
+                                                else c.error, c.text, c.language]) for c in clips}
     cfg = tgt.cfg
     settings = {"model": cfg.model, "profile": cfg.profile, "seed": cfg.seed,
                 "max_new_tokens": s.max_new_tokens, "decoding": s.decoding,
                 "audio_ids_only": s.audio_ids_only, "roundtrip": s.roundtrip,
                 "target_dtype": tgt.dtype_name}
-    return saved.store(saved.TASKS, run_dir, cfg, inputs, settings, cfg.reference, tgt.label)
+    return outputs.store(outputs.TASKS, (pack, task_side), run_dir, cfg, inputs, settings,
+                         tgt.label)
+
+
+# ---- saved outputs: the one conversion each way (helpers.outputs writes and reads the files) ---
+
+def pack(side: SideTasks) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A side as saved: outputs/<i>/<field> tensors, and the JSON fields of each output."""
+    tensors, rows = {}, []
+    for i, out in enumerate(side.outputs.values()):
+        mine, fields = out.saved()
+        tensors.update({f"outputs/{i}/{k}": v for k, v in mine.items()})
+        rows.append(fields)
+    return tensors, {"side": side.side.record(), "error": side.error, "weights": side.weights,
+                     "outputs": rows}
+
+
+def task_side(saved_run: outputs.SavedRun, role: str = "target") -> SideTasks:
+    """A side rebuilt from saved outputs: the stage's comparison works on it."""
+    meta = saved_run.side_meta(outputs.TASKS, role)
+    tensors = saved_run.tensors(outputs.TASKS, role)
+    side = SideTasks(Side.from_record(meta["side"]), error=meta["error"],
+                     weights=meta["weights"])
+    for i, fields in enumerate(meta["outputs"]):
+        mine = {k.rsplit("/", 1)[1]: v for k, v in tensors.items()
+                if k.startswith(f"outputs/{i}/")}
+        out = TaskOutput.from_saved(mine, fields)
+        side.outputs[out.key] = out
+    return side
 
 
 # ---- comparison --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from helpers import saved
+from helpers import outputs
 from helpers.errors import ConfigError
 from helpers.stages.accuracy_parity.audio import components_section
 from helpers.stages.accuracy_parity.sections import (
@@ -18,34 +18,34 @@ from helpers.stages.accuracy_parity.sections import (
     layers_section,
     logits_section,
 )
-from helpers.stages.accuracy_parity.sides import Runs, SideRun
+from helpers.stages.accuracy_parity.sides import Runs, SideRun, side_run
 from helpers.stages.kit import Section
 
 NAME = "baseline_run"
 PREFIX = "baseline run: "  # every check of the section, apart from the reference's
 
 
-def baseline_section(runs: Runs, store: saved.Store, folder: str) -> Section:
+def baseline_section(runs: Runs, store: outputs.Store, folder: str) -> Section:
     """The target against BASELINE's saved target; a note only when no BASELINE is given."""
     if not folder:
         return Section(NAME, notes=["No BASELINE run given: the target is compared with the "
                                     "CPU reference only."])
-    other = saved.open_run(folder)
-    theirs = other.stage_hashes(saved.PARITY)
+    other = outputs.open_run(folder)
+    theirs = other.stage_hashes(outputs.PARITY)
     if theirs["weights"] != store.weights:
         raise ConfigError(f"BASELINE={folder} ran other weights: weights hash "
                           f"{theirs['weights'][:16]} there, {store.weights[:16]} here",
                           "give a baseline run of the same model, profile, seed or MODEL_DIR")
-    there = other.index["stages"][saved.PARITY]["inputs"]
+    there = other.index["stages"][outputs.PARITY]["inputs"]
     shared = [n for n, h in store.inputs.items() if there.get(n) == h]
     if not any(n.startswith("prompt:") for n in shared):
         raise ConfigError(f"BASELINE={folder} shares no prompt with this run: inputs hash "
                           f"{theirs['inputs'][:16]} there, {store.hashes.as_dict()['inputs'][:16]}"
                           " here", "give a baseline run made with the same prompts (languages)")
-    base = saved.side_run(other, "target")
+    base = side_run(other, "target")
     sub = _shared_runs(runs, base, list(store.inputs), list(there), shared)
     parts = [logits_section(sub), layers_section(sub)]
-    fed = _shared_runs(runs, saved.side_run(other, "reference"), list(store.inputs), list(there),
+    fed = _shared_runs(runs, side_run(other, "reference"), list(store.inputs), list(there),
                        shared, runs.reference)
     why = _generation_gap(sub, fed, other, store)
     parts.append(generation_section(sub) if not why else Section("generation", notes=[why]))
@@ -81,11 +81,11 @@ def _shared_runs(runs: Runs, base: SideRun, here: list[str], there: list[str],
                 [c for c in runs.clips if c.name in fixtures])
 
 
-def _generation_gap(sub: Runs, fed: Runs, other: saved.SavedRun, store: saved.Store) -> str:
+def _generation_gap(sub: Runs, fed: Runs, other: outputs.SavedRun, store: outputs.Store) -> str:
     """Why the teacher-forced steps cannot be compared ('' when they can): both targets must
     have been fed the same ids, the ones their CPU references chose (`fed`: the two
     references on the shared prompts)."""
-    n_there = other.settings(saved.PARITY).get("new_tokens")
+    n_there = other.settings(outputs.PARITY).get("new_tokens")
     if n_there != store.settings.get("new_tokens"):
         return (f"Generation not compared: the baseline run decoded {n_there} new tokens per "
                 f"prompt, this one {store.settings.get('new_tokens')}.")
@@ -106,7 +106,7 @@ def _merged(parts: list[Section], notes: list[str]) -> Section:
                    notes + [n for s in parts for n in s.notes])
 
 
-def _notes(folder: str, other: saved.SavedRun, base: SideRun, store: saved.Store,
+def _notes(folder: str, other: outputs.SavedRun, base: SideRun, store: outputs.Store,
            there: dict[str, str], shared: list[str], why: str) -> list[str]:
     other_content = [n for n in store.inputs if n in there and n not in shared]
     only_here = [n for n in store.inputs if n not in there]
@@ -122,7 +122,7 @@ def _notes(folder: str, other: saved.SavedRun, base: SideRun, store: saved.Store
                      f"{', '.join(only_there) or 'none'} (the baseline only).")
     else:
         notes.append(f"Both runs ran the same {len(shared)} inputs.")
-    differ = {k: (v, store.settings.get(k)) for k, v in other.settings(saved.PARITY).items()
+    differ = {k: (v, store.settings.get(k)) for k, v in other.settings(outputs.PARITY).items()
               if store.settings.get(k) != v and k not in ("languages", "fixtures")}
     if differ:
         notes.append("Settings that differ (baseline, this run): " + "; ".join(

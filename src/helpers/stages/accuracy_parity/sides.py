@@ -19,7 +19,7 @@ import pandas as pd
 import psutil
 import torch
 
-from helpers import audio, generate, saved, trajectory
+from helpers import audio, generate, outputs, trajectory
 from helpers import device as devices
 from helpers.config import RunConfig
 from helpers.models.base import LoadedModel, weight_digests
@@ -440,7 +440,7 @@ def golden_decision(mode: str, parameters: int) -> tuple[bool, str]:
     return False, f"no golden: {sizes} (auto needs at most {GOLDEN_MEMORY_SHARE:.0%} of free)"
 
 
-def run_all(cfg: RunConfig, p: Plan, store: saved.Store | None = None) -> Runs:
+def run_all(cfg: RunConfig, p: Plan, store: outputs.Store | None = None) -> Runs:
     """Reference, then target (twice for determinism), then the golden when wanted, then the
     baseline (the CPU in the target's dtype) when that is not the reference's; the audio
     components on every fixture of the plan. Every side but the reference is also fed the
@@ -469,9 +469,9 @@ def _same_weights(runs: Runs) -> bool:
 
 
 def _sides(cfg: RunConfig, p: Plan, prompts: list[Prompt], clips: list[FixtureClip],
-           store: saved.Store | None) -> Runs:
+           store: outputs.Store | None) -> Runs:
     def reused(role: str) -> SideRun | None:
-        return store.reused_side(role) if store is not None else None
+        return store.reused(role) if store is not None else None
 
     def kept(run: SideRun | None) -> SideRun | None:
         if store is not None and run is not None:
@@ -482,7 +482,7 @@ def _sides(cfg: RunConfig, p: Plan, prompts: list[Prompt], clips: list[FixtureCl
         cfg, p.reference, prompts, p.new_tokens, clips=clips,
         digest_dtypes=(p.reference.dtype, torch.float32, p.target.dtype, torch.float64))
     if store is not None:
-        store.weights = saved.weights_hash(ref.digests)
+        store.weights = outputs.weights_hash(ref.digests)
     kept(ref)
     tgt = kept(collect(cfg, p.target, prompts, p.new_tokens, inputs=ref.inputs, again=True,
                        reference=ref, clips=clips,
@@ -505,18 +505,70 @@ def _sides(cfg: RunConfig, p: Plan, prompts: list[Prompt], clips: list[FixtureCl
     return Runs(p, prompts, ref, tgt, gold, note, clips, base)
 
 
-def stage_store(cfg: RunConfig, p: Plan, run_dir: str | Path, reference: str = "",
-                ) -> saved.Store:
+def stage_store(cfg: RunConfig, p: Plan, run_dir: str | Path) -> outputs.Store:
     """Where the stage saves its sides and finds its CPU sides: the inputs (each prompt's
     text, each fixture's file bytes) and the settings that decide its outputs."""
     inputs: dict[str, str] = {}
     for lang in p.languages:
         for i, q in enumerate(load_prompts((lang,))):
-            inputs[f"prompt:{lang}:{i}"] = saved.digest(q.text)
+            inputs[f"prompt:{lang}:{i}"] = outputs.digest(q.text)
     for name in p.fixtures:
-        inputs[f"fixture:{name}"] = saved.file_digest(audio.fixture(name).path)
+        inputs[f"fixture:{name}"] = outputs.file_digest(audio.fixture(name).path)
     settings = {k: v for k, v in p.as_dict().items() if k not in ("target", "reason")}
     settings.update(model=cfg.model, profile=cfg.profile, seed=cfg.seed,
                     target_dtype=p.target.dtype_name,
                     baseline_dtype=p.baseline_side.dtype_name if p.baseline_side else "")
-    return saved.store(saved.PARITY, run_dir, cfg, inputs, settings, reference, p.target.label)
+    return outputs.store(outputs.PARITY, (pack, side_run), run_dir, cfg, inputs, settings,
+                         p.target.label)
+
+
+# ---- saved outputs: the one conversion each way (helpers.outputs writes and reads the files) ---
+
+SIDE_FIELDS = ("layer_names", "texts", "dtypes", "inputs_note", "errors", "seconds",
+               "parameters", "digests")  # kept as JSON with the side's tensors
+
+
+def side_tensors(run: SideRun) -> dict[str, torch.Tensor]:
+    """What of a side is kept: logits, hidden states and step logits per prompt; greedy ids;
+    audio component outputs per input; the components' inputs."""
+    out: dict[str, torch.Tensor] = {}
+    for name in ("logits", "hidden", "steps"):
+        out.update({f"{name}/{i}": t for i, t in enumerate(getattr(run, name))})
+    for name in ("tokens", "again_tokens"):
+        if getattr(run, name) is not None:
+            out[name] = getattr(run, name)
+    for comp, by_input in run.components.items():
+        for given, outs in by_input.items():
+            out.update({f"components/{comp}/{given}/{k}": v for k, v in outs.items()})
+    for comp, kwargs in run.inputs.items():
+        out.update({f"inputs/{comp}/{k}": v for k, v in kwargs.items()})
+    return out
+
+
+def pack(run: SideRun) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A side as saved: its tensors, and its other fields as JSON."""
+    return side_tensors(run), {"side": run.side.record(),
+                               **{f: getattr(run, f) for f in SIDE_FIELDS}}
+
+
+def side_run(saved: outputs.SavedRun, role: str = "target") -> SideRun:
+    """A side rebuilt from saved outputs: every comparison of the stage works on it."""
+    meta = saved.side_meta(outputs.PARITY, role)
+    run = SideRun(Side.from_record(meta["side"]), **{f: meta[f] for f in SIDE_FIELDS})
+    lists: dict[str, dict[int, torch.Tensor]] = {"logits": {}, "hidden": {}, "steps": {}}
+    for key, t in saved.tensors(outputs.PARITY, role).items():
+        head, _, rest = key.partition("/")
+        if head in lists:
+            lists[head][int(rest)] = t
+        elif head in ("tokens", "again_tokens"):
+            setattr(run, head, t)
+        elif head == "components":
+            comp, rest = rest.split("/", 1)
+            given, out = rest.rsplit("/", 1)
+            run.components.setdefault(comp, {}).setdefault(given, {})[out] = t
+        elif head == "inputs":
+            comp, arg = rest.rsplit("/", 1)
+            run.inputs.setdefault(comp, {})[arg] = t
+    for name, by_index in lists.items():
+        setattr(run, name, [by_index[i] for i in sorted(by_index)])
+    return run
