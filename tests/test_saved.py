@@ -291,3 +291,12 @@ def test_reused_sides_are_linked_not_copied(parity_runs: dict) -> None:
         assert mine.stat().st_ino == (reused["store"].source.folder / name).stat().st_ino
     target = reused["dir"] / saved.OUTPUTS / f"{saved.PARITY}-target.safetensors"
     assert target.stat().st_nlink == 1  # the target is this run's own
+
+
+def test_baseline_and_reference_are_run_parameters_made_absolute(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 ) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig.from_strings({"BASELINE": "runs/a", "REFERENCE": "fresh"}).absolute()
+    assert (cfg.baseline, cfg.reference) == (str(tmp_path / "runs" / "a"), "fresh")
+    assert "BASELINE" in RunConfig.help() and "REFERENCE" in RunConfig.help()
