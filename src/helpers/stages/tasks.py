@@ -23,6 +23,7 @@ time to first token, time to first audio and the end-to-end real-time factor per
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,9 +259,8 @@ def stage_store(tgt: Target, clips: list[TaskClip], s: Resolved, run_dir: str) -
                                                 else c.error, c.text, c.language]) for c in clips}
     cfg = tgt.cfg
     settings = {"model": cfg.model, "profile": cfg.profile, "seed": cfg.seed,
-                "max_new_tokens": s.max_new_tokens, "decoding": s.decoding,
-                "audio_ids_only": s.audio_ids_only, "roundtrip": s.roundtrip,
-                "target_dtype": tgt.dtype_name}
+                "target_dtype": tgt.dtype_name,  # every resolved knob, notes aside
+                **{k: v for k, v in dataclasses.asdict(s).items() if k != "notes"}}
     return outputs.store(outputs.TASKS, (pack, task_side), run_dir, cfg, inputs, settings,
                          tgt.label)
 
