@@ -231,6 +231,32 @@ class Side:
     def backend(self) -> devices.Backend:
         return devices.backend(devices.select(str(self.device)))
 
+    def record(self) -> dict[str, str]:
+        """The side as JSON values (helpers.outputs keeps it with a side's saved outputs)."""
+        return {"role": self.role, "device": str(self.device), "dtype": self.dtype_name,
+                "device_map": self.device_map, "label": self.label}
+
+    @staticmethod
+    def from_record(d: dict[str, str]) -> Side:
+        """The side a record describes; a device this torch cannot name (an npu run read
+        without torch_npu) becomes a SavedSide that keeps the label."""
+        dtype = getattr(torch, d["dtype"])
+        try:
+            return Side(d["role"], torch.device(d["device"]), dtype, d["device_map"])
+        except RuntimeError:
+            return SavedSide(d["role"], torch.device("meta"), dtype, d["device_map"], d["label"])
+
+
+@dataclass(frozen=True)
+class SavedSide(Side):
+    """A side read from saved outputs whose device this machine's torch cannot name."""
+
+    saved_label: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.saved_label
+
 
 CPU = torch.device("cpu")
 

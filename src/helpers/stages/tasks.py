@@ -23,6 +23,7 @@ time to first token, time to first audio and the end-to-end real-time factor per
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,10 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers import audio, generate, models, parity, trajectory
+from helpers import audio, generate, models, outputs, parity, trajectory
 from helpers import players as playback
 from helpers.config import RunConfig
 from helpers.knobs import setting
+from helpers.models.base import weight_digests
 from helpers.records import Check
 from helpers.stages import kit
 from helpers.stages.kit import Section, Side, Target, failure_text, reference_side
@@ -132,6 +134,7 @@ class SideTasks:
     # (without waveform and step logits)
     samples: dict[tuple[str, str, int], TaskOutput] = field(default_factory=dict)
     error: str = ""  # the side could not load or run at all
+    weights: str = ""  # the reference's weights hash (helpers.saved.weights_hash)
 
     def get(self, task: str, clip: str) -> TaskOutput | None:
         return self.outputs.get((task, clip))
@@ -189,6 +192,8 @@ def run_side(cfg: RunConfig, side: Side, clips: list[TaskClip], s: Resolved,
     loaded = None
     try:
         loaded = kit.load(cfg, side)
+        if side.role == "reference":
+            res.weights = outputs.weights_hash(weight_digests(loaded, (torch.float32,)))
         fam = loaded.recipe.task_family
         kind = gpa.Pipeline if fam == "gpa" else covo.Pipeline
         pipe = kind(loaded, side.backend, s.max_new_tokens, s.decoding, cfg.seed,
@@ -233,6 +238,7 @@ class TaskRuns:
     reason: str = ""
     skipped: str = ""  # why the stage does not apply to this recipe ("" = it ran)
     seed: int = 0  # the first sampling seed (decoding=release)
+    store: outputs.Store | None = None  # where the sides were saved, the reference came from
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -242,8 +248,9 @@ class TaskRuns:
 
 
 def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Resolved | None = None,
-            ) -> TaskRuns:
-    """The reference first, then the target, on the same clips."""
+            run_dir: str = "") -> TaskRuns:
+    """The reference first (reused when the reference cache or REFERENCE= has it), then the
+    target, on the same clips; with a run_dir both sides are saved (helpers.saved)."""
     cfg = tgt.cfg
     s = s or settings(cfg)
     recipe = models.get(cfg.model)
@@ -257,10 +264,69 @@ def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Resolved | 
     clips = task_clips(audio_dir, fixtures)
     if fam == "gpa":
         s.notes.extend(spoken_note(clips))
-    ref = run_side(cfg, reference_side(REFERENCE_DTYPE), clips, s)
+    store = stage_store(tgt, clips, s, run_dir) if run_dir else None
+    ref = (store and store.reused("reference")) or run_side(
+        cfg, reference_side(REFERENCE_DTYPE), clips, s)
     dev = run_side(cfg, tgt.side, clips, s, leader=ref)
+    if store is not None:
+        store.weights = ref.weights
+        for side in (ref, dev):
+            store.keep(side)
+        store.fill_cache([ref])
+        s.notes.insert(0, f"The {store.note}.")
     return TaskRuns(recipe.name, cfg.profile, TASKS[fam], clips, s, dev, ref, tgt.reason,
-                    seed=cfg.seed)
+                    seed=cfg.seed, store=store)
+
+
+def stage_store(tgt: Target, clips: list[TaskClip], s: Resolved, run_dir: str) -> outputs.Store:
+    """Where the stage saves its sides and finds its reference: each clip's bytes, transcript
+    and language, and the settings that decide the outputs."""
+    inputs = {f"clip:{c.name}": outputs.digest([outputs.file_digest(c.path) if c.path.is_file()
+                                                else c.error, c.text, c.language]) for c in clips}
+    cfg = tgt.cfg
+    settings = {"model": cfg.model, "profile": cfg.profile, "seed": cfg.seed,
+                "target_dtype": tgt.dtype_name,  # every resolved knob, notes aside
+                **{k: v for k, v in dataclasses.asdict(s).items() if k != "notes"}}
+    return outputs.store(outputs.TASKS, (pack, task_side), run_dir, cfg, inputs, settings,
+                         tgt.label)
+
+
+# ---- saved outputs: the one conversion each way (helpers.outputs writes and reads the files) ---
+
+def pack(side: SideTasks) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A side as saved: outputs/<i>/<field> tensors, and the JSON fields of each output."""
+    tensors, rows, more = {}, [], []
+    for i, out in enumerate(side.outputs.values()):
+        mine, fields = out.saved()
+        tensors.update({f"outputs/{i}/{k}": v for k, v in mine.items()})
+        rows.append(fields)
+    for j, ((_task, _clip, k), out) in enumerate(side.samples.items()):  # further seeds
+        mine, fields = out.saved()
+        tensors.update({f"samples/{j}/{name}": v for name, v in mine.items()})
+        more.append({**fields, "seed_offset": k})
+    return tensors, {"side": side.side.record(), "error": side.error, "weights": side.weights,
+                     "outputs": rows, "samples": more}
+
+
+def task_side(saved_run: outputs.SavedRun, role: str = "target") -> SideTasks:
+    """A side rebuilt from saved outputs: the stage's comparison works on it."""
+    meta = saved_run.side_meta(outputs.TASKS, role)
+    tensors = saved_run.tensors(outputs.TASKS, role)
+    side = SideTasks(Side.from_record(meta["side"]), error=meta["error"],
+                     weights=meta["weights"])
+    for i, fields in enumerate(meta["outputs"]):
+        mine = {k.rsplit("/", 1)[1]: v for k, v in tensors.items()
+                if k.startswith(f"outputs/{i}/")}
+        out = TaskOutput.from_saved(mine, fields)
+        side.outputs[out.key] = out
+    for j, fields in enumerate(meta.get("samples", [])):
+        mine = {k.rsplit("/", 1)[1]: v for k, v in tensors.items()
+                if k.startswith(f"samples/{j}/")}
+        fields = dict(fields)
+        k = int(fields.pop("seed_offset"))
+        out = TaskOutput.from_saved(mine, fields)
+        side.samples[(out.task, out.clip, k)] = out
+    return side
 
 
 # ---- comparison --------------------------------------------------------------------------
@@ -587,5 +653,6 @@ def results_section(runs: TaskRuns, frame: pd.DataFrame) -> Section:
                 "outputs": {side: [o.record() for o in s.outputs.values()] for side, s in
                             (("target", runs.target), ("reference", runs.reference))},
                 "sampled": _sampled_metrics(runs),
+                "reference_source": runs.store.metric() if runs.store else {},
                 "notes": runs.settings.notes}
     return Section("tasks", checks=checks(runs, frame), metrics=metrics_)

@@ -46,6 +46,33 @@ class TaskOutput:
     # or the target's fed the reference's prompt and ids (teacher forcing)
     steps: Any = field(default=None, repr=False)
 
+    # saved outputs (helpers.outputs): the ids, waveform and step logits as tensors, the rest JSON
+    SAVED_LISTS = ("prompt", "tokens", "semantic")
+    SAVED_FIELDS = ("task", "clip", "text", "stopped", "rate", "first_token_s", "first_audio_s",
+                    "seconds", "audio_in_s", "audio_out_s", "sampling", "voice", "roundtrip",
+                    "error", "extra")
+
+    def saved(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(tensors by field, JSON fields): what is kept of this output."""
+        import torch
+
+        tensors = {f: torch.tensor(getattr(self, f), dtype=torch.int64)
+                   for f in self.SAVED_LISTS}
+        if self.wave is not None:
+            tensors["wave"] = torch.from_numpy(np.ascontiguousarray(self.wave))
+        if self.steps is not None:
+            tensors["steps"] = self.steps
+        return tensors, {f: getattr(self, f) for f in self.SAVED_FIELDS}
+
+    @classmethod
+    def from_saved(cls, tensors: dict[str, Any], fields: dict[str, Any]) -> TaskOutput:
+        """The output `saved` gave (tensors by field, JSON fields)."""
+        out = cls(**fields, **{f: tensors[f].tolist() for f in cls.SAVED_LISTS})
+        wave = tensors.get("wave")
+        out.wave = None if wave is None else wave.numpy()
+        out.steps = tensors.get("steps")
+        return out
+
     @property
     def key(self) -> tuple[str, str]:
         return self.task, self.clip
