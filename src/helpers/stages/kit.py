@@ -14,7 +14,8 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from helpers import device as devices
 from helpers import models, paths
 from helpers.config import RunConfig
+from helpers.profiling import Profile, cpu_seconds
 from helpers.records import (
     Check,
     StageResult,
@@ -102,6 +104,20 @@ def run_dir_or_lab(run_dir: str) -> Path:
     return Path(run_dir) if run_dir else lab_dir()
 
 
+_ACTIVE: list[Stage] = []  # the stage this process records for (the latest one made)
+
+
+@contextmanager
+def timed(part: str) -> Iterator[None]:
+    """Wall and CPU seconds of a block, recorded in the profile of the stage this process
+    runs (results/<stage>.json "profile"); outside a stage it only runs the block."""
+    if not _ACTIVE:
+        yield
+        return
+    with _ACTIVE[-1].profile.part(part):
+        yield
+
+
 class Stage:
     """Collects one stage's results; `finish()` writes results/<name>.json.
 
@@ -122,7 +138,10 @@ class Stage:
         self.checks: list[Check] = []
         self.figures: list[str] = []
         self._skipped: str | None = None
+        self.profile = Profile()  # its sections' own cost, filled by timed() and attempt()
         self._t0 = time.perf_counter()
+        self._cpu0 = cpu_seconds()
+        _ACTIVE[:] = [self]
         if cfg is not None and cfg.report_lang != "en":
             from helpers import plots
 
@@ -147,7 +166,8 @@ class Stage:
     def attempt(self, name: str, fn: Callable[..., Section], *args: Any) -> Section:
         """Compute one section and record it; an exception becomes its failed row and check."""
         try:
-            section = fn(*args)
+            with self.profile.part(name):
+                section = fn(*args)
         except Exception as exc:
             section = Section.failure(name, failure_text(exc))
         return self.record(section)
@@ -176,11 +196,19 @@ class Stage:
         self._skipped = reason
         self.metrics["skipped_reason"] = reason
 
+    def cost(self) -> dict[str, Any]:
+        """The stage's own cost so far: its timed parts, the CPU seconds since the recorder
+        was made and those of the whole kernel process (imports included)."""
+        return {"parts": self.profile.to_list(),
+                "cpu_s": round(cpu_seconds() - self._cpu0, 3),
+                "process_cpu_s": round(cpu_seconds(), 3)}
+
     def finish(self) -> StageResult:
         status = "skipped" if self._skipped else status_from_checks(self.checks)
         result = StageResult(
             stage=self.name, status=status, seconds=round(time.perf_counter() - self._t0, 3),
             title=self.title, metrics=self.metrics, checks=self.checks, figures=self.figures,
+            profile=self.cost(),
         )
         write_result(self.results_dir, result)
         if self.lab:
@@ -287,8 +315,9 @@ def load(cfg: RunConfig, side: Side, backend: devices.Backend | None = None) -> 
     """The recipe's model for one side, in eval mode: the target as configured, a CPU side
     whole on the CPU."""
     args = {**cfg.recipe_args(), "device_map": side.device_map}  # a CPU side: whole on the CPU
-    loaded = models.get(cfg.model).load(side.device, side.dtype, **args,
-                                        backend=backend or side.backend)
+    with timed(f"load {side.role} ({side.label})"):
+        loaded = models.get(cfg.model).load(side.device, side.dtype, **args,
+                                            backend=backend or side.backend)
     for module in loaded.components.values():
         module.eval()
     if cfg.fault and side.role == "target":
