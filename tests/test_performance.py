@@ -69,6 +69,18 @@ def test_settings_accept_notebook_lists():
     assert s.sweep_protocol().min_iters == s.sweep_min_iters
 
 
+def test_preset_thorough_restores_the_fixed_counts_and_an_explicit_knob_wins():
+    quick, thorough = Settings(), Settings(preset="thorough")
+    assert quick.protocol().ci == 0.05 and quick.protocol().min_iters == 3
+    p = thorough.protocol()
+    assert (p.min_iters, p.min_seconds, p.max_seconds, p.max_warmup, p.ci) == (5, 0.5, 60.0, 10, 0.0)
+    assert thorough.sweep_protocol().min_iters == 3
+    assert Settings(preset="thorough", min_iters=7).protocol().min_iters == 7
+    assert "preset=thorough" in quick.skipped() and "nothing skipped" in thorough.skipped()
+    with pytest.raises(ValueError, match="preset"):
+        Settings(preset="fast")
+
+
 # ---- generation and derived rates -----------------------------------------------------------
 
 

@@ -40,6 +40,7 @@ from helpers.records import (
 if TYPE_CHECKING:
     from helpers.models.base import LoadedModel
 
+SAVED_DPI = 120  # figures/*.png, for reuse in write-ups
 LAB_ENV = "HELPERS_LAB_DIR"  # where notebooks run on their own write (default report/lab)
 CONTRACT = "stage contract: failures are data"
 
@@ -177,18 +178,22 @@ class Stage:
         if any(s.failed for s in sections):
             return None
         fig, _ = draw(*sections)
-        self.save_figure(fig, name)
+        self.save_figure(fig, name, show=True)
         return fig
 
-    def save_figure(self, fig: Any, name: str) -> Path:
-        """Save a matplotlib figure as results' companion PNG (the notebook still shows it)."""
+    def save_figure(self, fig: Any, name: str, show: bool = False) -> Path:
+        """Save a matplotlib figure as results' companion PNG. The notebook still shows it:
+        drawn again by the inline backend, or with `show` that same PNG, displayed here (the
+        figure is then closed: one render instead of two, which counts for a tall figure)."""
         from helpers import plots
 
         self.figures_dir.mkdir(parents=True, exist_ok=True)
         path = self.figures_dir / f"{self.name}-{name}.png"
         plots.translate(fig)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        fig.savefig(path, dpi=SAVED_DPI, bbox_inches="tight")
         self.figures.append(path.name)
+        if show:
+            _show_png(fig, path)
         return path
 
     def skip(self, reason: str) -> None:
@@ -214,6 +219,22 @@ class Stage:
         if self.lab:
             _lab_manifest(self.dir, result, self.cfg)
         return result
+
+
+def _show_png(fig: Any, path: Path) -> None:
+    """Display the saved PNG at the size the inline backend would draw the figure (its dpi,
+    not the file's), and close the figure; outside a kernel the figure is only closed."""
+    import matplotlib.pyplot as plt
+    from IPython import get_ipython
+    from IPython.display import Image, display
+
+    dpi = fig.dpi
+    plt.close(fig)
+    if get_ipython() is None:
+        return
+    data = path.read_bytes()
+    width = int.from_bytes(data[16:20], "big")  # the IHDR chunk's width, first in every PNG
+    display(Image(data=data, format="png", width=round(width * dpi / SAVED_DPI)))
 
 
 def _lab_manifest(folder: Path, result: StageResult, cfg: RunConfig | None) -> None:
