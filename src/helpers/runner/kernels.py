@@ -27,7 +27,16 @@ KERNEL_NAME = "python3"  # the kernelspec `make setup` installs into the venv
 # Imported in a prestarted kernel before its notebook runs, in this order. One that fails is
 # skipped: the notebook then imports it itself and shows the error where it belongs.
 # helpers.plots goes first: it points MPLCONFIGDIR at its own font cache before matplotlib loads.
-WARMUP_MODULES: tuple[str, ...] = ("helpers.plots", "helpers.stages.kit", "transformers")
+# transformers.modeling_utils is the shared model machinery every model load imports first
+# (torch.distributed.tensor, dynamo, scipy.optimize: seconds of CPU), paid here while the
+# stage before still runs; the recipes' own modules and the stage modules follow.
+WARMUP_MODULES: tuple[str, ...] = ("helpers.plots", "helpers.stages.kit", "transformers",
+                                   "transformers.modeling_utils", "helpers.models.gpa",
+                                   "helpers.models.covo", "helpers.generate",
+                                   "helpers.stages.performance",
+                                   "helpers.stages.operator_probes",
+                                   "helpers.stages.accuracy_parity", "helpers.stages.tasks",
+                                   "helpers.tables", "IPython.display")
 STARTUP_TIMEOUT = 60.0  # seconds for a started kernel to answer
 WARMUP_TIMEOUT = 300.0  # seconds for the warm-up imports; past that the notebook waits for them
 _WARMUP_CODE = """\

@@ -21,7 +21,7 @@ PRESETS = ("quick", "thorough")
 # What preset=thorough sets in place of the quick defaults (a knob given explicitly wins):
 # the fixed repetition counts and durations the stage used before it stopped on a stable mean.
 THOROUGH = {"min_iters": 5, "min_seconds": 0.5, "max_seconds": 60.0, "max_warmup": 10,
-            "ci": 0.0, "sweep_min_iters": 3, "sweep_min_seconds": 0.2}
+            "ci": 0.0, "sweep_min_iters": 3, "sweep_min_seconds": 0.2, "sweep_max_seconds": 60.0}
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,18 @@ class Settings:
     ci: float = setting(0.05, "and until the mean's 95% CI is within this fraction of it "
                               "(0 = off; thorough: 0)")
     max_iters: int = setting(200, "timed runs: at most this many")
-    max_seconds: float = setting(5.0, "timed runs: at most this long in all (thorough: 60)")
+    max_seconds: float = setting(2.0, "timed runs: at most this long in all (thorough: 60)")
     sweep_min_iters: int = setting(2, "timed runs per sweep point: at least this many "
                                       "(thorough: 3)")
     sweep_min_seconds: float = setting(0.0, "and at least this long in all (thorough: 0.2)")
+    sweep_max_seconds: float = setting(0.5, "and at most this long in all (thorough: 60)")
     sweep_batches: tuple[int, ...] = setting((1, 2, 4, 8), "batch sizes of the batch sweep")
     sweep_prompt_lengths: tuple[int, ...] = setting((16, 64, 256, 1024),
                                                     "prompt lengths of the prefill sweep")
     sweep_new_tokens: int = setting(16, "tokens per run of the batch sweep")
     rtf_min_iters: int = setting(2, "timed runs per audio component (slow on a CPU)")
-    graph_mode: bool = setting(True, "measure graph mode (static cache + graph capture) too")
+    graph_mode: bool = setting(True, "measure graph mode (static cache + graph capture) too "
+                                     "(preset quick: where it captures device graphs)")
     graph_cap_s: float = setting(0.0, "cap on the first graph-mode call (compile), seconds; "
                                       "0 = auto per backend")
     copy_mib: int = setting(256, "size of the bandwidth copy, MiB")
@@ -91,12 +93,13 @@ class Settings:
             return "preset thorough: fixed repetition counts, nothing skipped"
         return (f"preset quick: each figure stops once its mean's 95% confidence interval is "
                 f"within +/-{self.ci:.0%} (at least {self.min_iters} runs, sweep points "
-                f"{self.sweep_min_iters}; at most {self.max_seconds:g} s each) and warmup at "
-                f"{self.max_warmup} runs; `performance.preset=thorough` times "
+                f"{self.sweep_min_iters}; at most {self.max_seconds:g} s each, sweep points "
+                f"{self.sweep_max_seconds:g} s), warmup at {self.max_warmup} runs, and graph "
+                "mode only where it captures device graphs; `performance.preset=thorough` times "
                 f"{THOROUGH['min_iters']}+ runs and {THOROUGH['min_seconds']:g}+ s per figure "
                 f"(sweep points {THOROUGH['sweep_min_iters']}+ and "
                 f"{THOROUGH['sweep_min_seconds']:g}+ s), up to {THOROUGH['max_warmup']} warmup "
-                "runs, as for real hardware")
+                "runs, and graph mode on every backend, as for real hardware")
 
     def protocol(self) -> Protocol:
         return Protocol(warmup=self.warmup, min_iters=self.min_iters,
@@ -112,4 +115,4 @@ class Settings:
         return Protocol(warmup=self.warmup, min_iters=self.sweep_min_iters,
                         min_seconds=self.sweep_min_seconds,
                         max_iters=max(self.max_iters, self.sweep_min_iters),
-                        max_seconds=self.max_seconds, ci=self.ci)
+                        max_seconds=self.sweep_max_seconds, ci=self.ci)
