@@ -16,16 +16,18 @@ from typing import Any
 
 
 def cpu_seconds() -> float:
-    """User + system CPU seconds of this process so far, every thread (its imports included)."""
+    """User + system CPU seconds of this process so far, every thread (its imports included),
+    and of the child processes it has waited for (a probe worker, Chromium)."""
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + t.children_user + t.children_system
 
 
 class Profile:
     """Named parts of one process's work, in order: `with prof.part("load reference"): ...`.
 
-    Each part records wall seconds (perf_counter) and this process's CPU seconds (user + sys,
-    all threads), so a shared, busy host shows as wall >> CPU rather than as slow code.
+    Each part records wall seconds (perf_counter) and CPU seconds (cpu_seconds: this process's
+    threads and its finished children), so a shared, busy host shows as wall >> CPU rather
+    than as slow code.
     """
 
     def __init__(self) -> None:
