@@ -225,3 +225,10 @@ def test_ci_times_on_while_the_mean_is_unstable_and_stops_at_the_cap():
 def test_protocol_rejects_a_ci_of_one_or_more():
     with pytest.raises(BenchError, match="ci"):
         Protocol(ci=1.0)
+
+
+def test_with_ci_the_caps_never_cut_below_the_floor():
+    be = ScriptedTimer([3.0, 1.0, 2.0, 1.0])
+    m = bench.measure(lambda: None, be, Protocol(warmup=0, min_iters=3, min_seconds=0,
+                                                 max_seconds=2.0, ci=0.05))
+    assert m.stats.count == 3 and m.stopped_by == "max_seconds"  # 6 s of work: the floor held

@@ -9,7 +9,8 @@ Protocol (one `measure` call):
   2. timed runs until BOTH `min_iters` runs and `min_seconds` of timed work are reached (or
      `max_iters` / `max_seconds` stop it first, which the result says); with `ci` > 0 they go
      on until the estimate is stable too: the 95% confidence interval of the mean (Student's
-     t) within +/- `ci` of it, a relative half-width every result reports;
+     t) within +/- `ci` of it, a relative half-width every result reports; the caps then
+     bound only those added runs, never the floor;
   3. every run is bracketed by the device backend's timer (helpers.device: synchronize before
      and after, device events where the backend has them), so no queued device work leaks
      from one sample into the next;
@@ -280,12 +281,16 @@ def _finite(x: float) -> float | None:
 
 
 def _stop_reason(p: Protocol, samples: Sequence[float], total: float) -> str:
+    """Why to stop after these samples ("" = go on). With `ci` the floor (min_iters and
+    min_seconds) always holds: the caps bound only the runs added for a stable mean."""
     count = len(samples)
-    if count >= p.min_iters and total >= p.min_seconds:
-        if p.ci <= 0:
-            return "min_iters+min_seconds"
-        if ci_half_width(samples) <= p.ci:
-            return "min_iters+min_seconds+ci"
+    floor = count >= p.min_iters and total >= p.min_seconds
+    if floor and p.ci <= 0:
+        return "min_iters+min_seconds"
+    if floor and ci_half_width(samples) <= p.ci:
+        return "min_iters+min_seconds+ci"
+    if p.ci > 0 and not floor:
+        return ""
     if count >= p.max_iters:
         return "max_iters"
     if total >= p.max_seconds:
