@@ -368,15 +368,15 @@ def _run(cfg: RunConfig, specs: list[StageSpec], run_dir: Path, manifest: dict[s
     summary_error = None
     # Each notebook runs in a fresh kernel, started in its own folder; the next notebook's
     # kernel starts (and imports the heavy modules) in the background while this one runs.
-    folders = [s.path.parent for s in specs] + [summary_nb.parent] * summary_nb.is_file()
+    notebooks = [s.path for s in specs] + [summary_nb] * summary_nb.is_file()
     with kernels.KernelPool() as pool:
         for i, spec in enumerate(specs, 1):
             progress = _Progress(f"[{i}/{len(specs)}] {spec.name}")
             progress.start()
             t_stage = time.perf_counter()
             km = _take_kernel(pool, spec.path.parent, spec.name, prof)
-            if i < len(folders):
-                pool.prestart(folders[i])
+            if i < len(notebooks):
+                pool.prestart(notebooks[i].parent, kernels.warmup_for(notebooks[i]))
             res = run_stage(spec, cfg, run_dir, km=km, progress=progress)
             results[spec.name] = res
             wall = round(time.perf_counter() - t_stage, 3)
