@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 # Command-line variables except this Makefile's own; the CLI rejects unknown names.
-PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=% GPU_CHECK_ARGS=% FAULT_ARGS=% STACK_%,$(MAKEOVERRIDES))
+PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=% GPU_CHECK_ARGS=% FAULT_ARGS=% STACK_% PROFILE_RUN=%,$(MAKEOVERRIDES))
 # The lowest tested stack (helpers.compat.TESTED): the Ascend reports' torch and transformers.
 # torch 2.9.0 is the registry's CUDA build (it runs on a CPU): 3.8 GB of wheels, kept in
 # STACK_CACHE between runs, and a 7.8 GB venv, kept there too.
@@ -17,7 +17,9 @@ STACK_PIN ?= transformers==4.57.6
 STACK_CACHE ?= $(HOME)/.cache/adaptation-report
 STACK_VENV ?= $(STACK_CACHE)/venv-$(notdir $(STACK_PYTHON))-$(subst ==,,$(STACK_TORCH))-$(subst ==,,$(STACK_PIN))
 
-.PHONY: setup report test test-fast test-stacks fault-matrix lint lab clean clean-interrupted data gpu-check
+# Where a run's time goes: `make report PARAMS`, then its table per stage and part (wall and CPU
+# seconds, host load); PROFILE_RUN=report/<run> prints the table of a finished run instead.
+.PHONY: setup report profile test test-fast test-stacks fault-matrix lint lab clean clean-interrupted data gpu-check
 .DEFAULT_GOAL := report
 
 setup: $(STAMP)
@@ -28,6 +30,9 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 report: $(STAMP)
 	$(PY) -m helpers.report $(PARAMS)
+
+profile: $(STAMP)
+	$(PY) scripts/profile_report.py $(if $(PROFILE_RUN),--run $(PROFILE_RUN),$(PARAMS))
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests notebooks scripts

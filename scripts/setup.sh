@@ -16,6 +16,29 @@ WHEELS="${WHEELS:-}"
 say() { echo "[setup] $*"; }
 quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 
+# The Debian packages for the PDF download and install in the background while pip works
+# (two registries, nothing fetched twice); their log is shown when setup ends.
+APT_LOG="$(mktemp)"
+apt_pid=""
+need=()
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+  || command -v google-chrome >/dev/null 2>&1 || need+=(chromium)
+fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || need+=(fonts-noto-cjk)
+command -v pdftotext >/dev/null 2>&1 || need+=(poppler-utils)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian packages for the PDF in the background: ${need[*]}"
+    (
+      if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; }; then
+        say "apt-get failed: the report will be HTML only until ${need[*]} are installed"
+      fi
+    ) >"$APT_LOG" 2>&1 &
+    apt_pid=$!
+  else
+    say "not root or no apt-get: install ${need[*]} yourself for the PDF (the HTML needs nothing more)"
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   # A torch already importable here (a CUDA build, or torch + torch_npu on an Ascend host) is
   # kept: the venv then sees the system site-packages instead of installing its own torch.
@@ -51,19 +74,9 @@ quiet "$PY" -m pip install -q -e ".[dev]" $PIN
 # The report's notebooks run in the kernel of this environment's Python.
 "$PY" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (report)" >/dev/null
 
-need=()
-command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
-  || command -v google-chrome >/dev/null 2>&1 || need+=(chromium)
-fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || need+=(fonts-noto-cjk)
-command -v pdftotext >/dev/null 2>&1 || need+=(poppler-utils)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing Debian packages for the PDF: ${need[*]}"
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; }; then
-      say "apt-get failed: the report will be HTML only until ${need[*]} are installed"
-    fi
-  else
-    say "not root or no apt-get: install ${need[*]} yourself for the PDF (the HTML needs nothing more)"
-  fi
+if [ -n "$apt_pid" ]; then
+  wait "$apt_pid" || true
+  cat "$APT_LOG"
 fi
+rm -f "$APT_LOG"
 say "done"

@@ -9,9 +9,11 @@ import pytest
 from helpers.models import cache
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private tiny-model cache for one test module (the env var is read at every call)."""
+    """The tests' own tiny-model cache, built once per session and shared by every module
+    (the env var is read at every call; kernels and workers inherit it). A test that changes a
+    recipe's tiny shape uses a seed of its own, so the cache rebuilds only that model."""
     root = tmp_path_factory.mktemp("model-cache")
     old = os.environ.get(cache.ENV)
     os.environ[cache.ENV] = str(root)

@@ -201,3 +201,34 @@ def test_fixed_warmup_when_settle_is_off_or_warmup_is_zero():
 def test_protocol_rejects_bad_settle_knobs(kw, match):
     with pytest.raises(BenchError, match=match):
         Protocol(**kw)
+
+
+def test_ci_stops_as_soon_as_the_mean_is_stable():
+    # three samples 1.00, 1.01, 0.99: mean 1.0, 95% CI half-width t(0.975, 2) * 0.01 / sqrt(3)
+    be = ScriptedTimer([1.00, 1.01, 0.99, 5.0])
+    m = bench.measure(lambda: None, be, Protocol(warmup=0, min_iters=3, min_seconds=0, ci=0.05))
+    assert m.samples == [1.00, 1.01, 0.99] and m.stopped_by == "min_iters+min_seconds+ci"
+    assert m.ci == pytest.approx(4.302653 * 0.01 / math.sqrt(3), rel=1e-5)
+    assert "mean +/-2.5% (95% CI)" in m.describe()
+    assert m.to_dict()["ci_rel_half_width"] == pytest.approx(m.ci)
+
+
+def test_ci_times_on_while_the_mean_is_unstable_and_stops_at_the_cap():
+    be = ScriptedTimer([1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5])
+    m = bench.measure(lambda: None, be, Protocol(warmup=0, min_iters=3, min_seconds=0,
+                                                 ci=0.05, max_iters=6))
+    assert m.stats.count == 6 and m.stopped_by == "max_iters"  # +/-~19%: not stable
+    assert m.ci > 0.05
+    assert bench.ci_half_width([1.0]) == math.inf
+
+
+def test_protocol_rejects_a_ci_of_one_or_more():
+    with pytest.raises(BenchError, match="ci"):
+        Protocol(ci=1.0)
+
+
+def test_with_ci_the_caps_never_cut_below_the_floor():
+    be = ScriptedTimer([3.0, 1.0, 2.0, 1.0])
+    m = bench.measure(lambda: None, be, Protocol(warmup=0, min_iters=3, min_seconds=0,
+                                                 max_seconds=2.0, ci=0.05))
+    assert m.stats.count == 3 and m.stopped_by == "max_seconds"  # 6 s of work: the floor held

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,23 +13,9 @@ import torch
 
 from helpers import audio, parity
 from helpers.config import RunConfig
-from helpers.models import cache
 from helpers.stages import accuracy_parity as accuracy
 from helpers.stages.accuracy_parity import sides
 from helpers.stages.kit import target
-
-
-@pytest.fixture(scope="module")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("model-cache")
-    old = os.environ.get(cache.ENV)
-    os.environ[cache.ENV] = str(root)  # the papermill kernel inherits it
-    yield root
-    if old is None:
-        os.environ.pop(cache.ENV, None)
-    else:
-        os.environ[cache.ENV] = old
-
 
 # ---- metrics -------------------------------------------------------------------------------
 

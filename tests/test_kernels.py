@@ -164,3 +164,15 @@ def test_progress_is_one_line_rewritten_in_place_on_a_terminal(monkeypatch):
     text = term.getvalue()
     assert text.count("\n") == 1 and text.endswith("[3/6] probes: passed\n")
     assert "\r[3/6] probes: cell 1/2\x1b[K\r[3/6] probes: cell 2/2\x1b[K" in text
+
+
+def test_warm_up_imports_what_the_notebook_imports_and_the_model_machinery_where_it_loads():
+    from helpers import paths
+
+    env = kernels.warmup_for(paths.NOTEBOOKS / "01_environment.ipynb")
+    perf = kernels.warmup_for(paths.NOTEBOOKS / "05_performance.ipynb")
+    assert env[:len(kernels.WARMUP_MODULES)] == kernels.WARMUP_MODULES
+    assert "helpers.stages.environment" in env and "transformers.modeling_utils" not in env
+    assert "helpers.stages.performance" in perf and perf[-1] == "transformers.modeling_utils"
+    assert not any(m.endswith((".Stage", ".target", ".RunConfig")) for m in perf)  # names, not modules
+    assert kernels.warmup_for(paths.NOTEBOOKS / "no_such.ipynb") == kernels.WARMUP_MODULES

@@ -3,6 +3,7 @@ table with its one verdict vocabulary."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -99,3 +100,19 @@ def test_a_notebook_alone_writes_to_the_lab_folder_and_its_manifest(tmp_path: Pa
     manifest = read_json(tmp_path / "lab" / "run.json")
     assert [s["name"] for s in manifest["stages"]] == ["one", "two"]
     assert manifest["config"]["model"] == "gpa"
+
+
+def test_finish_records_the_stage_cost_of_each_timed_part(tmp_path):
+    from helpers.stages.kit import Section, timed
+
+    st = kit.Stage("environment", str(tmp_path), "Environment")
+    st.attempt("first", lambda: Section("first"))
+    with timed("a load"):
+        sum(range(100_000))
+    res = st.finish()
+    parts = [p["part"] for p in res.profile["parts"]]
+    assert parts == ["first", "a load"]
+    assert all(p["wall_s"] >= 0 and p["cpu_s"] >= 0 for p in res.profile["parts"])
+    assert res.profile["process_cpu_s"] >= res.profile["cpu_s"] >= 0
+    written = json.loads((tmp_path / "results" / "environment.json").read_text())
+    assert written["profile"]["parts"][1]["part"] == "a load"

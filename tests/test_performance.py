@@ -25,8 +25,11 @@ from helpers.stages import performance as perf
 from helpers.stages.kit import Stage, target
 from helpers.stages.performance import Settings
 
-QUICK = dict(new_tokens=8, warmup=1, max_warmup=3, min_iters=2, min_seconds=0.0, sweep_min_iters=2,
-             sweep_min_seconds=0.0, sweep_batches=(1, 2), sweep_prompt_lengths=(8, 32),
+# Small and fast, with graph mode on the CPU too (preset thorough; its fixed counts are set here
+# to values of their own, and an explicit knob wins over the preset)
+QUICK = dict(preset="thorough", new_tokens=8, warmup=1, max_warmup=3, min_iters=2,
+             min_seconds=0.001, sweep_min_iters=2, sweep_min_seconds=0.001, max_seconds=10.0,
+             sweep_max_seconds=10.0, sweep_batches=(1, 2), sweep_prompt_lengths=(8, 32),
              sweep_new_tokens=4, copy_mib=8)
 
 
@@ -67,6 +70,18 @@ def test_settings_accept_notebook_lists():
     s = Settings(sweep_batches=[1, 2], sweep_prompt_lengths=[4])
     assert s.sweep_batches == (1, 2) and s.protocol().min_iters == s.min_iters
     assert s.sweep_protocol().min_iters == s.sweep_min_iters
+
+
+def test_preset_thorough_restores_the_fixed_counts_and_an_explicit_knob_wins():
+    quick, thorough = Settings(), Settings(preset="thorough")
+    assert quick.protocol().ci == 0.05 and quick.protocol().min_iters == 3
+    p = thorough.protocol()
+    assert (p.min_iters, p.min_seconds, p.max_seconds, p.max_warmup, p.ci) == (5, 0.5, 60.0, 10, 0.0)
+    assert thorough.sweep_protocol().min_iters == 3
+    assert Settings(preset="thorough", min_iters=7).protocol().min_iters == 7
+    assert "preset=thorough" in quick.skipped() and "nothing skipped" in thorough.skipped()
+    with pytest.raises(ValueError, match="preset"):
+        Settings(preset="fast")
 
 
 # ---- generation and derived rates -----------------------------------------------------------
@@ -432,6 +447,17 @@ def test_memory_table_has_one_row_per_device_and_a_total():
     assert list(peaks["memory"]) == ["device cuda:0: peak allocated", "device cuda:1: peak allocated",
                                      "device total: peak allocated"]
     assert list(peaks["MiB"]) == [20.0, 10.0, 30.0]
+
+
+def test_preset_quick_skips_the_graph_compile_where_no_device_graph_is_captured(run):
+    from helpers.stages.kit import Section
+
+    quick = perf.Run(run.target, run.loaded, Settings(new_tokens=8), placed=run.placed)
+    eager = Measurement("e2e", Protocol(), "test", warmup_s=[1.0], samples=[0.5, 0.5],
+                        host_samples=[0.5, 0.5], stopped_by="min_iters+min_seconds")
+    sec = perf.modes(quick, Section("latency", None, data={"hf_generate": eager}))
+    assert "skipped by preset quick" in sec.metrics["graph_problem"]
+    assert "preset=thorough" in sec.notes[0] and not sec.checks
 
 
 def test_graph_mode_is_declined_for_a_model_spread_over_devices(run, monkeypatch):

@@ -7,7 +7,10 @@ Protocol (one `measure` call):
      consecutive runs agree within that relative tolerance (at most `max_warmup` runs; the
      result says whether the figure settled);
   2. timed runs until BOTH `min_iters` runs and `min_seconds` of timed work are reached (or
-     `max_iters` / `max_seconds` stop it first, which the result says);
+     `max_iters` / `max_seconds` stop it first, which the result says); with `ci` > 0 they go
+     on until the estimate is stable too: the 95% confidence interval of the mean (Student's
+     t) within +/- `ci` of it, a relative half-width every result reports; the caps then
+     bound only those added runs, never the floor;
   3. every run is bracketed by the device backend's timer (helpers.device: synchronize before
      and after, device events where the backend has them), so no queued device work leaks
      from one sample into the next;
@@ -48,6 +51,7 @@ class Protocol:
     max_seconds: float = 120.0  # hard stop on timed work, for slow runs on slow devices
     settle: float = 0.0  # > 0: warm up until two consecutive runs agree within this fraction ...
     max_warmup: int = 10  # ... but at most this many warmup runs
+    ci: float = 0.0  # > 0: time on until the mean's 95% CI half-width is within this fraction
 
     def __post_init__(self) -> None:
         _check_int("warmup", self.warmup, 0)
@@ -56,6 +60,10 @@ class Protocol:
         if self.settle >= 1:
             raise BenchError(f"settle is a relative tolerance below 1 (e.g. 0.05 = 5%), got "
                              f"{self.settle!r}", "use 0 for a fixed number of warmup runs")
+        _check_number("ci", self.ci)
+        if self.ci >= 1:
+            raise BenchError(f"ci is a relative half-width below 1 (e.g. 0.05 = +/-5%), got "
+                             f"{self.ci!r}", "use 0 to stop at min_iters and min_seconds")
         _check_int("min_iters", self.min_iters, 1)
         _check_int("max_iters", self.max_iters, 1)
         _check_number("min_seconds", self.min_seconds)
@@ -69,8 +77,9 @@ class Protocol:
         return Protocol(**{**asdict(self), **changes})
 
     def describe(self) -> str:
+        stable = (f" and the mean's 95% CI within +/-{self.ci:.0%}" if self.ci > 0 else "")
         return (f"{self.warmup_rule()}, then timed runs until >= "
-                f"{self.min_iters} runs and >= {self.min_seconds:g} s of timed work "
+                f"{self.min_iters} runs and >= {self.min_seconds:g} s of timed work{stable} "
                 f"(stop at {self.max_iters} runs or {self.max_seconds:g} s)")
 
 
@@ -113,6 +122,18 @@ def stats(samples: Sequence[float], unit: str = "s") -> LatencyStats:
         min=float(x.min()), max=float(x.max()),
         stdev=float(x.std(ddof=1)) if x.size > 1 else None, unit=unit,
     )
+
+
+def ci_half_width(samples: Sequence[float]) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student's t), relative to the
+    mean: how stable the estimate is; inf for fewer than two samples or a zero mean."""
+    from scipy import stats as sps
+
+    x = np.asarray(samples, dtype=np.float64)
+    if x.size < 2 or not x.mean() > 0:
+        return math.inf
+    half = sps.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return float(half / x.mean())
 
 
 # ---- one run's events ----------------------------------------------------------------------
@@ -178,13 +199,19 @@ class Measurement:
         first = (f"first call {self.first_call_s:.4g} s" if self.warmup_s
                  else "no warmup: the first call is among the samples")
         settle = ""
+        stable = f", mean +/-{self.ci:.1%} (95% CI)" if math.isfinite(self.ci) else ""
         if self.settled is not None:
             tol = f"{self.protocol.settle:.0%}"
             settle = (f", settled: the last two agreed within {tol}" if self.settled
                       else f", NOT settled within {tol} after {len(self.warmup_s)} runs")
         return (f"{len(self.warmup_s)} warmup run(s) kept apart ({first}{settle}); "
-                f"{self.stats.count} timed runs, {sum(self.samples):.3g} s of timed work, "
-                f"stopped by {self.stopped_by}; each run: {self.timer}")
+                f"{self.stats.count} timed runs, {sum(self.samples):.3g} s of timed work"
+                f"{stable}, stopped by {self.stopped_by}; each run: {self.timer}")
+
+    @property
+    def ci(self) -> float:
+        """Relative half-width of the mean's 95% confidence interval (ci_half_width)."""
+        return ci_half_width(self.samples)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -192,7 +219,8 @@ class Measurement:
             "first_call_s": self.first_call_s, "warmup_s": self.warmup_s,
             "stats": self.stats.to_dict(), "samples": self.samples,
             "host_samples": self.host_samples, "stopped_by": self.stopped_by,
-            "settled": self.settled, "described": self.describe(),
+            "settled": self.settled, "ci_rel_half_width": _finite(self.ci),
+            "described": self.describe(),
         }
 
     @classmethod
@@ -224,7 +252,7 @@ def measure(fn: Callable[[], Any], be: Backend, protocol: Protocol | None = None
         samples.append(seconds)
         host.append(host_seconds)
         total += seconds
-        stop = _stop_reason(protocol, len(samples), total)
+        stop = _stop_reason(protocol, samples, total)
         if stop:
             break
     return Measurement(name=name or getattr(fn, "__name__", "run"), protocol=protocol,
@@ -248,9 +276,21 @@ def warm_up(fn: Callable[[], Any], be: Backend, protocol: Protocol) -> tuple[lis
         warm.append(timed(be, fn)[1])
 
 
-def _stop_reason(p: Protocol, count: int, total: float) -> str:
-    if count >= p.min_iters and total >= p.min_seconds:
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _stop_reason(p: Protocol, samples: Sequence[float], total: float) -> str:
+    """Why to stop after these samples ("" = go on). With `ci` the floor (min_iters and
+    min_seconds) always holds: the caps bound only the runs added for a stable mean."""
+    count = len(samples)
+    floor = count >= p.min_iters and total >= p.min_seconds
+    if floor and p.ci <= 0:
         return "min_iters+min_seconds"
+    if floor and ci_half_width(samples) <= p.ci:
+        return "min_iters+min_seconds+ci"
+    if p.ci > 0 and not floor:
+        return ""
     if count >= p.max_iters:
         return "max_iters"
     if total >= p.max_seconds:

@@ -116,6 +116,7 @@ class StageResult:
     checks: list[Check] = field(default_factory=list)
     error: dict[str, Any] | None = None
     figures: list[str] = field(default_factory=list)
+    profile: dict[str, Any] = field(default_factory=dict)  # the stage's own cost (helpers.profiling)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

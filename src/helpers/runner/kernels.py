@@ -11,6 +11,7 @@ current one runs; `KernelPool.take` hands that kernel over, or starts one on the
 
 from __future__ import annotations
 
+import ast
 import shutil
 import tempfile
 import threading
@@ -28,6 +29,10 @@ KERNEL_NAME = "python3"  # the kernelspec `make setup` installs into the venv
 # skipped: the notebook then imports it itself and shows the error where it belongs.
 # helpers.plots goes first: it points MPLCONFIGDIR at its own font cache before matplotlib loads.
 WARMUP_MODULES: tuple[str, ...] = ("helpers.plots", "helpers.stages.kit", "transformers")
+# A notebook that loads a model (it imports `target` from the kit) also gets the shared model
+# machinery every load imports first: torch.distributed.tensor, dynamo, scipy.optimize, seconds
+# of CPU paid here while the stage before still runs, not by the stage.
+MODEL_MACHINERY: tuple[str, ...] = ("transformers.modeling_utils",)
 STARTUP_TIMEOUT = 60.0  # seconds for a started kernel to answer
 WARMUP_TIMEOUT = 300.0  # seconds for the warm-up imports; past that the notebook waits for them
 _WARMUP_CODE = """\
@@ -63,6 +68,40 @@ class StageKernelManager(KernelManager):
         kc = super().client(**kwargs)
         self.clients.append(kc)
         return kc
+
+
+def warmup_for(notebook: Path) -> tuple[str, ...]:
+    """WARMUP_MODULES, then the modules the notebook's code cells import, then MODEL_MACHINERY
+    when it loads a model; an unreadable notebook gets WARMUP_MODULES."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(notebook, as_version=4).cells
+        trees = [ast.parse(c.source) for c in cells if c.cell_type == "code"]
+    except Exception:  # the notebook's own run reports what is wrong with it
+        return WARMUP_MODULES
+    found: list[str] = []
+    loads = False
+    for node in (n for tree in trees for n in ast.walk(tree)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found += [node.module, *(f"{node.module}.{a.name}" for a in node.names
+                                     if _is_helpers_module(f"{node.module}.{a.name}"))]
+            loads |= node.module == "helpers.stages.kit" and any(a.name == "target"
+                                                                   for a in node.names)
+    return tuple(dict.fromkeys([*WARMUP_MODULES, *found, *(MODEL_MACHINERY if loads else ())]))
+
+
+def _is_helpers_module(name: str) -> bool:
+    """Whether `name` is a module of this package (`from helpers.stages import tasks`), found
+    by its file: the runner imports no stage module."""
+    import helpers
+
+    head, *parts = name.split(".")
+    path = Path(helpers.__file__).parent.joinpath(*parts)
+    return head == "helpers" and (path.with_suffix(".py").is_file()
+                                  or (path / "__init__.py").is_file())
 
 
 def start_kernel(cwd: Path, ipc_prefix: Path,
@@ -208,13 +247,14 @@ class KernelPool:
         self._count += 1
         return self._dir / f"k{self._count}"
 
-    def prestart(self, cwd: Path) -> None:
-        """Start a kernel for a notebook in `cwd` in the background (replacing one not taken)."""
+    def prestart(self, cwd: Path, warmup: Sequence[str] | None = None) -> None:
+        """Start a kernel for a notebook in `cwd` in the background (replacing one not taken),
+        warmed up with `warmup` (default: the pool's)."""
         if self._closed:
             raise RuntimeError("the kernel pool is closed")
         self._drop_pending()
         self._pending = _Pending(Path(cwd).resolve())
-        self._pending.start(self._prefix(), self.warmup)
+        self._pending.start(self._prefix(), self.warmup if warmup is None else tuple(warmup))
 
     def take(self, cwd: Path) -> StageKernelManager:
         """A started kernel whose working directory is `cwd`, for one notebook."""

@@ -21,6 +21,7 @@ from helpers import device as devices
 from helpers.config import RunConfig
 from helpers.errors import ConfigError, DeviceError, ModelLoadError
 from helpers.knobs import KnobSpec, declared_parameters, notebook_knobs
+from helpers.profiling import Profile
 from helpers.provenance import git_state
 from helpers.records import StageResult, read_result, write_json, write_result
 from helpers.runner import kernels, publish, rundir
@@ -270,13 +271,23 @@ class _Progress:
         sys.stdout.flush()
 
 
-def _kernel(pool: kernels.KernelPool, cwd: Path) -> kernels.KernelManager | None:
+def _take_kernel(pool: kernels.KernelPool, cwd: Path, name: str,
+                 prof: Profile) -> kernels.KernelManager | None:
     """The pool's kernel for a notebook in `cwd`; None when it cannot start (the notebook's
-    own attempt then records why)."""
-    try:
-        return pool.take(cwd)
-    except Exception:
-        return None
+    own attempt then records why). Its cost goes to the runner's profile: the wait here, and
+    the start and warm-up imports the kernel paid (in the background when prestarted)."""
+    with prof.part(f"{name}: wait for its kernel"):
+        try:
+            km = pool.take(cwd)
+        except Exception:
+            km = None
+    start = getattr(km, "start_seconds", None)
+    if start is not None:
+        prof.add(f"{name}: kernel start (overlaps the stage before)", start)
+    warm = getattr(km, "warmup_seconds", None)
+    if warm is not None:
+        prof.add(f"{name}: kernel warm-up imports (overlaps the stage before)", warm)
+    return km
 
 
 def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
@@ -351,20 +362,21 @@ def _run(cfg: RunConfig, specs: list[StageSpec], run_dir: Path, manifest: dict[s
     """The stages, the summary, publishing, and the exit code (see exit_code)."""
 
     results: dict[str, StageResult] = {}
+    prof = Profile()  # the runner's own parts: kernel waits and starts, publishing
     t_run = time.perf_counter()
     summary_nb = notebooks_dir / SUMMARY_NOTEBOOK
     summary_error = None
     # Each notebook runs in a fresh kernel, started in its own folder; the next notebook's
     # kernel starts (and imports the heavy modules) in the background while this one runs.
-    folders = [s.path.parent for s in specs] + [summary_nb.parent] * summary_nb.is_file()
+    notebooks = [s.path for s in specs] + [summary_nb] * summary_nb.is_file()
     with kernels.KernelPool() as pool:
         for i, spec in enumerate(specs, 1):
             progress = _Progress(f"[{i}/{len(specs)}] {spec.name}")
             progress.start()
             t_stage = time.perf_counter()
-            km = _kernel(pool, spec.path.parent)
-            if i < len(folders):
-                pool.prestart(folders[i])
+            km = _take_kernel(pool, spec.path.parent, spec.name, prof)
+            if i < len(notebooks):
+                pool.prestart(notebooks[i].parent, kernels.warmup_for(notebooks[i]))
             res = run_stage(spec, cfg, run_dir, km=km, progress=progress)
             results[spec.name] = res
             wall = round(time.perf_counter() - t_stage, 3)
@@ -383,7 +395,8 @@ def _run(cfg: RunConfig, specs: list[StageSpec], run_dir: Path, manifest: dict[s
             t_summary = time.perf_counter()
             summary_error = _execute(summary_nb, run_dir / "notebooks" / SUMMARY_NOTEBOOK,
                                      {"run_dir": str(run_dir)}, summary_nb.parent,
-                                     km=_kernel(pool, summary_nb.parent), progress=progress)
+                                     km=_take_kernel(pool, summary_nb.parent, "summary", prof),
+                                     progress=progress)
             progress.end(f"[summary] error: {summary_error['type']}: "
                          f"{summary_error['message'][:200]}" if summary_error else
                          f"[summary] done in {time.perf_counter() - t_summary:.1f} s")
@@ -391,8 +404,10 @@ def _run(cfg: RunConfig, specs: list[StageSpec], run_dir: Path, manifest: dict[s
     manifest["summary_error"] = summary_error
     write_json(run_dir / "run.json", manifest)
 
-    html, pdf_path, pdf_error = publish.publish(run_dir, chromium=chromium if pdf else None)
+    html, pdf_path, pdf_error = publish.publish(run_dir, chromium=chromium if pdf else None,
+                                                profile=prof)
     manifest["pdf_error"] = pdf_error
+    manifest["profile"] = prof.to_list()
     errors = [r.stage for r in results.values() if r.status == "error"]
     failed = [r.stage for r in results.values() if r.status == "failed"]
     code = exit_code(errors, failed, summary_error, cfg.strict)

@@ -9,6 +9,7 @@ from pathlib import Path
 import nbformat
 
 from helpers import i18n
+from helpers.profiling import Profile
 from helpers.records import read_json, write_bytes, write_json
 from helpers.runner.markdown import render_markdown
 from helpers.runner.merge import css_string, merge
@@ -35,17 +36,25 @@ def render_html(nb: nbformat.NotebookNode, dest: Path) -> Path:
     return write_bytes(dest, body.encode("utf-8"))
 
 
-def publish(run_dir: Path, chromium: str | None) -> tuple[Path, Path | None, str | None]:
+def publish(run_dir: Path, chromium: str | None,
+            profile: Profile | None = None) -> tuple[Path, Path | None, str | None]:
     """Write <run>/adaptation-report.html, then the PDF; a PDF failure keeps the HTML and is
-    stated at the top of the HTML (which is then written again)."""
+    stated at the top of the HTML (which is then written again). `profile` receives the cost
+    of each step."""
+    prof = profile or Profile()
     html_path = run_dir / f"{REPORT_NAME}.html"
     pdf_path = run_dir / f"{REPORT_NAME}.pdf"
-    render_html(merge(run_dir), html_path)
-    render_markdown(run_dir, run_dir / f"{REPORT_NAME}.md")
+    with prof.part("merge"):
+        merged = merge(run_dir)
+    with prof.part("HTML"):
+        render_html(merged, html_path)
+    with prof.part("markdown"):
+        render_markdown(run_dir, run_dir / f"{REPORT_NAME}.md")
     if chromium is None:
         return html_path, None, None
     try:
-        render_pdf(html_path, pdf_path, chromium)
+        with prof.part("PDF (Chromium)"):
+            render_pdf(html_path, pdf_path, chromium)
         return html_path, pdf_path, None
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         reason = f"PDF rendering failed: {exc}"

@@ -14,7 +14,8 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from helpers import device as devices
 from helpers import models, paths
 from helpers.config import RunConfig
+from helpers.profiling import Profile, cpu_seconds
 from helpers.records import (
     Check,
     StageResult,
@@ -38,6 +40,7 @@ from helpers.records import (
 if TYPE_CHECKING:
     from helpers.models.base import LoadedModel
 
+SAVED_DPI = 120  # figures/*.png, for reuse in write-ups
 LAB_ENV = "HELPERS_LAB_DIR"  # where notebooks run on their own write (default report/lab)
 CONTRACT = "stage contract: failures are data"
 
@@ -102,6 +105,20 @@ def run_dir_or_lab(run_dir: str) -> Path:
     return Path(run_dir) if run_dir else lab_dir()
 
 
+_ACTIVE: list[Stage] = []  # the stage this process records for (the latest one made)
+
+
+@contextmanager
+def timed(part: str) -> Iterator[None]:
+    """Wall and CPU seconds of a block, recorded in the profile of the stage this process
+    runs (results/<stage>.json "profile"); outside a stage it only runs the block."""
+    if not _ACTIVE:
+        yield
+        return
+    with _ACTIVE[-1].profile.part(part):
+        yield
+
+
 class Stage:
     """Collects one stage's results; `finish()` writes results/<name>.json.
 
@@ -122,7 +139,10 @@ class Stage:
         self.checks: list[Check] = []
         self.figures: list[str] = []
         self._skipped: str | None = None
+        self.profile = Profile()  # its sections' own cost, filled by timed() and attempt()
         self._t0 = time.perf_counter()
+        self._cpu0 = cpu_seconds()
+        _ACTIVE[:] = [self]
         if cfg is not None and cfg.report_lang != "en":
             from helpers import plots
 
@@ -147,7 +167,8 @@ class Stage:
     def attempt(self, name: str, fn: Callable[..., Section], *args: Any) -> Section:
         """Compute one section and record it; an exception becomes its failed row and check."""
         try:
-            section = fn(*args)
+            with self.profile.part(name):
+                section = fn(*args)
         except Exception as exc:
             section = Section.failure(name, failure_text(exc))
         return self.record(section)
@@ -157,18 +178,22 @@ class Stage:
         if any(s.failed for s in sections):
             return None
         fig, _ = draw(*sections)
-        self.save_figure(fig, name)
+        self.save_figure(fig, name, show=True)
         return fig
 
-    def save_figure(self, fig: Any, name: str) -> Path:
-        """Save a matplotlib figure as results' companion PNG (the notebook still shows it)."""
+    def save_figure(self, fig: Any, name: str, show: bool = False) -> Path:
+        """Save a matplotlib figure as results' companion PNG. The notebook still shows it:
+        drawn again by the inline backend, or with `show` that same PNG, displayed here (the
+        figure is then closed: one render instead of two, which counts for a tall figure)."""
         from helpers import plots
 
         self.figures_dir.mkdir(parents=True, exist_ok=True)
         path = self.figures_dir / f"{self.name}-{name}.png"
         plots.translate(fig)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        fig.savefig(path, dpi=SAVED_DPI, bbox_inches="tight")
         self.figures.append(path.name)
+        if show:
+            _show_png(fig, path)
         return path
 
     def skip(self, reason: str) -> None:
@@ -176,16 +201,40 @@ class Stage:
         self._skipped = reason
         self.metrics["skipped_reason"] = reason
 
+    def cost(self) -> dict[str, Any]:
+        """The stage's own cost so far: its timed parts, the CPU seconds since the recorder
+        was made and those of the whole kernel process (imports included)."""
+        return {"parts": self.profile.to_list(),
+                "cpu_s": round(cpu_seconds() - self._cpu0, 3),
+                "process_cpu_s": round(cpu_seconds(), 3)}
+
     def finish(self) -> StageResult:
         status = "skipped" if self._skipped else status_from_checks(self.checks)
         result = StageResult(
             stage=self.name, status=status, seconds=round(time.perf_counter() - self._t0, 3),
             title=self.title, metrics=self.metrics, checks=self.checks, figures=self.figures,
+            profile=self.cost(),
         )
         write_result(self.results_dir, result)
         if self.lab:
             _lab_manifest(self.dir, result, self.cfg)
         return result
+
+
+def _show_png(fig: Any, path: Path) -> None:
+    """Display the saved PNG at the size the inline backend would draw the figure (its dpi,
+    not the file's), and close the figure; outside a kernel the figure is only closed."""
+    import matplotlib.pyplot as plt
+    from IPython import get_ipython
+    from IPython.display import Image, display
+
+    dpi = fig.dpi
+    plt.close(fig)
+    if get_ipython() is None:
+        return
+    data = path.read_bytes()
+    width = int.from_bytes(data[16:20], "big")  # the IHDR chunk's width, first in every PNG
+    display(Image(data=data, format="png", width=round(width * dpi / SAVED_DPI)))
 
 
 def _lab_manifest(folder: Path, result: StageResult, cfg: RunConfig | None) -> None:
@@ -313,8 +362,9 @@ def load(cfg: RunConfig, side: Side, backend: devices.Backend | None = None) -> 
     """The recipe's model for one side, in eval mode: the target as configured, a CPU side
     whole on the CPU."""
     args = {**cfg.recipe_args(), "device_map": side.device_map}  # a CPU side: whole on the CPU
-    loaded = models.get(cfg.model).load(side.device, side.dtype, **args,
-                                        backend=backend or side.backend)
+    with timed(f"load {side.role} ({side.label})"):
+        loaded = models.get(cfg.model).load(side.device, side.dtype, **args,
+                                            backend=backend or side.backend)
     for module in loaded.components.values():
         module.eval()
     if cfg.fault and side.role == "target":

@@ -113,6 +113,11 @@ SPREAD_REASON = (
     "torchair's graph mode supports one NPU per process (torchair user guide, 使用约束), and "
     "transformers does not compile a model with CPU offload"
 )
+QUICK_REASON = (
+    "skipped by preset quick: on {backend} graph mode captures no device graph (inductor's "
+    "kernels, no replay), so its compile, the stage's largest cost, would judge only that its "
+    "tokens equal eager's; `performance.preset=thorough` measures it"
+)
 GRAPH_ROW = "graph: static cache + torch.compile"
 
 
@@ -134,6 +139,9 @@ def modes(run: Run, lat: Section) -> Section:
     elif run.be.spread:
         graph, how, capture = None, "", None
         problem = SPREAD_REASON.format(devices=", ".join(str(d) for d in run.be.devices))
+    elif s.preset == "quick" and not captures_graphs(run.sel.backend):
+        graph, how, capture = None, "", None
+        problem = QUICK_REASON.format(backend=run.sel.backend)
     else:
         graph, how, problem, capture = _graph_measurement(run)
     metrics["graph_how"] = how

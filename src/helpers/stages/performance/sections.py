@@ -136,7 +136,7 @@ def latency(run: Run) -> Section:
     checks += _settled_checks(loop.run, static.run, hf)
     load = host_load()
     metrics["host"] = load
-    notes = [f"protocol: {loop.run.describe()}",
+    notes = [s.skipped(), f"protocol: {loop.run.describe()}",
              "decode loop: helpers.generate, the loop every stage decodes with; prefill and "
              "decode are stamped by its synchronized clock inside each timed run",
              f"static cache: {static.run.describe()}; same greedy tokens: "

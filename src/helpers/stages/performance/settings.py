@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from helpers.bench import Protocol
 from helpers.errors import ConfigError
@@ -17,6 +17,11 @@ WHISPER_POSITIONS_PER_S = 50.0  # Whisper encoder output: 1500 positions per 30 
 DEFAULT_WAVEFORM_RATE = 16_000  # 16 kHz mono input audio (GPA, Covo encoders)
 MATMUL_RUN_S = 0.05  # one product of the compute-roof matmul takes at least this long
 CACHE_SIZED = 64 * MIB  # weights below this may stay in on-chip caches (L2 / last level)
+PRESETS = ("quick", "thorough")
+# What preset=thorough sets in place of the quick defaults (a knob given explicitly wins):
+# the fixed repetition counts and durations the stage used before it stopped on a stable mean.
+THOROUGH = {"min_iters": 5, "min_seconds": 0.5, "max_seconds": 60.0, "max_warmup": 10,
+            "ci": 0.0, "sweep_min_iters": 3, "sweep_min_seconds": 0.2, "sweep_max_seconds": 60.0}
 
 
 @dataclass(frozen=True)
@@ -24,28 +29,44 @@ class Settings:
     """The stage's knobs, each with its help; notebook 05's parameters cell mirrors them
     (tests/test_settings.py). Validated on construction."""
 
+    preset: str = setting("quick", "timing protocol: quick stops once the mean is stable (ci); "
+                                   "thorough: the fixed counts noted below (real hardware)")
     new_tokens: int = setting(128, "tokens per end-to-end run (the GPA report's 128)")
     warmup: int = setting(1, "minimum warmup runs of the headline measurements")
     settle_tol: float = setting(0.05, "warm up until two consecutive runs agree within this "
                                       "fraction (0 = off)")
-    max_warmup: int = setting(10, "at most this many warmup runs")
-    min_iters: int = setting(5, "timed runs of a headline measurement: at least this many")
-    min_seconds: float = setting(0.5, "and at least this long in all")
+    max_warmup: int = setting(4, "at most this many warmup runs (thorough: 10)")
+    min_iters: int = setting(3, "timed runs of a headline measurement: at least this many "
+                                "(thorough: 5)")
+    min_seconds: float = setting(0.0, "and at least this long in all (thorough: 0.5)")
+    ci: float = setting(0.05, "and until the mean's 95% CI is within this fraction of it "
+                              "(0 = off; thorough: 0)")
     max_iters: int = setting(200, "timed runs: at most this many")
-    max_seconds: float = setting(60.0, "timed runs: at most this long in all")
-    sweep_min_iters: int = setting(3, "timed runs per sweep point: at least this many")
-    sweep_min_seconds: float = setting(0.2, "and at least this long in all")
+    max_seconds: float = setting(2.0, "timed runs: at most this long in all (thorough: 60)")
+    sweep_min_iters: int = setting(2, "timed runs per sweep point: at least this many "
+                                      "(thorough: 3)")
+    sweep_min_seconds: float = setting(0.0, "and at least this long in all (thorough: 0.2)")
+    sweep_max_seconds: float = setting(0.5, "and at most this long in all (thorough: 60)")
     sweep_batches: tuple[int, ...] = setting((1, 2, 4, 8), "batch sizes of the batch sweep")
     sweep_prompt_lengths: tuple[int, ...] = setting((16, 64, 256, 1024),
                                                     "prompt lengths of the prefill sweep")
     sweep_new_tokens: int = setting(16, "tokens per run of the batch sweep")
     rtf_min_iters: int = setting(2, "timed runs per audio component (slow on a CPU)")
-    graph_mode: bool = setting(True, "measure graph mode (static cache + graph capture) too")
+    graph_mode: bool = setting(True, "measure graph mode (static cache + graph capture) too "
+                                     "(preset quick: where it captures device graphs)")
     graph_cap_s: float = setting(0.0, "cap on the first graph-mode call (compile), seconds; "
                                       "0 = auto per backend")
     copy_mib: int = setting(256, "size of the bandwidth copy, MiB")
 
     def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got "
+                              f"{self.preset!r}")
+        if self.preset == "thorough":
+            defaults = {f.name: f.default for f in fields(self)}
+            for name, value in THOROUGH.items():
+                if getattr(self, name) == defaults[name]:  # a knob given explicitly wins
+                    object.__setattr__(self, name, value)
         for name in ("sweep_batches", "sweep_prompt_lengths"):
             value = tuple(getattr(self, name))
             if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
@@ -66,11 +87,25 @@ class Settings:
         self.sweep_protocol()
         self.rtf_protocol()
 
+    def skipped(self) -> str:
+        """What this protocol leaves out next to protocol=thorough, in one sentence."""
+        if self.preset == "thorough":
+            return "preset thorough: fixed repetition counts, nothing skipped"
+        return (f"preset quick: each figure stops once its mean's 95% confidence interval is "
+                f"within +/-{self.ci:.0%} (at least {self.min_iters} runs, sweep points "
+                f"{self.sweep_min_iters}; runs added for a stable mean stop at "
+                f"{self.max_seconds:g} s, {self.sweep_max_seconds:g} s for a sweep point), warmup at {self.max_warmup} runs, and graph "
+                "mode only where it captures device graphs; `performance.preset=thorough` times "
+                f"{THOROUGH['min_iters']}+ runs and {THOROUGH['min_seconds']:g}+ s per figure "
+                f"(sweep points {THOROUGH['sweep_min_iters']}+ and "
+                f"{THOROUGH['sweep_min_seconds']:g}+ s), up to {THOROUGH['max_warmup']} warmup "
+                "runs, and graph mode on every backend, as for real hardware")
+
     def protocol(self) -> Protocol:
         return Protocol(warmup=self.warmup, min_iters=self.min_iters,
                         min_seconds=self.min_seconds, max_iters=self.max_iters,
                         max_seconds=self.max_seconds, settle=self.settle_tol,
-                        max_warmup=self.max_warmup)
+                        max_warmup=self.max_warmup, ci=self.ci)
 
     def rtf_protocol(self) -> Protocol:
         return self.sweep_protocol().with_(min_iters=self.rtf_min_iters,
@@ -80,4 +115,4 @@ class Settings:
         return Protocol(warmup=self.warmup, min_iters=self.sweep_min_iters,
                         min_seconds=self.sweep_min_seconds,
                         max_iters=max(self.max_iters, self.sweep_min_iters),
-                        max_seconds=self.max_seconds)
+                        max_seconds=self.sweep_max_seconds, ci=self.ci)
