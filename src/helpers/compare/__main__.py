@@ -1,0 +1,5 @@
+import sys
+
+from helpers.compare.cli import main
+
+sys.exit(main())
