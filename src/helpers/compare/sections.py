@@ -240,8 +240,8 @@ def headline_metrics(runs: list[RunFolder]) -> Table:
                      "change": delta, "change (%)": rel, "direction": _direction(delta, better)})
     frame = pd.DataFrame(rows, columns=["stage", "metric", a.label, b.label, "change",
                                         "change (%)", "direction"], dtype=object)
-    notes = [f"Change = {b.label} - {a.label}; change (%) = ({b.label} - {a.label}) / "
-             f"|{a.label}| x 100, in float64; a dash where a run did not measure it."]
+    notes = [f"Change: {b.label} minus {a.label}; change (%): that change over the magnitude "
+             f"of {a.label}'s value, x 100, in float64; a dash where a run did not measure it."]
     return Table("metrics", "Headline metrics and their change", frame, notes)
 
 
@@ -267,12 +267,12 @@ BASELINE_BACKEND = "cuda"  # ModelZoo rates an NPU port against the GPU
 
 
 def baseline(runs: list[RunFolder]) -> tuple[RunFolder, str]:
-    """The run the others are held to, and why: the one GPU run where exactly one ran on a
-    GPU (ModelZoo's baseline device), else A."""
+    """The run the others are held to, and a sentence that says why: the one GPU run where
+    exactly one ran on a GPU (ModelZoo's baseline device), else A."""
     gpus = [r for r in runs if r.backend == BASELINE_BACKEND]
     if len(gpus) == 1:
-        return gpus[0], f"{gpus[0].label} ran on the GPU, ModelZoo's baseline device"
-    return runs[0], f"{runs[0].label}, the first run given (no single GPU run among them)"
+        return gpus[0], f"Baseline: {gpus[0].label}, the one run on a GPU (ModelZoo's baseline device)."
+    return runs[0], f"Baseline: {runs[0].label}, the first run given (no single run on a GPU)."
 
 
 @dataclass(frozen=True)
@@ -364,10 +364,10 @@ def performance(runs: list[RunFolder]) -> Table:
             rows.append(row)
     columns = ["figure", base.label,
                *[c for r in others for c in (r.label, f"{r.label} / {base.label} speed")]]
-    note = (f"Baseline: {why}. A speed ratio above 1 means faster than the baseline (a rate "
-            "divided by the baseline's, or the baseline's time divided by the run's).")
+    note = ("A speed ratio above 1 means faster than the baseline: a rate divided by the "
+            "baseline's, or the baseline's time divided by the run's.")
     return Table("performance", "Performance against the baseline run",
-                 pd.DataFrame(rows, columns=columns, dtype=object), [note])
+                 pd.DataFrame(rows, columns=columns, dtype=object), [why, note])
 
 
 def ratings(runs: list[RunFolder]) -> Table:
