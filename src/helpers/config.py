@@ -43,6 +43,8 @@ class RunConfig:
     report_lang: str = _opt("en", "language of the published report: en or zh (headings, explanations, table headers, verdict words; numbers and code stay as they are)")
     audio_dir: str = _opt("", "folder of the user's own .wav / .flac clips for the tasks stage (transcripts as <name>.txt or transcripts.tsv); '' = the shipped fixtures")
     fault: str = _opt("", "plant a known fault on the target side only (helpers.faults; make fault-matrix runs them all), to see the report FAIL a broken port; '' = none")
+    baseline: str = _opt("", "a run folder (or its outputs/ folder) made elsewhere, e.g. on the GPU: stage 4 also compares this run's target with its saved target; '' = none")
+    reference: str = _opt("", "where stages 4 and 6 take the CPU sides from: '' = the reference cache when it holds them for these weights, inputs and settings (else computed and cached); a run or cache folder; fresh = compute them again")
     knobs: Knobs = _opt(Knobs(), "stage knobs, STAGE.KNOB=VALUE (stage by name or number); --list-knobs lists them")
 
     def __post_init__(self) -> None:
@@ -113,7 +115,7 @@ class RunConfig:
         """The fields a stage notebook declares and builds its config from (the others steer
         the runner: which stages, where, knobs, exit code)."""
         runner = {"stages", "out", "strict", "extra_stages", "knobs", "report_lang", "audio_dir",
-                  "fault"}
+                  "fault", "baseline", "reference"}
         return tuple(n for n in cls.field_names() if n not in runner)
 
     @classmethod
@@ -138,7 +140,8 @@ class RunConfig:
     def from_notebook(cls, namespace: Mapping[str, Any]) -> RunConfig:
         """Build from a stage notebook's namespace: the run parameters its parameters cell
         declares (and papermill set), by name; the notebook's other names are left alone."""
-        names = (*cls.stage_fields(), "report_lang", "audio_dir", "fault")
+        names = (*cls.stage_fields(), "report_lang", "audio_dir", "fault", "baseline",
+                 "reference")
         return cls.from_params(**{n: namespace[n] for n in names if n in namespace})
 
     @classmethod
@@ -185,8 +188,8 @@ class RunConfig:
         from helpers import models
 
         changes = {}
-        for name in ("model_dir", "extra_stages", "audio_dir"):
-            if getattr(self, name):
+        for name in ("model_dir", "extra_stages", "audio_dir", "baseline", "reference"):
+            if getattr(self, name) and getattr(self, name) != "fresh":
                 changes[name] = str(Path(getattr(self, name)).expanduser().resolve())
         if models.is_path(self.model):
             changes["model"] = str(Path(self.model).expanduser().resolve())
@@ -196,7 +199,8 @@ class RunConfig:
 _TYPES: dict[str, type] = {
     "model": str, "model_dir": str, "profile": str, "device": str, "dtype": str,
     "device_map": str, "stages": tuple, "extra_stages": str, "out": str, "seed": int,
-    "strict": bool, "report_lang": str, "audio_dir": str, "fault": str, "knobs": Knobs,
+    "strict": bool, "report_lang": str, "audio_dir": str, "fault": str, "baseline": str, "reference": str,
+    "knobs": Knobs,
 }
 
 

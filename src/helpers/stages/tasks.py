@@ -31,10 +31,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers import audio, generate, models, parity, trajectory
+from helpers import audio, generate, models, parity, saved, trajectory
 from helpers import players as playback
 from helpers.config import RunConfig
 from helpers.knobs import setting
+from helpers.models.base import weight_digests
 from helpers.records import Check
 from helpers.stages import kit
 from helpers.stages.kit import Section, Side, Target, failure_text, reference_side
@@ -116,6 +117,7 @@ class SideTasks:
     side: Side
     outputs: dict[tuple[str, str], TaskOutput] = field(default_factory=dict)
     error: str = ""  # the side could not load or run at all
+    weights: str = ""  # the reference's weights hash (helpers.saved.weights_hash)
 
     def get(self, task: str, clip: str) -> TaskOutput | None:
         return self.outputs.get((task, clip))
@@ -173,6 +175,8 @@ def run_side(cfg: RunConfig, side: Side, clips: list[TaskClip], s: Resolved,
     loaded = None
     try:
         loaded = kit.load(cfg, side)
+        if side.role == "reference":
+            res.weights = saved.weights_hash(weight_digests(loaded, (torch.float32,)))
         fam = loaded.recipe.task_family
         kind = gpa.Pipeline if fam == "gpa" else covo.Pipeline
         pipe = kind(loaded, side.backend, s.max_new_tokens, s.decoding, cfg.seed,
@@ -207,6 +211,7 @@ class TaskRuns:
     reference: SideTasks
     reason: str = ""
     skipped: str = ""  # why the stage does not apply to this recipe ("" = it ran)
+    store: saved.Store | None = None  # where the sides were saved, the reference came from
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -216,8 +221,9 @@ class TaskRuns:
 
 
 def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Resolved | None = None,
-            ) -> TaskRuns:
-    """The reference first, then the target, on the same clips."""
+            run_dir: str = "") -> TaskRuns:
+    """The reference first (reused when the reference cache or REFERENCE= has it), then the
+    target, on the same clips; with a run_dir both sides are saved (helpers.saved)."""
     cfg = tgt.cfg
     s = s or settings(cfg)
     recipe = models.get(cfg.model)
@@ -231,9 +237,31 @@ def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Resolved | 
     clips = task_clips(audio_dir, fixtures)
     if fam == "gpa":
         s.notes.extend(spoken_note(clips))
-    ref = run_side(cfg, reference_side(REFERENCE_DTYPE), clips, s)
+    store = stage_store(tgt, clips, s, run_dir) if run_dir else None
+    ref = (store and store.reused_tasks()) or run_side(cfg, reference_side(REFERENCE_DTYPE),
+                                                       clips, s)
     dev = run_side(cfg, tgt.side, clips, s, leader=ref)
-    return TaskRuns(recipe.name, cfg.profile, TASKS[fam], clips, s, dev, ref, tgt.reason)
+    if store is not None:
+        store.weights = ref.weights
+        for side in (ref, dev):
+            store.keep(side)
+        store.fill_cache([ref])
+        s.notes.insert(0, f"The {store.note}.")
+    return TaskRuns(recipe.name, cfg.profile, TASKS[fam], clips, s, dev, ref, tgt.reason,
+                    store=store)
+
+
+def stage_store(tgt: Target, clips: list[TaskClip], s: Resolved, run_dir: str) -> saved.Store:
+    """Where the stage saves its sides and finds its reference: each clip's bytes, transcript
+    and language, and the settings that decide the outputs."""
+    inputs = {f"clip:{c.name}": saved.digest([saved.file_digest(c.path) if c.path.is_file()
+                                              else c.error, c.text, c.language]) for c in clips}
+    cfg = tgt.cfg
+    settings = {"model": cfg.model, "profile": cfg.profile, "seed": cfg.seed,
+                "max_new_tokens": s.max_new_tokens, "decoding": s.decoding,
+                "audio_ids_only": s.audio_ids_only, "roundtrip": s.roundtrip,
+                "target_dtype": tgt.dtype_name}
+    return saved.store(saved.TASKS, run_dir, cfg, inputs, settings, cfg.reference, tgt.label)
 
 
 # ---- comparison --------------------------------------------------------------------------
@@ -507,5 +535,6 @@ def results_section(runs: TaskRuns, frame: pd.DataFrame) -> Section:
                 "timings": timing_table(frame).replace({np.nan: None}).to_dict("records"),
                 "outputs": {side: [o.record() for o in s.outputs.values()] for side, s in
                             (("target", runs.target), ("reference", runs.reference))},
+                "reference_source": runs.store.metric() if runs.store else {},
                 "notes": runs.settings.notes}
     return Section("tasks", checks=checks(runs, frame), metrics=metrics_)

@@ -63,6 +63,7 @@ from helpers.stages.accuracy_parity.sides import (
     golden_decision,
     greedy,
     run_all,
+    stage_store,
     weight_digests,
 )
 
@@ -73,5 +74,5 @@ __all__ = [
     "display_frame", "fixtures_table", "frontend_section", "generation_section",
     "golden_decision", "golden_section", "greedy", "headline", "input_player", "largest_increase",
     "layer_figure", "layer_frame", "layers_section", "load_prompts", "logits_section",
-    "parity_table", "pick", "plan", "run_all", "shown", "weight_digests", "weights_section",
+    "parity_table", "pick", "plan", "run_all", "shown", "stage_store", "weight_digests", "weights_section",
 ]

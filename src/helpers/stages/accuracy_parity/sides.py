@@ -12,13 +12,14 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import psutil
 import torch
 
-from helpers import audio, generate, trajectory
+from helpers import audio, generate, saved, trajectory
 from helpers import device as devices
 from helpers.config import RunConfig
 from helpers.models.base import LoadedModel, weight_digests
@@ -439,26 +440,83 @@ def golden_decision(mode: str, parameters: int) -> tuple[bool, str]:
     return False, f"no golden: {sizes} (auto needs at most {GOLDEN_MEMORY_SHARE:.0%} of free)"
 
 
-def run_all(cfg: RunConfig, p: Plan) -> Runs:
+def run_all(cfg: RunConfig, p: Plan, store: saved.Store | None = None) -> Runs:
     """Reference, then target (twice for determinism), then the golden when wanted, then the
     baseline (the CPU in the target's dtype) when that is not the reference's; the audio
     components on every fixture of the plan. Every side but the reference is also fed the
-    reference's greedy ids (teacher forcing)."""
+    reference's greedy ids (teacher forcing). With a store, each side is saved as it ends and
+    the CPU sides are taken from the store's reused outputs when it has them; a reused
+    reference whose weights differ from the target's (sha256 per tensor) is computed again."""
     prompts = load_prompts(p.languages)
     clips = load_clips([audio.fixture(n) for n in p.fixtures], p.target.device)
     with devices.full_float32(p.target.device, enabled=not p.tf32):
-        ref = collect(cfg, p.reference, prompts, p.new_tokens, clips=clips,
-                      digest_dtypes=(p.reference.dtype, p.target.dtype, torch.float64))
-        tgt = collect(cfg, p.target, prompts, p.new_tokens, inputs=ref.inputs, again=True,
-                      reference=ref, clips=clips,
-                      component_dtypes=p.component_dtypes(list(ref.dtypes)))
-        tgt.inputs_note = ref.inputs_note
-        use, note = golden_decision(p.golden, ref.parameters)
-        if p.reference.dtype == torch.float64:
-            use, note = False, "no separate golden: the reference itself runs in float64"
-        gold = (collect(cfg, p.golden_side, prompts, p.new_tokens, inputs=ref.inputs,
-                        reference=ref, clips=[c for c in clips if c.ok][:1]) if use else None)
-        base = (collect(cfg, p.baseline_side, prompts, p.new_tokens, inputs=ref.inputs,
-                        reference=ref) if p.baseline_side is not None else None)
+        runs = _sides(cfg, p, prompts, clips, store)
+        if store is not None and store.source is not None and not _same_weights(runs):
+            store.source, store.how = None, ("the reused reference held other weights than "
+                                             "the target (sha256 per tensor): computed again")
+            runs = _sides(cfg, p, prompts, clips, store)
+    if store is not None:
+        store.fill_cache([s for s in runs.sides if s.side.role != "target"])
+    return runs
+
+
+def _same_weights(runs: Runs) -> bool:
+    """The target's weight digests equal the reference's in the target's dtype (or one side
+    has none: the weights section then says why)."""
+    dtype = runs.target.side.dtype_name
+    mine, want = runs.target.digests.get(dtype), runs.reference.digests.get(dtype)
+    return not mine or not want or mine == want
+
+
+def _sides(cfg: RunConfig, p: Plan, prompts: list[Prompt], clips: list[FixtureClip],
+           store: saved.Store | None) -> Runs:
+    def reused(role: str) -> SideRun | None:
+        return store.reused_side(role) if store is not None else None
+
+    def kept(run: SideRun | None) -> SideRun | None:
+        if store is not None and run is not None:
+            store.keep(run)
+        return run
+
+    ref = reused("reference") or collect(
+        cfg, p.reference, prompts, p.new_tokens, clips=clips,
+        digest_dtypes=(p.reference.dtype, torch.float32, p.target.dtype, torch.float64))
+    if store is not None:
+        store.weights = saved.weights_hash(ref.digests)
+    kept(ref)
+    tgt = kept(collect(cfg, p.target, prompts, p.new_tokens, inputs=ref.inputs, again=True,
+                       reference=ref, clips=clips,
+                       component_dtypes=p.component_dtypes(list(ref.dtypes))))
+    tgt.inputs_note = ref.inputs_note
+    use, note = golden_decision(p.golden, ref.parameters)
+    if p.reference.dtype == torch.float64:
+        use, note = False, "no separate golden: the reference itself runs in float64"
+    gold = reused("golden")
+    if gold is not None:
+        note = "golden CPU float64, reused with the reference"
+    elif use:
+        gold = collect(cfg, p.golden_side, prompts, p.new_tokens, inputs=ref.inputs,
+                       reference=ref, clips=[c for c in clips if c.ok][:1])
+    base = reused("baseline") or (collect(cfg, p.baseline_side, prompts, p.new_tokens,
+                                          inputs=ref.inputs, reference=ref)
+                                  if p.baseline_side is not None else None)
+    kept(gold)
+    kept(base)
     return Runs(p, prompts, ref, tgt, gold, note, clips, base)
 
+
+def stage_store(cfg: RunConfig, p: Plan, run_dir: str | Path, reference: str = "",
+                ) -> saved.Store:
+    """Where the stage saves its sides and finds its CPU sides: the inputs (each prompt's
+    text, each fixture's file bytes) and the settings that decide its outputs."""
+    inputs: dict[str, str] = {}
+    for lang in p.languages:
+        for i, q in enumerate(load_prompts((lang,))):
+            inputs[f"prompt:{lang}:{i}"] = saved.digest(q.text)
+    for name in p.fixtures:
+        inputs[f"fixture:{name}"] = saved.file_digest(audio.fixture(name).path)
+    settings = {k: v for k, v in p.as_dict().items() if k not in ("target", "reason")}
+    settings.update(model=cfg.model, profile=cfg.profile, seed=cfg.seed,
+                    target_dtype=p.target.dtype_name,
+                    baseline_dtype=p.baseline_side.dtype_name if p.baseline_side else "")
+    return saved.store(saved.PARITY, run_dir, cfg, inputs, settings, reference, p.target.label)
