@@ -13,8 +13,9 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+import torch
 
-from helpers import i18n, paths
+from helpers import i18n, parity, paths, saved
 from helpers.compare import build, cli, identity, open_run, sections
 from helpers.compare.publish import NOTEBOOK, REPORT_NAME, compare_runs
 from helpers.config import RunConfig
@@ -38,13 +39,19 @@ RUN_PARAMS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, model_cache) -> dict[str, Path]:
+    """float32 and bfloat16 targets, and a bfloat16 one of other random weights (SEED=1,
+    stage 4 only)."""
     out = tmp_path_factory.mktemp("runs")
     made = {}
-    for dtype in ("float32", "bfloat16"):
-        cfg = RunConfig.from_strings({**RUN_PARAMS, "DTYPE": dtype, "OUT": str(out)})
+    for name, extra in (("float32", {"DTYPE": "float32"}), ("bfloat16", {"DTYPE": "bfloat16"}),
+                        ("seed1", {"DTYPE": "bfloat16", "SEED": "1",
+                                   "STAGES": "environment,accuracy_parity"})):
+        params = {k: v for k, v in RUN_PARAMS.items()
+                  if "STAGES" not in extra or not k.startswith("performance.")}
+        cfg = RunConfig.from_strings({**params, **extra, "OUT": str(out)})
         outcome = run_pipeline(cfg, figures_dir=None, pdf=False)
         assert not [r.stage for r in outcome.results.values() if r.error]
-        made[dtype] = outcome.run_dir
+        made[name] = outcome.run_dir
     return made
 
 
@@ -206,13 +213,28 @@ def _copy(src: Path, dest: Path, **manifest_changes) -> Path:
     return dest
 
 
-def test_runs_of_other_weights_are_refused_naming_what_differs(runs, tmp_path) -> None:
-    other = _copy(runs["bfloat16"], tmp_path / "seed1", seed=1)
+def test_runs_of_other_weights_are_refused_naming_the_hash(runs, tmp_path) -> None:
+    a = read_json(runs["float32"] / "outputs" / "index.json")["stages"]["accuracy_parity"]
+    b = read_json(runs["seed1"] / "outputs" / "index.json")["stages"]["accuracy_parity"]
+    assert a["hashes"]["weights"] != b["hashes"]["weights"]
+    with pytest.raises(ConfigError, match=r"different weights \(the weights hash differs\)") as err:
+        build([str(runs["float32"]), str(runs["seed1"])])
+    assert f"weights hash {a['hashes']['weights'][:12]}" in str(err.value)
+    assert f"weights hash {b['hashes']['weights'][:12]}" in str(err.value)
+    assert cli.main([f"A={runs['float32']}", f"B={runs['seed1']}", f"OUT={tmp_path / 'no'}"]) == 2
+    assert not (tmp_path / "no").exists()  # refused before any folder is made
+
+
+def test_without_saved_outputs_the_weights_are_known_by_the_parameters(runs, tmp_path) -> None:
+    old = _copy(runs["bfloat16"], tmp_path / "old")
+    shutil.rmtree(old / "outputs")  # a run made before outputs were saved
+    cmp = build([str(runs["float32"]), str(old)])
+    assert any("MODEL=gpa, PROFILE=tiny, SEED=0" in n for n in cmp.notes)
+    assert "runs hold no saved outputs" in cmp.tables["parity"].notes[0]
+    other = _copy(old, tmp_path / "seed1", seed=1)
     with pytest.raises(ConfigError, match=r"different weights \(SEED differs\)") as err:
         build([str(runs["float32"]), str(other)])
     assert "seed1" in str(err.value) and "SEED" in err.value.fix
-    assert cli.main([f"A={runs['float32']}", f"B={other}", f"OUT={tmp_path / 'no'}"]) == 2
-    assert not (tmp_path / "no").exists()  # refused before any folder is made
 
 
 @pytest.mark.parametrize("damage, says", [
@@ -265,7 +287,24 @@ def test_the_notebook_runs_on_its_defaults_and_says_what_to_give(tmp_path) -> No
     assert "No runs given" in text
 
 
-def test_identity_falls_back_to_the_run_parameters_without_saved_outputs(runs) -> None:
+def test_identity_with_saved_outputs_names_the_weights_hash(runs) -> None:
     a, b = open_run(runs["float32"], "A"), open_run(runs["bfloat16"], "B")
     notes = identity.check([a, b])
-    assert any("MODEL=gpa, PROFILE=tiny, SEED=0" in n for n in notes)
+    assert notes == [f"Weights hash {a.saved.hashes['weights'][:12]} in every run (sha256 of "
+                     "every weight tensor, from the saved outputs)."]
+
+
+# ---- device against device ----------------------------------------------------------------
+
+
+def test_device_against_device_uses_stage_4s_metrics_on_the_saved_targets(published, runs) -> None:
+    tab = _table(published, "parity")
+    names = [r[0] for r in tab["rows"]]
+    assert "logits: msprobe whole-network rule" in names
+    assert "teacher-forced: cosine p5 over steps" in names
+    assert "golden: logits error ratio" in names  # msprobe's benchmark ratios: both hold the golden
+    # the cosine of the bfloat16 target's logits against the float32 target's, by hand
+    ta = saved.side_run(saved.open_run(runs["float32"]), "target").logits
+    tb = saved.side_run(saved.open_run(runs["bfloat16"]), "target").logits
+    cos = parity.compare(torch.cat(tb), torch.cat(ta), "bfloat16").cosine
+    assert _row(tab, check="logits: cosine")["value"] == sections.show_value(cos)

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from helpers import i18n
-from helpers.compare import identity, sections
+from helpers.compare import device_parity, identity, sections
 from helpers.compare.runs import RunFolder, open_runs
 from helpers.compare.sections import Table
 from helpers.records import VERDICTS, write_json
@@ -119,7 +119,7 @@ def build(folders: list[str] | str, report_lang: str = i18n.DEFAULT,
                              else sections.trend(runs))
     cmp.tables["performance"] = sections.performance(runs)
     cmp.tables["rating"] = sections.ratings(runs)
-    cmp.tables["parity"] = identity.parity_placeholder(runs)
+    cmp.tables["parity"] = device_parity.parity(runs)
     if out_dir:
         cmp.save(Path(out_dir))
     return cmp

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from helpers.errors import ConfigError
 from helpers.records import StageResult, load_run, read_json
+from helpers.saved import SavedRun
+from helpers.saved import open_run as open_saved
 
 RERUN = ("run it again (`make report` with the parameters in its run.json), or give another "
          "finished run; `make clean-interrupted` removes unfinished run folders")
@@ -55,6 +58,23 @@ class RunFolder:
     @property
     def dtype(self) -> str:
         return str(self.metric("environment", "device/dtype") or self.config.get("dtype", "-"))
+
+    @cached_property
+    def _saved(self) -> tuple[SavedRun | None, str]:
+        try:
+            return open_saved(self.dir), ""
+        except ConfigError as exc:
+            return None, exc.message
+
+    @property
+    def saved(self) -> SavedRun | None:
+        """Its saved outputs (stages 4 and 6), checked whole; None when it has none."""
+        return self._saved[0]
+
+    @property
+    def saved_why(self) -> str:
+        """Why the run has no saved outputs ('' when it has them)."""
+        return self._saved[1]
 
     @property
     def side(self) -> str:

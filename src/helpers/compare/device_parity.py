@@ -1,0 +1,128 @@
+"""Device against device: the targets of two runs compared with each other from their saved
+outputs, by stage 4's own sections (helpers.stages.accuracy_parity: logits, hidden states,
+teacher-forced generation, the float64 golden), so every metric and rule is the stage's.
+
+The first run's target plays stage 4's reference and the other's its target, except that the
+run in the coarser dtype is always the target (the rules are those of the coarser dtype, as
+in stage 4). Only the prompts both runs hold with the same content are compared; step logits
+are compared where both runs' CPU references chose the same greedy ids (each target was fed
+its own run's reference ids); msprobe's benchmark ratios (each target's error against the
+float64 golden) are computed when both runs hold the golden."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import torch
+
+from helpers import saved
+from helpers.compare.identity import shared_inputs
+from helpers.compare.runs import RunFolder
+from helpers.compare.sections import Table
+from helpers.records import Check
+from helpers.stages import accuracy_parity as ap
+from helpers.tables import checks_frame
+
+NO_OUTPUTS = "runs hold no saved outputs"
+# finer first: the run in a dtype further down this list is the target
+PRECISION = ("float64", "float32", "bfloat16", "float16")
+SECTIONS = (ap.logits_section, ap.layers_section, ap.generation_section, ap.golden_section)
+
+
+def _placeholder(runs: list[RunFolder], why: str) -> Table:
+    frame = pd.DataFrame([{"run": r.side, "saved outputs": r.saved_why or "yes"} for r in runs])
+    return Table("parity", "Device against device", frame,
+                 [f"No device-against-device comparison: {why}. Each run is compared with its "
+                  "own CPU reference in the checks above."])
+
+
+def _prompt_rows(run: RunFolder, keys: list[str]) -> list[int]:
+    """The rows (prompt order of that run's stage 4) of the prompt inputs named by `keys`."""
+    mine = [k for k in run.saved.index["stages"][saved.PARITY]["inputs"] if k.startswith("prompt:")]
+    return [mine.index(k) for k in keys]
+
+
+def _subset(side: ap.SideRun, rows: list[int], role: str) -> ap.SideRun:
+    """The side on the shared prompts only, playing `role`."""
+    pick = {name: [getattr(side, name)[i] for i in rows]
+            for name in ("logits", "hidden", "steps", "texts") if getattr(side, name)}
+    tokens = side.tokens[rows] if side.tokens is not None else None
+    return dataclasses.replace(side, side=dataclasses.replace(side.side, role=role),
+                               tokens=tokens, **pick)
+
+
+def _same_reference_ids(a: RunFolder, b: RunFolder, rows_a: list[int], rows_b: list[int]) -> bool:
+    """Both runs' CPU references chose the same greedy ids on every shared prompt."""
+    ta = a.saved.tensor(saved.PARITY, "reference", "tokens")[rows_a]
+    tb = b.saved.tensor(saved.PARITY, "reference", "tokens")[rows_b]
+    return ta.shape == tb.shape and torch.equal(ta, tb)
+
+
+def _order(a: RunFolder, b: RunFolder) -> tuple[RunFolder, RunFolder]:
+    """(reference, target): the coarser dtype is the target."""
+    rank = {d: i for i, d in enumerate(PRECISION)}
+    return (b, a) if rank.get(a.dtype, 1) > rank.get(b.dtype, 1) else (a, b)
+
+
+def pair_runs(a: RunFolder, b: RunFolder) -> tuple[ap.Runs, list[str]]:
+    """Stage 4's Runs for target against target, and the notes that say what was compared."""
+    ref_run, tgt_run = _order(a, b)
+    keys = [k for k in shared_inputs([ref_run, tgt_run]) if k.startswith("prompt:")]
+    rows_r, rows_t = _prompt_rows(ref_run, keys), _prompt_rows(tgt_run, keys)
+    ref = _subset(saved.side_run(ref_run.saved, "target"), rows_r, "reference")
+    tgt = _subset(saved.side_run(tgt_run.saved, "target"), rows_t, "target")
+    settings = ref_run.saved.settings(saved.PARITY)
+    notes = [f"Reference side: the target of {ref_run.side}; target side: the target of "
+             f"{tgt_run.side}; {len(keys)} shared prompts."]
+    if not _same_reference_ids(ref_run, tgt_run, rows_r, rows_t):
+        ref.steps, tgt.steps = [], []
+        notes.append("The two runs' CPU references chose different greedy ids, so the "
+                     "teacher-forced step logits are not compared.")
+    golden = None
+    if all("golden" in r.saved.roles(saved.PARITY) for r in (ref_run, tgt_run)):
+        golden = _subset(saved.side_run(ref_run.saved, "golden"), rows_r, "golden")
+    plan = ap.Plan(tgt.side, ref.side, "on" if golden else "off", "saved outputs",
+                   int(settings.get("new_tokens", 0)), tuple(settings.get("languages", ())))
+    prompts = [_prompt(k) for k in keys]
+    note = ("golden: the float64 golden of " + ref_run.side if golden else
+            "no golden: not both runs hold the float64 golden")
+    return ap.Runs(plan, prompts, ref, tgt, golden, note), notes
+
+
+def _prompt(key: str) -> ap.Prompt:
+    """The shipped prompt an input name (prompt:<lang>:<index>) stands for."""
+    _, lang, index = key.split(":")
+    return ap.load_prompts((lang,))[int(index)]
+
+
+def _checks(runs: ap.Runs) -> list[Check]:
+    out = []
+    for section in SECTIONS:
+        if section is ap.generation_section and not runs.target.steps:
+            continue  # the references' ids differ: said in the notes
+        try:
+            out += section(runs).checks
+        except Exception as exc:  # a section that cannot run on these outputs is a row
+            out.append(Check(f"{section.__name__}: computed", "failed", "no exception", False,
+                             "helpers.compare", f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def parity(runs: list[RunFolder]) -> Table:
+    """Stage 4's checks of every run's target against the first run's (or the reverse, the
+    coarser dtype being the target), from the saved outputs."""
+    lacking = [r for r in runs if r.saved is None or saved.PARITY not in r.saved.stages]
+    if lacking:
+        return _placeholder(runs, NO_OUTPUTS + " of stage 4 (" + ", ".join(
+            f"{r.label}: {r.saved_why or 'stage 4 not saved'}" for r in lacking) + ")")
+    checks, notes = [], []
+    for other in runs[1:]:
+        pair, said = pair_runs(runs[0], other)
+        found = _checks(pair)
+        if len(runs) > 2:
+            found = [dataclasses.replace(c, name=f"{other.label} vs {runs[0].label}: {c.name}")
+                     for c in found]
+        checks += found
+        notes += said + [pair.golden_note + "."]
+    return Table("parity", "Device against device", checks_frame(checks), notes, ("verdict",))
