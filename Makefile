@@ -1,4 +1,4 @@
-# Entry points: setup, report, test, test-fast, lab, clean (see README).
+# Entry points: setup, report, compare, test, test-fast, lab, clean (see README).
 # Run parameters are make variables, passed to `python -m helpers.report` unchanged:
 #   make report MODEL=gpa MODEL_DIR=/path/to/GPA DEVICE=npu:0 DTYPE=bfloat16
 PYTHON ?= python3
@@ -17,7 +17,7 @@ STACK_PIN ?= transformers==4.57.6
 STACK_CACHE ?= $(HOME)/.cache/adaptation-report
 STACK_VENV ?= $(STACK_CACHE)/venv-$(notdir $(STACK_PYTHON))-$(subst ==,,$(STACK_TORCH))-$(subst ==,,$(STACK_PIN))
 
-.PHONY: setup report test test-fast test-stacks fault-matrix lint lab clean clean-interrupted data gpu-check
+.PHONY: setup report compare test test-fast test-stacks fault-matrix lint lab clean clean-interrupted data gpu-check
 .DEFAULT_GOAL := report
 
 setup: $(STAMP)
@@ -28,6 +28,11 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 report: $(STAMP)
 	$(PY) -m helpers.report $(PARAMS)
+
+# The comparison of two or more finished runs of one model, in its own folder:
+#   make compare A=report/<run-a> B=report/<run-b> [C=...] (or RUNS="a b c") [OUT=folder]
+compare: $(STAMP)
+	$(PY) -m helpers.compare $(PARAMS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests notebooks scripts

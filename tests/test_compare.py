@@ -27,13 +27,14 @@ from helpers.runner.pipeline import discover_stages, run_pipeline
 # the cheapest runs that still hold every kind of table: one English prompt and fixture, few
 # tokens, one sweep point, no graph mode
 RUN_PARAMS = {
-    "STAGES": "environment,model_loading,accuracy_parity,performance", "DEVICE": "cpu",
+    "STAGES": "environment,model_loading,accuracy_parity,performance,tasks", "DEVICE": "cpu",
     "accuracy_parity.languages": "en", "accuracy_parity.fixtures": "en_fox",
     "accuracy_parity.players": "", "accuracy_parity.new_tokens": "4",
     "performance.new_tokens": "16", "performance.min_iters": "3",
     "performance.min_seconds": "0.1", "performance.sweep_batches": "1",
     "performance.sweep_prompt_lengths": "16", "performance.graph_mode": "false",
-    "performance.copy_mib": "16",
+    "performance.copy_mib": "16", "tasks.fixtures": "en_fox", "tasks.max_new_tokens": "8",
+    "tasks.roundtrip": "false", "tasks.players": "0",
 }
 
 
@@ -47,7 +48,7 @@ def runs(tmp_path_factory, model_cache) -> dict[str, Path]:
                         ("seed1", {"DTYPE": "bfloat16", "SEED": "1",
                                    "STAGES": "environment,accuracy_parity"})):
         params = {k: v for k, v in RUN_PARAMS.items()
-                  if "STAGES" not in extra or not k.startswith("performance.")}
+                  if "STAGES" not in extra or not k.startswith(("performance.", "tasks."))}
         cfg = RunConfig.from_strings({**params, **extra, "OUT": str(out)})
         outcome = run_pipeline(cfg, figures_dir=None, pdf=False)
         assert not [r.stage for r in outcome.results.values() if r.error]
@@ -303,8 +304,25 @@ def test_device_against_device_uses_stage_4s_metrics_on_the_saved_targets(publis
     assert "logits: msprobe whole-network rule" in names
     assert "teacher-forced: cosine p5 over steps" in names
     assert "golden: logits error ratio" in names  # msprobe's benchmark ratios: both hold the golden
+    assert "stt: teacher-forced ids: cosine p5 over steps" in names  # stage 6's, on saved tasks
     # the cosine of the bfloat16 target's logits against the float32 target's, by hand
     ta = saved.side_run(saved.open_run(runs["float32"]), "target").logits
     tb = saved.side_run(saved.open_run(runs["bfloat16"]), "target").logits
     cos = parity.compare(torch.cat(tb), torch.cat(ta), "bfloat16").cosine
     assert _row(tab, check="logits: cosine")["value"] == sections.show_value(cos)
+
+
+def test_partly_different_inputs_are_compared_on_what_they_share(runs, tmp_path) -> None:
+    other = _copy(runs["bfloat16"], tmp_path / "other-prompt")
+    index_path = other / "outputs" / "index.json"
+    index = read_json(index_path)
+    inputs = index["stages"]["accuracy_parity"]["inputs"]
+    last = [k for k in inputs if k.startswith("prompt:")][-1]
+    inputs[last] = "0" * 64  # this run's last prompt had another text
+    write_json(index_path, index)
+    cmp = build([str(runs["float32"]), str(other)])
+    total = len(inputs) + len(index["stages"].get("tasks", {}).get("inputs", {}))
+    assert f"The runs share {total - 1} of {total} inputs" in " ".join(cmp.notes)
+    shared = len([k for k in inputs if k.startswith("prompt:")]) - 1
+    assert f"{shared} shared prompts" in " ".join(cmp.tables["parity"].notes)
+    assert "logits: cosine" in set(cmp.tables["parity"].frame["check"])

@@ -1,6 +1,7 @@
 """Device against device: the targets of two runs compared with each other from their saved
 outputs, by stage 4's own sections (helpers.stages.accuracy_parity: logits, hidden states,
-teacher-forced generation, the float64 golden), so every metric and rule is the stage's.
+teacher-forced generation, the float64 golden) and stage 6's comparison of its tasks
+(helpers.stages.tasks.compare and checks), so every metric and rule is the stages' own.
 
 The first run's target plays stage 4's reference and the other's its target, except that the
 run in the coarser dtype is always the target (the rules are those of the coarser dtype, as
@@ -12,6 +13,7 @@ float64 golden) are computed when both runs hold the golden."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pandas as pd
 import torch
@@ -22,6 +24,7 @@ from helpers.compare.runs import RunFolder
 from helpers.compare.sections import Table
 from helpers.records import Check
 from helpers.stages import accuracy_parity as ap
+from helpers.stages import tasks as st6
 from helpers.tables import checks_frame
 
 NO_OUTPUTS = "runs hold no saved outputs"
@@ -109,6 +112,47 @@ def _checks(runs: ap.Runs) -> list[Check]:
     return out
 
 
+def _clip_shared(out: Any, shared: dict[str, str]) -> bool:
+    """A task output whose clip (and reference voice) both runs hold with the same content."""
+    names = [out.clip.split(" ")[0], *([out.voice] if out.voice else [])]
+    return all(f"clip:{n}" in shared for n in names)
+
+
+def _task_side(run: RunFolder, role: str, shared: dict[str, str], plays: str) -> st6.SideTasks:
+    side = saved.task_side(run.saved, role)
+    side.outputs = {k: o for k, o in side.outputs.items() if _clip_shared(o, shared)}
+    side.side = dataclasses.replace(side.side, role=plays)
+    return side
+
+
+def task_checks(a: RunFolder, b: RunFolder) -> tuple[list[Check], list[str]]:
+    """Stage 6's checks of one run's task outputs against the other's (the coarser dtype the
+    target), on the clips both hold; step logits only where both CPU references chose the
+    same ids."""
+    ref_run, tgt_run = _order(a, b)
+    shared = shared_inputs([ref_run, tgt_run])
+    ref = _task_side(ref_run, "target", shared, "reference")
+    tgt = _task_side(tgt_run, "target", shared, "target")
+    ids_r = _task_side(ref_run, "reference", shared, "reference")
+    ids_t = _task_side(tgt_run, "reference", shared, "reference")
+    dropped = 0
+    for key, out in tgt.outputs.items():
+        r, cr, ct = ref.get(*key), ids_r.get(*key), ids_t.get(*key)
+        if r is None or cr is None or ct is None or cr.tokens != ct.tokens:
+            out.steps = None
+            dropped += 1
+    tasks = tuple(dict.fromkeys(k[0] for k in (*ref.outputs, *tgt.outputs)))
+    runs = st6.TaskRuns(tgt_run.config.get("model", ""), tgt_run.config.get("profile", ""),
+                        tasks, [], st6.Resolved(0, "greedy", False, False), tgt, ref)
+    checks = [c for c in st6.checks(runs, st6.compare(runs)) if c.name != "inputs usable"]
+    notes = [f"Tasks: {len(tgt.outputs)} outputs of {', '.join(tasks)} on the clips both runs "
+             "hold; no error rates (they belong to each run against its transcripts)."]
+    if dropped:
+        notes.append(f"{dropped} task outputs without step logits compared: the two runs' CPU "
+                     "references chose different ids there.")
+    return checks, notes
+
+
 def parity(runs: list[RunFolder]) -> Table:
     """Stage 4's checks of every run's target against the first run's (or the reverse, the
     coarser dtype being the target), from the saved outputs."""
@@ -120,6 +164,9 @@ def parity(runs: list[RunFolder]) -> Table:
     for other in runs[1:]:
         pair, said = pair_runs(runs[0], other)
         found = _checks(pair)
+        if all(saved.TASKS in r.saved.stages for r in (runs[0], other)):
+            more, told = task_checks(runs[0], other)
+            found, said = found + more, said + told
         if len(runs) > 2:
             found = [dataclasses.replace(c, name=f"{other.label} vs {runs[0].label}: {c.name}")
                      for c in found]
