@@ -17,7 +17,7 @@ import torch
 
 from helpers import i18n, parity, paths, saved
 from helpers.compare import build, cli, identity, open_run, sections
-from helpers.compare.publish import NOTEBOOK, REPORT_NAME, compare_runs
+from helpers.compare.publish import NOTEBOOK, REPORT_NAME, compare_runs, default_folder
 from helpers.config import RunConfig
 from helpers.errors import ConfigError
 from helpers.records import read_json, write_json
@@ -98,9 +98,9 @@ def test_speed_ratio_says_how_many_times_faster_for_rates_and_times() -> None:
 
 
 def test_modelzoo_rating_follows_the_contribution_guide_cut_offs() -> None:
-    assert [sections.rate(r).word for r in (1.2, 1.19, 1.0, 0.99, 0.5, 0.49, 0.0)] == [
+    assert [sections.rate(r) for r in (1.2, 1.19, 1.0, 0.99, 0.5, 0.49, 0.0)] == [
         "PERFECT", "OK", "OK", "POK", "POK", "NOK", "NOK"]
-    assert sections.rate(None).word == "-"
+    assert sections.rate(None) == "-"
     rules = sections.modelzoo_rules()
     assert "Ascend ModelZoo contribution guide" in sections.parity.source(rules["source"])
     assert sections.rule_text() == "PERFECT >= 1.2, OK >= 1, POK >= 0.5, NOK < 0.5"
@@ -166,10 +166,16 @@ def test_rating_is_computed_from_the_decode_throughput_ratio(published, runs) ->
     b = _results(runs["bfloat16"], "performance")["metrics"]["decode_tokens_per_s"]
     row = _row(_table(published, "rating"), run="B: cpu bfloat16")
     assert row["ratio"] == sections.show_value(b / a, 4)
-    assert row["rating"] == sections.rate(b / a).word != "-"
+    assert row["rating"] == sections.rate(b / a) != "-"
     assert row["applies"].startswith("ratio only")  # cpu against cpu: not ModelZoo's verdict
     perf = _row(_table(published, "performance"), figure="decode throughput (tokens/s)")
     assert perf["B / A speed"] == row["ratio"]
+
+
+def test_the_default_folder_names_the_runs(runs) -> None:
+    a, b = open_run(runs["float32"], "A"), open_run(runs["bfloat16"], "B")
+    assert default_folder([a, b]) == paths.REPORT / f"compare-{a.run_id}-vs-{b.run_id}"
+    assert default_folder([a, b], "x") == Path("x").resolve()
 
 
 def test_the_pdf_is_made_once(published) -> None:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from helpers import parity
 from helpers.compare.runs import RunFolder
-from helpers.records import VERDICTS, Check
+from helpers.records import Check
 from helpers.tables import show_value
 
 UNCHANGED = "same"
@@ -107,20 +107,14 @@ def differences(runs: list[RunFolder], extra: dict[tuple[str, str], list[Any]] |
     variable, platform fact and commit that is not the same in every run, one column a run;
     `extra` adds rows computed elsewhere (the hashes of the saved outputs)."""
     facts = [_facts(r) for r in runs]
-    keys = list(dict.fromkeys(k for f in facts for k in f))
-    rows = []
-    for key in keys:
-        values = [f.get(key) for f in facts]
-        if key in _VOLATILE or all(v == values[0] for v in values):
-            continue
-        rows.append({"area": key[0], "item": key[1],
-                     **{r.label: show_value(v, 6) for r, v in zip(runs, values, strict=True)}})
-    for (area, item), values in (extra or {}).items():
-        if not all(v == values[0] for v in values):
-            rows.append({"area": area, "item": item,
-                         **{r.label: show_value(v) for r, v in zip(runs, values, strict=True)}})
-    same = len([k for k in keys if k not in _VOLATILE]) - len(rows) + len(extra or {})
-    notes = [f"{len(rows)} items differ; {same} are the same in every run (not listed)."]
+    keys = [k for k in dict.fromkeys(k for f in facts for k in f) if k not in _VOLATILE]
+    table = {k: [f.get(k) for f in facts] for k in keys}
+    table.update(extra or {})
+    rows = [{"area": area, "item": item,
+             **{r.label: show_value(v, 6) for r, v in zip(runs, values, strict=True)}}
+            for (area, item), values in table.items() if any(v != values[0] for v in values)]
+    notes = [f"{len(rows)} items differ; {len(table) - len(rows)} are the same in every run "
+             "(not listed)."]
     return Table("differences", "What differs between the runs",
                  pd.DataFrame(rows, columns=["area", "item", *[r.label for r in runs]]), notes)
 
@@ -275,33 +269,20 @@ def baseline(runs: list[RunFolder]) -> tuple[RunFolder, str]:
     return runs[0], f"Baseline: {runs[0].label}, the first run given (no single run on a GPU)."
 
 
-@dataclass(frozen=True)
-class Rating:
-    """ModelZoo's PerfStatus: the rating of a speed ratio (device / baseline GPU)."""
-
-    word: str
-    ratio: float | None
-
-    @property
-    def css(self) -> str:
-        return VERDICTS.css(VERDICTS.PASS if self.word in ("PERFECT", "OK") else
-                            VERDICTS.FAIL if self.word in ("POK", "NOK") else VERDICTS.INFO)
-
-
 def modelzoo_rules() -> dict[str, Any]:
     """The PerfStatus cut-offs of data/thresholds.json (each a minimum ratio) and their source."""
     return parity.thresholds()["modelzoo_perf"]
 
 
-def rate(ratio: float | None) -> Rating:
+def rate(ratio: float | None) -> str:
     """PERFECT / OK / POK / NOK for a speed ratio by ModelZoo's cut-offs (the highest whose
     minimum the ratio reaches); '-' when there is no ratio."""
     if ratio is None or not math.isfinite(ratio):
-        return Rating("-", ratio)
+        return "-"
     for word, floor in sorted(modelzoo_rules()["min_ratio"].items(), key=lambda kv: -kv[1]):
         if ratio >= floor:
-            return Rating(word, ratio)
-    return Rating("-", ratio)
+            return word
+    return "-"
 
 
 def rule_text() -> str:
@@ -382,10 +363,9 @@ def ratings(runs: list[RunFolder]) -> Table:
             continue
         ratio = speed_ratio(base.metric("performance", "decode_tokens_per_s"),
                             r.metric("performance", "decode_tokens_per_s"), "rate")
-        rating = rate(ratio)
         formal = is_modelzoo_pair(base, r)
         rows.append({"run": r.side, "baseline": base.side, "figure": RATED, "ratio": ratio,
-                     "rating": rating.word, "threshold": rule_text(),
+                     "rating": rate(ratio), "threshold": rule_text(),
                      "applies": ("yes: an NPU run against a GPU run" if formal else
                                  f"ratio only: ModelZoo rates an NPU against a GPU; here "
                                  f"{r.backend} against {base.backend}"),
