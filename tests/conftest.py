@@ -22,6 +22,22 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ[cache.ENV] = old
 
 
+@pytest.fixture(scope="module", autouse=True)
+def reference_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private reference cache per test module (helpers.saved), so no test reuses the CPU
+    sides another one computed."""
+    from helpers import saved
+
+    root = tmp_path_factory.mktemp("reference-cache")
+    old = os.environ.get(saved.CACHE_ENV)
+    os.environ[saved.CACHE_ENV] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop(saved.CACHE_ENV, None)
+    else:
+        os.environ[saved.CACHE_ENV] = old
+
+
 # `make test-fast` (pytest -m "not slow") is the inner loop: unit tests only, well under a
 # minute. Slow: whatever loads a model (the model_cache fixture), starts kernels, worker
 # processes or notebooks, or runs the report end to end.

@@ -17,9 +17,12 @@ component of the recipe x every fixture, with players and figures. All metrics c
 helpers.parity (float64, inside their ranges); thresholds from data/thresholds.json.
 A part that crashes on one side is a failed check naming the error, never a crashed stage.
 
-Modules: settings (the knobs), plan (who is compared with whom), sides (running one side, the fixtures),
-sections (the text path's tables and checks), audio (front end and components x fixtures,
-their tables, players and figures), figures.
+A BASELINE run (one made elsewhere, e.g. on the GPU) adds a section: this target against its
+saved target, by the same metrics and rules (baseline).
+
+Modules: settings (the knobs), plan (who is compared with whom), sides (running one side, the
+fixtures, saving each), sections (the text path's tables and checks), audio (front end and
+components x fixtures, their tables, players and figures), baseline, figures.
 """
 
 from helpers.stages.accuracy_parity.audio import (
@@ -33,6 +36,7 @@ from helpers.stages.accuracy_parity.audio import (
     pick,
     shown,
 )
+from helpers.stages.accuracy_parity.baseline import baseline_section
 from helpers.stages.accuracy_parity.figures import layer_figure
 from helpers.stages.accuracy_parity.plan import (
     COMPONENT_DTYPES,
@@ -68,7 +72,7 @@ from helpers.stages.accuracy_parity.sides import (
 )
 
 __all__ = [
-    "Settings",
+    "Settings", "baseline_section",
     "COMPONENT_DTYPES", "LOGIT_LABELS", "Plan", "Prompt", "Runs", "SideRun", "collect",
     "collect_loaded", "components_notes", "components_section", "components_table", "determinism_section",
     "display_frame", "fixtures_table", "frontend_section", "generation_section",
