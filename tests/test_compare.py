@@ -38,6 +38,11 @@ RUN_PARAMS = {
 }
 
 
+def _kernel_start_died(outcome) -> bool:
+    return any(r.error and "Kernel died before replying to kernel_info" in r.error["message"]
+               for r in outcome.results.values())
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, model_cache) -> dict[str, Path]:
     """float32 and bfloat16 targets, and a bfloat16 one of other random weights (SEED=1,
@@ -51,6 +56,8 @@ def runs(tmp_path_factory, model_cache) -> dict[str, Path]:
                   if "STAGES" not in extra or not k.startswith(("performance.", "tasks."))}
         cfg = RunConfig.from_strings({**params, **extra, "OUT": str(out)})
         outcome = run_pipeline(cfg, figures_dir=None, pdf=False)
+        if _kernel_start_died(outcome):  # seen on a host loaded 6x over: the runner's flake,
+            outcome = run_pipeline(cfg, figures_dir=None, pdf=False)  # not the comparison's
         assert not [r.stage for r in outcome.results.values() if r.error]
         made[name] = outcome.run_dir
     return made
