@@ -1,6 +1,7 @@
 """Device against device: the targets of two runs compared with each other from their saved
 outputs, by stage 4's own sections (helpers.stages.accuracy_parity: logits, hidden states,
-teacher-forced generation, the float64 golden) and stage 6's comparison of its tasks
+teacher-forced generation, the float64 golden, the audio components on every fixture) and
+stage 6's comparison of its tasks
 (helpers.stages.tasks.compare and checks), so every metric and rule is the stages' own.
 
 The first run's target plays stage 4's reference and the other's its target, except that the
@@ -18,19 +19,21 @@ from typing import Any
 import pandas as pd
 import torch
 
-from helpers import saved
+from helpers import audio, saved
 from helpers.compare.identity import shared_inputs
 from helpers.compare.runs import RunFolder
 from helpers.compare.sections import Table
 from helpers.records import Check
 from helpers.stages import accuracy_parity as ap
 from helpers.stages import tasks as st6
+from helpers.stages.accuracy_parity.sides import RECIPE_INPUTS, FixtureClip
 from helpers.tables import checks_frame
 
 NO_OUTPUTS = "runs hold no saved outputs"
 # finer first: the run in a dtype further down this list is the target
 PRECISION = ("float64", "float32", "bfloat16", "float16")
-SECTIONS = (ap.logits_section, ap.layers_section, ap.generation_section, ap.golden_section)
+SECTIONS = (ap.logits_section, ap.layers_section, ap.generation_section, ap.golden_section,
+            ap.components_section)
 
 
 def _placeholder(runs: list[RunFolder], why: str) -> Table:
@@ -46,13 +49,15 @@ def _prompt_rows(run: RunFolder, keys: list[str]) -> list[int]:
     return [mine.index(k) for k in keys]
 
 
-def _subset(side: ap.SideRun, rows: list[int], role: str) -> ap.SideRun:
-    """The side on the shared prompts only, playing `role`."""
+def _subset(side: ap.SideRun, rows: list[int], fixtures: list[str], role: str) -> ap.SideRun:
+    """The side on the shared prompts and fixtures only, playing `role`."""
     pick = {name: [getattr(side, name)[i] for i in rows]
             for name in ("logits", "hidden", "steps", "texts") if getattr(side, name)}
     tokens = side.tokens[rows] if side.tokens is not None else None
+    components = {c: {k: v for k, v in by.items() if k in fixtures or k == RECIPE_INPUTS}
+                  for c, by in side.components.items()}
     return dataclasses.replace(side, side=dataclasses.replace(side.side, role=role),
-                               tokens=tokens, **pick)
+                               tokens=tokens, components=components, **pick)
 
 
 def _same_reference_ids(a: RunFolder, b: RunFolder, rows_a: list[int], rows_b: list[int]) -> bool:
@@ -71,10 +76,12 @@ def _order(a: RunFolder, b: RunFolder) -> tuple[RunFolder, RunFolder]:
 def pair_runs(a: RunFolder, b: RunFolder) -> tuple[ap.Runs, list[str]]:
     """Stage 4's Runs for target against target, and the notes that say what was compared."""
     ref_run, tgt_run = _order(a, b)
-    keys = [k for k in shared_inputs([ref_run, tgt_run]) if k.startswith("prompt:")]
+    shared = shared_inputs([ref_run, tgt_run])
+    keys = [k for k in shared if k.startswith("prompt:")]
+    fixtures = [k.split(":", 1)[1] for k in shared if k.startswith("fixture:")]
     rows_r, rows_t = _prompt_rows(ref_run, keys), _prompt_rows(tgt_run, keys)
-    ref = _subset(saved.side_run(ref_run.saved, "target"), rows_r, "reference")
-    tgt = _subset(saved.side_run(tgt_run.saved, "target"), rows_t, "target")
+    ref = _subset(saved.side_run(ref_run.saved, "target"), rows_r, fixtures, "reference")
+    tgt = _subset(saved.side_run(tgt_run.saved, "target"), rows_t, fixtures, "target")
     settings = ref_run.saved.settings(saved.PARITY)
     notes = [f"Reference side: the target of {ref_run.side}; target side: the target of "
              f"{tgt_run.side}; {len(keys)} shared prompts."]
@@ -84,13 +91,16 @@ def pair_runs(a: RunFolder, b: RunFolder) -> tuple[ap.Runs, list[str]]:
                      "teacher-forced step logits are not compared.")
     golden = None
     if all("golden" in r.saved.roles(saved.PARITY) for r in (ref_run, tgt_run)):
-        golden = _subset(saved.side_run(ref_run.saved, "golden"), rows_r, "golden")
+        golden = _subset(saved.side_run(ref_run.saved, "golden"), rows_r, fixtures, "golden")
     plan = ap.Plan(tgt.side, ref.side, "on" if golden else "off", "saved outputs",
-                   int(settings.get("new_tokens", 0)), tuple(settings.get("languages", ())))
+                   int(settings.get("new_tokens", 0)), tuple(settings.get("languages", ())),
+                   model=str(settings.get("model", "")), fixtures=tuple(fixtures),
+                   profile=str(settings.get("profile", "")))
     prompts = [_prompt(k) for k in keys]
     note = ("golden: the float64 golden of " + ref_run.side if golden else
             "no golden: not both runs hold the float64 golden")
-    return ap.Runs(plan, prompts, ref, tgt, golden, note), notes
+    clips = [FixtureClip(audio.fixture(name)) for name in fixtures]  # named, not loaded
+    return ap.Runs(plan, prompts, ref, tgt, golden, note, clips), notes
 
 
 def _prompt(key: str) -> ap.Prompt:
