@@ -318,6 +318,7 @@ def test_device_against_device_uses_stage_4s_metrics_on_the_saved_targets(publis
     assert "teacher-forced: cosine p5 over steps" in names
     assert "golden: logits error ratio" in names  # msprobe's benchmark ratios: both hold the golden
     assert "stt: teacher-forced ids: cosine p5 over steps" in names  # stage 6's, on saved tasks
+    assert "codec: runs on every loaded fixture on both sides" in names  # audio components
     # the cosine of the bfloat16 target's logits against the float32 target's, by hand
     ta = saved.side_run(saved.open_run(runs["float32"]), "target").logits
     tb = saved.side_run(saved.open_run(runs["bfloat16"]), "target").logits
