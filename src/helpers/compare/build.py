@@ -54,7 +54,8 @@ class Comparison:
 
     def headline(self) -> str:
         """Markdown: the summary line and the caveats of this comparison."""
-        notes = [f'<div class="report-note">{note}</div>' for note in self.notes]
+        notes = [f'<div class="report-note">{i18n.markdown(note, self.lang)}</div>'
+                 for note in self.notes]
         return "\n\n".join([self.summary(), *notes])
 
     def show(self, key: str) -> None:
@@ -87,10 +88,16 @@ def styled(tab: Table) -> Any:
     css = {word: VERDICTS.css(word) for word in VERDICTS.WORDS}
     css.update({w: VERDICTS.css(VERDICTS.PASS) for w in ("PERFECT", "OK")})
     css.update({w: VERDICTS.css(VERDICTS.FAIL) for w in ("POK", "NOK")})
-    classes = pd.DataFrame([[css.get(str(v), "") if col in tab.verdict_columns else ""
+    classes = pd.DataFrame([[css.get(_word(v), "") if col in tab.verdict_columns else ""
                              for col, v in row.items()] for _, row in frame.iterrows()],
                            index=frame.index, columns=frame.columns)
     return out.set_td_classes(classes)
+
+
+def _word(cell: Any) -> str:
+    """The verdict a cell ends on: 'FAIL' for 'PASS -> FAIL' (a change is coloured by where
+    it went), the cell itself otherwise."""
+    return str(cell).split(" -> ")[-1]
 
 
 def load(folders: list[str] | str) -> tuple[list[RunFolder], list[str]]:

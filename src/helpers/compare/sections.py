@@ -164,7 +164,7 @@ def checks_side_by_side(runs: list[RunFolder]) -> Table:
     notes = [f"{len(frame)} checks; {changed} changed verdict between the runs "
              "(marked in the last column)."]
     return Table("checks", "Every check side by side", frame, notes,
-                 tuple(f"{lab} verdict" for lab in labels))
+                 (*[f"{lab} verdict" for lab in labels], "change"))
 
 
 # ---- headline metrics ---------------------------------------------------------------------
@@ -370,8 +370,9 @@ def ratings(runs: list[RunFolder]) -> Table:
                                  f"ratio only: ModelZoo rates an NPU against a GPU; here "
                                  f"{r.backend} against {base.backend}"),
                      "source": parity.source(rules["source"])})
-    notes = [rules["note"]]
+    formal = all(is_modelzoo_pair(base, r) for r in runs if r is not base)
     return Table("rating", "ModelZoo performance rating", pd.DataFrame(
         rows, columns=["run", "baseline", "figure", "ratio", "rating", "threshold", "applies",
-                       "source"], dtype=object), notes, ("rating",))
+                       "source"], dtype=object), [rules["note"]],
+                 ("rating",) if formal else ())  # coloured only where it is ModelZoo's verdict
 
