@@ -73,7 +73,7 @@ clean-interrupted: $(STAMP)
 	$(PY) -m helpers.report --prune $(PARAMS)
 
 clean:
-	rm -rf report/[0-9]* report/latest report/lab figures/*.png .cache .pytest_cache .ruff_cache
+	rm -rf report/[0-9]* report/compare-* report/latest report/lab figures/*.png .cache .pytest_cache .ruff_cache
 
 # The planted-fault matrix: stages 4 and 6 with each fault of helpers.faults planted on the
 # target, at float32 and bfloat16; prints which check caught each (run it before trusting a
