@@ -67,7 +67,9 @@ def _merged(dest: Path, lang: str, error: dict[str, Any] | None) -> nbformat.Not
         nb.cells.append(nbformat.v4.new_markdown_cell(
             f'<div class="report-alert"><b>{raised}</b>: '
             f'{htmllib.escape(str(error["message"]))}</div>'))
-    nb.cells.extend(merge.report_cells(nbformat.read(dest / NOTEBOOK.name, as_version=4), lang))
+    executed = dest / NOTEBOOK.name
+    if executed.is_file():  # absent when the kernel never started
+        nb.cells.extend(merge.report_cells(nbformat.read(executed, as_version=4), lang))
     nb.metadata["report_footer"] = merge.footer(title, lang)
     return nb
 

@@ -141,8 +141,8 @@ def _notebook_params(path: Path, cfg: RunConfig, run_dir: Path) -> dict[str, Any
 
 
 def execute_notebook(path: Path, out: Path, params: dict[str, Any], cwd: Path,
-             km: kernels.KernelManager | None = None,
-             progress: _Progress | None = None) -> dict[str, Any] | None:
+                     km: kernels.KernelManager | None = None,
+                     progress: _Progress | None = None) -> dict[str, Any] | None:
     """Run one notebook in a fresh kernel whose working directory is `cwd`: `km`, started for
     it (kernels.KernelPool), else one started here. The kernel is shut down afterwards
     (papermill leaves alone a kernel it did not start). Return None on success, else an error
