@@ -1,4 +1,4 @@
-# Entry points: setup, report, test, test-fast, lab, clean (see README).
+# Entry points: setup, report, compare, test, test-fast, lab, clean (see README).
 # Run parameters are make variables, passed to `python -m helpers.report` unchanged:
 #   make report MODEL=gpa MODEL_DIR=/path/to/GPA DEVICE=npu:0 DTYPE=bfloat16
 PYTHON ?= python3
@@ -19,7 +19,7 @@ STACK_VENV ?= $(STACK_CACHE)/venv-$(notdir $(STACK_PYTHON))-$(subst ==,,$(STACK_
 
 # Where a run's time goes: `make report PARAMS`, then its table per stage and part (wall and CPU
 # seconds, host load); PROFILE_RUN=report/<run> prints the table of a finished run instead.
-.PHONY: setup report profile test test-fast test-stacks fault-matrix lint lab clean clean-interrupted data gpu-check
+.PHONY: setup report profile compare test test-fast test-stacks fault-matrix lint lab clean clean-interrupted data gpu-check
 .DEFAULT_GOAL := report
 
 setup: $(STAMP)
@@ -33,6 +33,11 @@ report: $(STAMP)
 
 profile: $(STAMP)
 	$(PY) scripts/profile_report.py $(if $(PROFILE_RUN),--run $(PROFILE_RUN),$(PARAMS))
+
+# The comparison of two or more finished runs of one model, in its own folder:
+#   make compare A=report/<run-a> B=report/<run-b> [C=...] (or RUNS="a b c") [OUT=folder]
+compare: $(STAMP)
+	$(PY) -m helpers.compare $(PARAMS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests notebooks scripts
@@ -73,7 +78,7 @@ clean-interrupted: $(STAMP)
 	$(PY) -m helpers.report --prune $(PARAMS)
 
 clean:
-	rm -rf report/[0-9]* report/latest report/lab figures/*.png .cache .pytest_cache .ruff_cache
+	rm -rf report/[0-9]* report/compare-* report/latest report/lab figures/*.png .cache .pytest_cache .ruff_cache
 
 # The planted-fault matrix: stages 4 and 6 with each fault of helpers.faults planted on the
 # target, at float32 and bfloat16; prints which check caught each (run it before trusting a

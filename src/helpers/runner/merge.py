@@ -229,10 +229,20 @@ def merge(run_dir: Path) -> nbformat.NotebookNode:
             merged.cells.append(_md(f"# {i18n.t(res.title or name, lang)}\n\n"
                                     + i18n.t("No executed notebook was saved.", lang)))
     merged.cells = _number(_translate(merged.cells, lang), lang)
-    merged.metadata["report_footer"] = {
-        "left": f"{title(manifest, results)} · {manifest.get('run_id', '')}",
-        "right": _page_counter(lang), "lang": lang}
+    merged.metadata["report_footer"] = footer(
+        f"{title(manifest, results)} · {manifest.get('run_id', '')}", lang)
     return merged
+
+
+def report_cells(nb: nbformat.NotebookNode, lang: str) -> list[nbformat.NotebookNode]:
+    """An executed notebook's cells as a report shows them (the compare report's): parameter
+    and banner cells dropped, in `lang`, tables and figures numbered."""
+    return _number(_translate(_clean_cells(nb), lang), lang)
+
+
+def footer(left: str, lang: str) -> dict[str, str]:
+    """A report's print footer: `left` on the left, 'Page 3 of 42' in `lang` on the right."""
+    return {"left": left, "right": _page_counter(lang), "lang": lang}
 
 
 def css_string(text: str) -> str:

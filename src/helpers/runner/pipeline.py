@@ -141,9 +141,9 @@ def _notebook_params(path: Path, cfg: RunConfig, run_dir: Path) -> dict[str, Any
     return {k: v for k, v in offered.items() if k in declared}
 
 
-def _execute(path: Path, out: Path, params: dict[str, Any], cwd: Path,
-             km: kernels.KernelManager | None = None,
-             progress: _Progress | None = None) -> dict[str, Any] | None:
+def execute_notebook(path: Path, out: Path, params: dict[str, Any], cwd: Path,
+                     km: kernels.KernelManager | None = None,
+                     progress: _Progress | None = None) -> dict[str, Any] | None:
     """Run one notebook in a fresh kernel whose working directory is `cwd`: `km`, started for
     it (kernels.KernelPool), else one started here. The kernel is shut down afterwards
     (papermill leaves alone a kernel it did not start). Return None on success, else an error
@@ -199,7 +199,8 @@ def run_stage(spec: StageSpec, cfg: RunConfig, run_dir: Path,
         kernels.shutdown(km, now=True)
         raise
     else:
-        error = _execute(spec.path, out_nb, params, spec.path.parent, km=km, progress=progress)
+        error = execute_notebook(spec.path, out_nb, params, spec.path.parent, km=km,
+                                 progress=progress)
     seconds = round(time.perf_counter() - t0, 3)
     if error is None and results.is_file():
         return read_result(results)
@@ -393,10 +394,10 @@ def _run(cfg: RunConfig, specs: list[StageSpec], run_dir: Path, manifest: dict[s
             progress = _Progress("[summary]")
             progress.start()
             t_summary = time.perf_counter()
-            summary_error = _execute(summary_nb, run_dir / "notebooks" / SUMMARY_NOTEBOOK,
-                                     {"run_dir": str(run_dir)}, summary_nb.parent,
-                                     km=_take_kernel(pool, summary_nb.parent, "summary", prof),
-                                     progress=progress)
+            summary_error = execute_notebook(summary_nb, run_dir / "notebooks" / SUMMARY_NOTEBOOK,
+                                             {"run_dir": str(run_dir)}, summary_nb.parent,
+                                             km=_take_kernel(pool, summary_nb.parent, "summary", prof),
+                                             progress=progress)
             progress.end(f"[summary] error: {summary_error['type']}: "
                          f"{summary_error['message'][:200]}" if summary_error else
                          f"[summary] done in {time.perf_counter() - t_summary:.1f} s")
