@@ -55,10 +55,10 @@ def test_pairs_summary_and_verdicts_on_hand_values() -> None:
 
 
 @pytest.mark.slow
-def test_release_decoding_samples_every_input_under_each_seed(model_cache) -> None:  # noqa: ANN001
+def test_release_decoding_samples_every_input_under_each_seed(model_cache, tmp_path) -> None:  # noqa: ANN001
     cfg = RunConfig.from_params(model="gpa", device="cpu", dtype="float32", seed=3)
     s = tasks.settings(cfg, max_new_tokens=6, decoding="release", seeds=2, roundtrip=False)
-    runs = tasks.run_all(target(cfg), fixtures="en_fox", s=s)
+    runs = tasks.run_all(target(cfg), fixtures="en_fox", s=s, run_dir=str(tmp_path / "a"))
     assert s.seeds == 2 and not runs.reference.error and not runs.target.error
     assert {k[2] for k in runs.reference.samples} == {1}
     pairs = tasks.sampled_pairs(runs)
@@ -70,3 +70,10 @@ def test_release_decoding_samples_every_input_under_each_seed(model_cache) -> No
     names = [c.name for c in tasks.checks(runs, tasks.compare(runs)) if "sampled" in c.name]
     assert names and all("interval inside the margin" in n for n in names)
     assert tasks.sampled_view(runs).table.shape[0] == len(names)
+    # a second run takes its reference, every seed's outputs included, from the cache
+    s2 = tasks.settings(cfg, max_new_tokens=6, decoding="release", seeds=2, roundtrip=False)
+    again = tasks.run_all(target(cfg), fixtures="en_fox", s=s2, run_dir=str(tmp_path / "b"))
+    assert again.store.source is not None
+    assert {k: o.tokens for k, o in again.reference.samples.items()} == {
+        k: o.tokens for k, o in runs.reference.samples.items()}
+    assert tasks.sampled_pairs(again).equals(pairs)
