@@ -10,12 +10,17 @@ map (or used to materialize random weights), so the recorded placement is exactl
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from helpers import paths
 from helpers.models.weights import ModelLoadError
+
+OFFLOAD_ENV = "HELPERS_OFFLOAD_DIR"  # where disk-offloaded weights go (default .cache/offload)
 
 CPU_ONLY_NOTE = (
     "DEVICE_MAP=auto without an accelerator (none visible, or DEVICE=cpu): accelerate placed "
@@ -54,6 +59,11 @@ def plan_auto(components: dict[str, nn.Module], dtype: torch.dtype,
             "smaller DTYPE"
         )
     return split(plan, list(components), kind)
+
+
+def offload_dir() -> Path:
+    """The folder accelerate's disk offload writes weights to (HELPERS_OFFLOAD_DIR overrides)."""
+    return Path(os.environ.get(OFFLOAD_ENV) or paths.ROOT / ".cache" / "offload")
 
 
 def split(plan: dict[str, Any], names: list[str], kind: str) -> dict[str, dict[str, str]]:

@@ -231,7 +231,9 @@ def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Resolved | 
     clips = task_clips(audio_dir, fixtures)
     if fam == "gpa":
         s.notes.extend(spoken_note(clips))
-    ref = run_side(cfg, reference_side(REFERENCE_DTYPE), clips, s)
+    ref_side = kit.fitted(cfg, reference_side(REFERENCE_DTYPE))  # refused before any load
+    s.notes.extend(kit.fit_notes(ref_side))
+    ref = run_side(cfg, ref_side, clips, s)
     dev = run_side(cfg, tgt.side, clips, s, leader=ref)
     return TaskRuns(recipe.name, cfg.profile, TASKS[fam], clips, s, dev, ref, tgt.reason)
 
