@@ -96,13 +96,29 @@ def cgroup_free() -> int | None:
     return None
 
 
+def address_space_free() -> int | None:
+    """The process's address-space limit (RLIMIT_AS, e.g. prlimit --as) minus its virtual size
+    now (None: no limit). A new allocation past it fails, whatever is resident."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(int(soft) - int(psutil.Process().memory_info().vms), 0)
+
+
 def host_free() -> FreeMemory:
     """Host memory a new load may take: psutil's available memory, lower under a container's
-    cgroup limit, lower still when HELPERS_FREE_MEMORY says so."""
+    cgroup limit or the process's address-space limit, lower still when HELPERS_FREE_MEMORY
+    says so."""
     free = FreeMemory(int(psutil.virtual_memory().available), "available host memory (psutil)")
-    capped = cgroup_free()
-    if capped is not None and capped < free.bytes:
-        free = FreeMemory(capped, "the container's cgroup memory limit minus its usage")
+    for capped, why in ((cgroup_free(), "the container's cgroup memory limit minus its usage"),
+                        (address_space_free(), "the address-space limit (RLIMIT_AS) minus the "
+                                               "process's virtual size")):
+        if capped is not None and capped < free.bytes:
+            free = FreeMemory(capped, why)
     override = os.environ.get(FREE_MEMORY_ENV, "").strip()
     if override:
         try:

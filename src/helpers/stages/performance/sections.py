@@ -77,6 +77,15 @@ def allocation_probe(be: devices.Backend, dev: torch.device, nbytes: int = 64 * 
             else "anonymous mapping, every page written"}
 
 
+def memory_check(alloc: dict[str, Any]) -> Check:
+    """The memory reader's sanity verdict on an allocation_probe result."""
+    return Check.judge(
+        f"memory: {alloc['expected_bytes'] // MIB} MiB allocation measured within 10%",
+        round(alloc["relative_error"], 5), "<=", 0.10, "physical sanity of the memory reader",
+        detail=f"{alloc['reader']} grew {alloc['measured_bytes'] / MIB:.2f} MiB "
+               f"({alloc['allocation']})")
+
+
 def sanity(run: Run) -> Section:
     """Physical sanity of the stage's own instruments, on the device under test."""
     m = sleep_probe(run.be)
@@ -87,10 +96,7 @@ def sanity(run: Run) -> Section:
                     "physical sanity of the timer (optimum-benchmark checks a 1 s sleep at ±10%)",
                     detail=f"median {m.stats.p50:.5f} s (mean {m.stats.mean:.5f} s) over "
                            f"{m.stats.count} runs; {m.timer}"),
-        Check.judge(f"memory: {alloc['expected_bytes'] // MIB} MiB allocation measured within 10%",
-                    round(alloc["relative_error"], 5), "<=", 0.10, "physical sanity of the memory reader",
-                    detail=f"{alloc['reader']} grew {alloc['measured_bytes'] / MIB:.2f} MiB "
-                           f"({alloc['allocation']})"),
+        memory_check(alloc),
     ]
     table = pd.DataFrame([
         {"probe": "time.sleep(0.2)", "expected": "0.2 s", "measured": f"{m.stats.p50:.5f} s (median)",
