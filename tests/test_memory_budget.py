@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from helpers import device as devices
+from helpers import models
 from helpers.config import RunConfig
 from helpers.device import memory
 from helpers.errors import ConfigError, MemoryBudgetError
@@ -105,8 +106,8 @@ def test_a_side_that_cannot_fit_is_refused_with_the_figures_and_the_ways_out(
     assert memory.host_rss() - rss < 256 * MIB  # 4.2 GiB of weights: never allocated
     assert "reference cpu float32 cannot be held" in text and "not loaded" in text
     assert "needs 5.16 GiB, free 2.00 GiB (HELPERS_FREE_MEMORY=2GiB" in text
-    for way in ("REFERENCE=<run>", "BASELINE=<run>", "REFERENCE_FIT=offload: not open to the "
-                "full-shape profile", "REFERENCE_FIT=bfloat16: the reference in bfloat16 (host"):
+    for way in ("REFERENCE=<run>", "BASELINE=<run>", "REFERENCE_FIT=offload: not open here "
+                "(the full-shape profile", "REFERENCE_FIT=bfloat16: the reference in bfloat16 (host"):
         assert way in text
 
 
@@ -134,6 +135,29 @@ def test_reference_fit_bfloat16_takes_the_bfloat16_reference(free_memory) -> Non
     p = accuracy.plan(kit.target(cfg), new_tokens=0, languages="en")
     assert p.reference.dtype == torch.bfloat16
     assert footprint.BFLOAT16_COST in p.describe()
+
+
+def test_reference_fit_offload_reads_the_weights_from_disk_with_the_same_numbers(
+        free_memory) -> None:
+    cfg = RunConfig.from_params(model="gpa", reference_fit="offload")
+    ids = torch.randint(0, 1000, (1, 12))  # [B, S]
+    whole = kit.load(cfg, kit.reference_side())
+    with torch.no_grad():
+        want = whole.lm(input_ids=ids).logits  # [B, S, V]
+    del whole
+    off = footprint.estimate("gpa", "tiny", "reference", "cpu", "float32", offload=True,
+                             free={})
+    besides = off.need("host") - off.lines[0].bytes
+    others = sum(p.numel() for n in ("speech_tokenizer", "codec")
+                 for p in models.get("gpa").build("tiny")[n].parameters()) * 4
+    free_memory(str(int((besides + others + 2 * MIB) / (1 - footprint.HEADROOM))))
+    side = kit.fitted(cfg, kit.reference_side())
+    assert side.device_map == kit.OFFLOAD and side.dtype == torch.float32
+    loaded = kit.load(cfg, side)
+    assert "disk" in loaded.placement.values() and "disk offload" in " ".join(loaded.notes)
+    with torch.no_grad():
+        got = loaded.lm(input_ids=ids).logits
+    assert torch.equal(got, want)
 
 
 def test_reference_fit_must_be_one_of_the_ways() -> None:
@@ -222,6 +246,7 @@ def test_the_memory_reader_measures_64_mib_after_the_heap_kept_freed_pages() -> 
     code = textwrap.dedent("""
         import ctypes, json, torch
         from helpers import device as devices
+from helpers import models
         from helpers.stages.performance.sections import allocation_probe
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD: big blocks from the heap

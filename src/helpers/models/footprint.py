@@ -230,12 +230,31 @@ def estimate(model: str, profile: str, role: str, device: str, dtype: str, *,
                     tuple(lines), free or {})
 
 
+def weights_room(free: int, others: int) -> int:
+    """Host bytes an offloaded side's weights may take: the free memory less HEADROOM and
+    less what the side holds besides its weights (`others`)."""
+    return max(int(free * (1 - HEADROOM)) - others, 0)
+
+
+def offload_room(skel: dict[str, Any], dtype: Any) -> int:
+    """weights_room now, for a side about to be loaded with disk offload (meta skeletons)."""
+    from helpers.device.memory import host_free
+
+    b = dtype.itemsize
+    lm = _lm_dims({n: m.config for n, m in skel.items() if hasattr(m, "config")})
+    others = sum(x.numel() * x.element_size() for m in skel.values() for x in m.buffers())
+    if lm:
+        others += (kv_cache_bytes(lm, CACHE_POSITIONS, 1, b)
+                   + activation_bytes(lm, PREFILL_POSITIONS, 1, b))
+    return weights_room(host_free().bytes, others)
+
+
 def _offloaded(lines: list[Line], free: dict[str, FreeMemory]) -> list[Line]:
     """The weights line split: what the free host memory holds stays, the rest goes to disk."""
     weights, rest = lines[0], lines[1:]
-    room = int(free["host"].bytes * (1 - HEADROOM)) if "host" in free else weights.bytes
     others = sum(x.bytes for x in rest if x.part == "host" and "mapped" not in x.what)
-    kept = max(min(weights.bytes, room - others), 0)
+    kept = (min(weights.bytes, weights_room(free["host"].bytes, others)) if "host" in free
+            else weights.bytes)
     out = [Line("host", f"{weights.what}, the part held in memory", kept)]
     if weights.bytes > kept:
         out.append(Line("disk", "weights offloaded to disk, read layer by layer",
@@ -292,8 +311,9 @@ def ways_out(role: str, chosen: str, profile: str, ways: dict[str, Estimate]) ->
 def _way(name: str, est: Estimate | None, profile: str, role: str) -> str:
     if name == "offload":
         if est is None:
-            return ("REFERENCE_FIT=offload: not open to the full-shape profile (its random "
-                    "weights are made whole in host memory, in float32)")
+            return ("REFERENCE_FIT=offload: not open here (the full-shape profile makes its "
+                    "random weights whole in host memory, in float32; a recipe whose release "
+                    "loader reads its own shards, as covo-audio-chat's, has no disk offload)")
         disk = est.need("disk")
         return (f"REFERENCE_FIT=offload: accelerate's disk offload, {disk / GIB:.2f} GiB of "
                 f"weights read from {est.free['disk'].source.removeprefix('free disk at ')} "

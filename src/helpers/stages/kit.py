@@ -27,6 +27,7 @@ from helpers import device as devices
 from helpers import models, paths
 from helpers.config import RunConfig
 from helpers.errors import MemoryBudgetError
+from helpers.models import placement
 from helpers.records import (
     Check,
     StageResult,
@@ -235,7 +236,7 @@ class Side:
 
 
 CPU = torch.device("cpu")
-OFFLOAD = "offload"  # a CPU side's device_map: weights past the free memory read from disk
+OFFLOAD = placement.OFFLOAD  # a CPU side's device_map: weights past the free memory on disk
 
 
 def reference_side(dtype: torch.dtype = torch.float32, role: str = "reference") -> Side:
@@ -367,7 +368,7 @@ def _alternatives(cfg: RunConfig, side: Side) -> dict[str, Side]:
     if side.role == "target" or side.device.type != "cpu":
         return {}
     out = {}
-    if cfg.profile != "full-shape":  # random weights are made whole in host memory
+    if cfg.profile != "full-shape" and models.get(cfg.model).disk_offload:
         out["offload"] = Side(side.role, side.device, side.dtype, OFFLOAD)
     if side.role == "reference" and side.dtype != torch.bfloat16:
         out["bfloat16"] = Side(side.role, side.device, torch.bfloat16, side.device_map)
