@@ -17,7 +17,7 @@ STACK_PIN ?= transformers==4.57.6
 STACK_CACHE ?= $(HOME)/.cache/adaptation-report
 STACK_VENV ?= $(STACK_CACHE)/venv-$(notdir $(STACK_PYTHON))-$(subst ==,,$(STACK_TORCH))-$(subst ==,,$(STACK_PIN))
 
-.PHONY: setup report test test-fast test-stacks fault-matrix lint lab clean clean-interrupted data gpu-check
+.PHONY: setup report fit test test-fast test-stacks fault-matrix lint lab clean clean-interrupted data gpu-check
 .DEFAULT_GOAL := report
 
 setup: $(STAMP)
@@ -28,6 +28,12 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 report: $(STAMP)
 	$(PY) -m helpers.report $(PARAMS)
+
+# Will it fit? Each side of the run these parameters make (target, CPU reference, float64
+# golden, CPU baseline) estimated against the memory free now, before anything is loaded;
+# exits 1 when one does not fit. Takes report's parameters: make fit MODEL=covo-audio-chat
+fit: $(STAMP)
+	$(PY) -m helpers.fit $(PARAMS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests notebooks scripts

@@ -204,7 +204,7 @@ def estimate(model: str, profile: str, role: str, device: str, dtype: str, *,
     on = "host" if device.startswith("cpu") else "device"
     lines = [Line(on, f"weights: {s.parameters:,} parameters x {b} bytes ({dtype})",
                   s.parameters * b)]
-    if s.buffer_bytes:
+    if s.buffer_bytes >= 2**20:
         lines.append(Line(on, "buffers (positions, filters, rotary tables)", s.buffer_bytes))
     if profile == "full-shape":
         made = s.parameters * 4 if on == "device" else s.parameters * max(4 - b, 0)

@@ -314,7 +314,7 @@ def estimate(cfg: RunConfig, side: Side, backend: devices.Backend | None = None)
     """What `side` needs on the host, its device (and the disk, offloaded) against what is free
     there now; nothing is loaded (helpers.models.footprint)."""
     from helpers.device import memory
-    from helpers.models import footprint, placement
+    from helpers.models import footprint
 
     free = {"host": memory.host_free()}
     if side.device.type != "cpu" and not side.device_map:  # a spread map: accelerate plans it
@@ -373,3 +373,23 @@ def _alternatives(cfg: RunConfig, side: Side) -> dict[str, Side]:
     if side.role == "reference" and side.dtype != torch.bfloat16:
         out["bfloat16"] = Side(side.role, side.device, torch.bfloat16, side.device_map)
     return out
+
+
+def fit_report(cfg: RunConfig) -> str:
+    """Every side a full run loads (target, CPU reference, float64 golden, CPU baseline in the
+    target's dtype), estimated against the memory free now: `make fit`, before a run."""
+    tgt = target(cfg)
+    sides = [tgt.side, reference_side(), reference_side(torch.float64, "golden")]
+    if tgt.dtype != torch.float32:
+        sides.append(reference_side(tgt.dtype, "baseline"))
+    out = []
+    for side in sides:
+        est = estimate(cfg, side, tgt.backend if side.role == "target" else None)
+        out.append(est.text())
+        if not est.fits:
+            from helpers.models import footprint
+
+            ways = {k: estimate(cfg, v) for k, v in _alternatives(cfg, side).items()}
+            out.append("  " + footprint.ways_out(side.role, cfg.reference_fit, cfg.profile,
+                                                 ways))
+    return "\n".join(out)
