@@ -33,7 +33,7 @@ report: $(STAMP)
 # golden, CPU baseline) estimated against the memory free now, before anything is loaded;
 # exits 1 when one does not fit. Takes report's parameters: make fit MODEL=covo-audio-chat
 fit: $(STAMP)
-	$(PY) -m helpers.fit $(PARAMS)
+	$(PY) -m helpers.report --fit $(PARAMS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests notebooks scripts

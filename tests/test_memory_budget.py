@@ -25,6 +25,7 @@ from helpers.stages.performance.sections import allocation_probe, memory_check
 from helpers.stages.performance.settings import MIB
 
 GIB = 2**30
+GPA, COVO = models.get("gpa"), models.get("covo-audio-chat")
 
 
 @pytest.fixture
@@ -39,18 +40,18 @@ def free_memory(monkeypatch):
 
 
 def test_weights_and_kv_cache_are_counted_from_the_configs() -> None:
-    est = footprint.estimate("gpa", "full-shape", "reference", "cpu", "float32", free={})
+    est = footprint.estimate(GPA, "full-shape", "reference", "cpu", "float32", free={})
     weights, buffers, kv, act = est.lines
     assert weights.bytes == 1_127_993_612 * 4  # python -m helpers.models describe gpa
     # 28 layers x (K, V) x 8 KV heads x head_dim 128 x 2560 positions x 4 bytes, by hand
     assert kv.bytes == 28 * 2 * 8 * 128 * 2560 * 4 == 587_202_560
     assert 0.1 * GIB < act.bytes < 0.5 * GIB
-    gold = footprint.estimate("gpa", "full-shape", "golden", "cpu", "float64", free={})
+    gold = footprint.estimate(GPA, "full-shape", "golden", "cpu", "float64", free={})
     assert gold.lines[0].bytes == 1_127_993_612 * 8 and gold.lines[2].bytes == 2 * kv.bytes
 
 
 def test_an_accelerator_side_needs_the_host_for_the_float32_pass() -> None:
-    est = footprint.estimate("gpa", "full-shape", "target", "cuda:0", "bfloat16", free={})
+    est = footprint.estimate(GPA, "full-shape", "target", "cuda:0", "bfloat16", free={})
     assert est.need("device") > 1_127_993_612 * 2
     assert est.need("host") == 1_127_993_612 * 4  # weights.materialize: float32 on the host
 
@@ -58,11 +59,11 @@ def test_an_accelerator_side_needs_the_host_for_the_float32_pass() -> None:
 def test_covo_audio_chat_float32_reference_does_not_fit_in_24_gib(free_memory) -> None:
     free_memory("24GiB")
     free = {"host": memory.host_free()}
-    est = footprint.estimate("covo-audio-chat", "full-shape", "reference", "cpu", "float32",
+    est = footprint.estimate(COVO, "full-shape", "reference", "cpu", "float32",
                              free=free)
     assert est.lines[0].bytes == 8_768_979_090 * 4  # 35.1 GB: 8.40B model + token2wav
     assert not est.fits and est.short("host") > 10 * GIB
-    bf16 = footprint.estimate("covo-audio-chat", "full-shape", "reference", "cpu", "bfloat16",
+    bf16 = footprint.estimate(COVO, "full-shape", "reference", "cpu", "bfloat16",
                               free=free)
     # random weights pass through float32 on the host, so bfloat16 does not help at full shape
     assert bf16.need("host") >= est.lines[0].bytes and not bf16.fits
@@ -120,7 +121,7 @@ def test_the_target_is_refused_too_with_its_own_ways_out(free_memory) -> None:
 
 
 def test_reference_fit_bfloat16_takes_the_bfloat16_reference(free_memory) -> None:
-    need = {d: footprint.estimate("gpa", "tiny", "reference", "cpu", d, free={}).need("host")
+    need = {d: footprint.estimate(GPA, "tiny", "reference", "cpu", d, free={}).need("host")
             for d in ("float32", "bfloat16")}
     between = (need["float32"] + need["bfloat16"]) // 2
     free_memory(str(int(between / (1 - footprint.HEADROOM))))
@@ -145,7 +146,7 @@ def test_reference_fit_offload_reads_the_weights_from_disk_with_the_same_numbers
     with torch.no_grad():
         want = whole.lm(input_ids=ids).logits  # [B, S, V]
     del whole
-    off = footprint.estimate("gpa", "tiny", "reference", "cpu", "float32", offload=True,
+    off = footprint.estimate(GPA, "tiny", "reference", "cpu", "float32", offload=True,
                              free={})
     besides = off.need("host") - off.lines[0].bytes
     others = sum(p.numel() for n in ("speech_tokenizer", "codec")
@@ -226,7 +227,7 @@ def measured_peak(model: str, profile: str, dtype: str, positions: int) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", ["tiny", pytest.param("full-shape", marks=pytest.mark.slow)])
 def test_the_estimate_covers_the_measured_peak(profile: str) -> None:
-    est = footprint.estimate("gpa", profile, "reference", "cpu", "float32", free={},
+    est = footprint.estimate(GPA, profile, "reference", "cpu", "float32", free={},
                              positions=1024, prefill=1024)
     peak = measured_peak("gpa", profile, "float32", 1024)
     # close below what a load takes at most (footprint.HEADROOM, 10 % of the free memory, is
@@ -284,3 +285,15 @@ def test_a_wrong_memory_reader_fails_the_check() -> None:
     wrong = allocation_probe(PeakAsRss(cpu), torch.device("cpu"))
     check = memory_check(wrong)
     assert check.passed is False and wrong["relative_error"] > 0.5
+
+
+def test_make_fit_says_before_a_run_which_side_does_not_fit(free_memory, capsys) -> None:
+    from helpers import cli
+
+    free_memory("3GiB")
+    assert cli.main(["--fit", "PROFILE=full-shape"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("short by") == 4  # target, reference, golden, baseline (bfloat16 target)
+    assert "golden cpu float64:" in out and "accuracy_parity.golden=off" in out
+    free_memory("20GiB")
+    assert cli.main(["--fit", "PROFILE=tiny"]) == 0

@@ -25,7 +25,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from helpers import models
 from helpers.device.memory import FreeMemory
 from helpers.grammar import DTYPE_BYTES
 
@@ -136,17 +135,15 @@ def _lm_dims(configs: dict[str, Any]) -> dict[str, int]:
 
 
 @lru_cache(maxsize=16)
-def shape(model: str, profile: str, model_dir: str = "", seed: int = 0) -> Shape:
-    """Parameter and buffer counts and LM dimensions of MODEL at PROFILE, from configs only
+def shape(recipe: Any, profile: str, model_dir: str = "", seed: int = 0) -> Shape:
+    """Parameter and buffer counts and LM dimensions of a recipe at PROFILE, from configs only
     (skeletons on the meta device)."""
-    from helpers.models import weights
-    from helpers.models.base import count
+    from helpers.models.weights import quiet
 
-    recipe = models.get(model)
     configs = recipe.shape_configs(profile, model_dir)
-    with weights.quiet():
+    with quiet():
         skel = recipe.skeletons(configs)
-    parameters = sum(count(m) for m in skel.values())
+    parameters = sum(p.numel() for m in skel.values() for p in m.parameters())  # tied: once
     buffers = sum(b.numel() * b.element_size() for m in skel.values() for b in m.buffers())
     return Shape(parameters=parameters, buffer_bytes=buffers,
                  file_bytes=_file_bytes(recipe, profile, model_dir, seed, parameters),
@@ -155,11 +152,11 @@ def shape(model: str, profile: str, model_dir: str = "", seed: int = 0) -> Shape
 
 def _file_bytes(recipe: Any, profile: str, model_dir: str, seed: int, parameters: int) -> int:
     """Bytes of the weight files a load reads: MODEL_DIR's, or the tiny cache's."""
-    from helpers.models import cache
+    from helpers.models.cache import folder
 
     if profile == "full-shape":
         return 0
-    root = Path(model_dir) if profile == "real" else cache.folder(recipe, seed)
+    root = Path(model_dir) if profile == "real" else folder(recipe, seed)
     total = sum(f.stat().st_size for name in recipe.component_names()
                 for pattern in WEIGHT_FILES
                 for f in recipe.component_dir(root, name).glob(pattern) if f.is_file())
@@ -187,11 +184,12 @@ def activation_bytes(lm: dict[str, int], positions: int, batch: int, nbytes: int
     return (hidden + qkv + scores + mlp) * nbytes + logits
 
 
-def estimate(model: str, profile: str, role: str, device: str, dtype: str, *,
+def estimate(recipe: Any, profile: str, role: str, device: str, dtype: str, *,
              model_dir: str = "", seed: int = 0, offload: bool = False,
              free: dict[str, FreeMemory] | None = None, batch: int = 1,
              positions: int = CACHE_POSITIONS, prefill: int = PREFILL_POSITIONS) -> Estimate:
-    """What one side needs on the host and its device, against `free` (part -> FreeMemory).
+    """What one side of a run of `recipe` (a helpers.models.base.Recipe) needs on the host and
+    its device, against `free` (part -> FreeMemory).
 
     `device` is a torch device string ("cpu", "cuda:0"); `dtype` a name of DTYPE_BYTES.
     offload: the side's weights beyond the free host memory are read from an offload folder
@@ -199,7 +197,7 @@ def estimate(model: str, profile: str, role: str, device: str, dtype: str, *,
     positions / prefill: the KV cache's length and the longest single forward (the run's:
     CACHE_POSITIONS, PREFILL_POSITIONS).
     """
-    s = shape(model, profile, model_dir, seed)
+    s = shape(recipe, profile, model_dir, seed)
     b = DTYPE_BYTES[dtype]
     on = "host" if device.startswith("cpu") else "device"
     lines = [Line(on, f"weights: {s.parameters:,} parameters x {b} bytes ({dtype})",

@@ -321,7 +321,7 @@ def estimate(cfg: RunConfig, side: Side, backend: devices.Backend | None = None)
         free["device"] = (backend or side.backend).free_memory()
     if side.device_map == OFFLOAD:
         free["disk"] = memory.disk_free(placement.offload_dir())
-    return footprint.estimate(cfg.model, cfg.profile, side.role, str(side.device),
+    return footprint.estimate(models.get(cfg.model), cfg.profile, side.role, str(side.device),
                               side.dtype_name, model_dir=cfg.model_dir, seed=cfg.seed,
                               offload=side.device_map == OFFLOAD, free=free)
 
