@@ -109,14 +109,17 @@ class Shape:
     lm: dict[str, int]  # layers, kv_heads, head_dim, heads, hidden, intermediate, vocab
 
 
+DECODER_FIELDS = ("vocab_size", "num_hidden_layers", "num_attention_heads", "hidden_size",
+                  "intermediate_size")
+
+
 def _decoder(configs: dict[str, Any]) -> Any:
     """The decoder LM's config: component "lm", or the text config nested in a composite one
     (Covo-Audio's llm_config); None for a model without one."""
     found = [configs["lm"]] if "lm" in configs else list(configs.values())
     for cfg in found:
         for inner in (getattr(cfg, "llm_config", None), getattr(cfg, "text_config", None), cfg):
-            if inner is not None and hasattr(inner, "vocab_size") and hasattr(
-                    inner, "num_hidden_layers") and hasattr(inner, "intermediate_size"):
+            if inner is not None and all(hasattr(inner, k) for k in DECODER_FIELDS):
                 return inner
     return None
 

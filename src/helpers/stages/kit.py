@@ -27,7 +27,7 @@ from helpers import device as devices
 from helpers import models, paths
 from helpers.config import RunConfig
 from helpers.errors import MemoryBudgetError
-from helpers.models import placement
+from helpers.models import footprint, placement
 from helpers.records import (
     Check,
     StageResult,
@@ -314,7 +314,6 @@ def estimate(cfg: RunConfig, side: Side, backend: devices.Backend | None = None)
     """What `side` needs on the host, its device (and the disk, offloaded) against what is free
     there now; nothing is loaded (helpers.models.footprint)."""
     from helpers.device import memory
-    from helpers.models import footprint
 
     free = {"host": memory.host_free()}
     if side.device.type != "cpu" and not side.device_map:  # a spread map: accelerate plans it
@@ -330,12 +329,15 @@ def admit(cfg: RunConfig, side: Side, backend: devices.Backend | None = None) ->
     """The side's estimate when it fits; MemoryBudgetError (figures, ways out) when it does not."""
     est = estimate(cfg, side, backend)
     if not est.fits:
-        from helpers.models import footprint
-
-        ways = {k: estimate(cfg, v) for k, v in _alternatives(cfg, side).items()}
-        raise MemoryBudgetError(footprint.refusal(est),
-                                footprint.ways_out(side.role, cfg.reference_fit, cfg.profile, ways))
+        raise _refusal(cfg, side, est)
     return est
+
+
+def _refusal(cfg: RunConfig, side: Side, est: Estimate) -> MemoryBudgetError:
+    """The figures of a side that does not fit, and the ways out with theirs."""
+    ways = {k: estimate(cfg, v) for k, v in _alternatives(cfg, side).items()}
+    return MemoryBudgetError(footprint.refusal(est),
+                             footprint.ways_out(side.role, cfg.reference_fit, cfg.profile, ways))
 
 
 def fitted(cfg: RunConfig, side: Side) -> Side:
@@ -354,8 +356,6 @@ def fitted(cfg: RunConfig, side: Side) -> Side:
 
 def fit_notes(side: Side) -> list[str]:
     """What the report says of a CPU side that took a way out of REFERENCE_FIT."""
-    from helpers.models import footprint
-
     if side.device_map == OFFLOAD:
         return [footprint.OFFLOAD_NOTE]
     if side.role == "reference" and side.dtype == torch.bfloat16:
@@ -385,11 +385,5 @@ def fit_report(cfg: RunConfig) -> str:
     out = []
     for side in sides:
         est = estimate(cfg, side, tgt.backend if side.role == "target" else None)
-        out.append(est.text())
-        if not est.fits:
-            from helpers.models import footprint
-
-            ways = {k: estimate(cfg, v) for k, v in _alternatives(cfg, side).items()}
-            out.append("  " + footprint.ways_out(side.role, cfg.reference_fit, cfg.profile,
-                                                 ways))
+        out.append(est.text() if est.fits else str(_refusal(cfg, side, est)))
     return "\n".join(out)
