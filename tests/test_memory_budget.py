@@ -297,3 +297,21 @@ def test_make_fit_says_before_a_run_which_side_does_not_fit(free_memory, capsys)
     assert "golden cpu float64:" in out and "accuracy_parity.golden=off" in out
     free_memory("20GiB")
     assert cli.main(["--fit", "PROFILE=tiny"]) == 0
+
+
+@pytest.mark.slow
+def test_a_run_under_a_memory_limit_shows_the_refused_stage_and_runs_the_others(
+        tmp_path, free_memory) -> None:
+    from helpers.records import read_result
+    from helpers.runner.pipeline import run_pipeline
+
+    free_memory("100MiB")  # the tiny reference needs about 0.13 GiB
+    cfg = RunConfig.from_params(out=str(tmp_path), stages=["environment", "accuracy_parity"])
+    run = run_pipeline(cfg, figures_dir=None, pdf=False)
+    assert run.exit_code == 2  # a stage raised, said so, and the report was still made
+    assert run.results["environment"].status == "passed"
+    refused = read_result(run.run_dir / "results" / "accuracy_parity.json")
+    assert refused.status == "error" and refused.error["type"] == "MemoryBudgetError"
+    assert "reference cpu float32 cannot be held" in refused.error["message"]
+    assert "free 0.10 GiB (HELPERS_FREE_MEMORY=100MiB" in refused.error["message"]
+    assert "cannot be held" in run.html.read_text()

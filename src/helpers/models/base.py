@@ -316,7 +316,9 @@ class Recipe:
              model_dir: str | Path = "", seed: int = 0, device_map: str = "",
              backend: Backend | None = None) -> LoadedModel:
         """Build (tiny, full-shape: random weights under `seed`) or read (real: `model_dir`) the
-        model onto `device` in `dtype`; device_map "auto" spreads it over the visible devices.
+        model onto `device` in `dtype`; device_map "auto" spreads it over the visible devices,
+        "offload" (a CPU side, REFERENCE_FIT=offload) keeps the LM's modules past the free
+        host memory on disk (placement.plan_offload).
 
         timings: config_init_s (configs, placement plan; for full-shape also the random init
         on the device), tokenizer_s, weights_read_s (from_pretrained onto the host, or straight
