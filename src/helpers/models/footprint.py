@@ -160,9 +160,9 @@ def _file_bytes(recipe: Any, profile: str, model_dir: str, seed: int, parameters
     if profile == "full-shape":
         return 0
     root = Path(model_dir) if profile == "real" else folder(recipe, seed)
-    total = sum(f.stat().st_size for name in recipe.component_names()
-                for pattern in WEIGHT_FILES
-                for f in recipe.component_dir(root, name).glob(pattern) if f.is_file())
+    folders = {recipe.component_dir(root, name) for name in recipe.component_names()}  # shared: once
+    total = sum(f.stat().st_size for folder in folders for pattern in WEIGHT_FILES
+                for f in folder.glob(pattern) if f.is_file())
     if not total and profile == "tiny":  # not built yet: save_pretrained writes float32
         total = parameters * 4
     return total
