@@ -5,7 +5,9 @@ needs, on the host and on its device:
 
   weights      parameters (counted on the meta device) x the side's dtype bytes, and buffers
   making them  full-shape random weights pass through the host once in float32
-               (weights.materialize), so 4 bytes a parameter there whatever the dtype
+               (weights.materialize), so 4 bytes a parameter there whatever the dtype (an
+               upper bound: a recipe makes one component at a time, so a bfloat16 GPA side
+               peaks near 3 GiB, not the 4.8 GiB counted)
   reading them a release folder's weight files, mapped while from_pretrained reads them
                (their size on disk; the tiny profile's cache folder likewise)
   KV cache     layers x 2 (K, V) x KV heads x head_dim x positions x batch x dtype bytes
