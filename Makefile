@@ -19,7 +19,7 @@ STACK_VENV ?= $(STACK_CACHE)/venv-$(notdir $(STACK_PYTHON))-$(subst ==,,$(STACK_
 
 # Where a run's time goes: `make report PARAMS`, then its table per stage and part (wall and CPU
 # seconds, host load); PROFILE_RUN=report/<run> prints the table of a finished run instead.
-.PHONY: setup report profile compare test test-fast test-stacks fault-matrix lint lab clean clean-interrupted data gpu-check
+.PHONY: setup report profile compare fit test test-fast test-stacks fault-matrix lint lab clean clean-interrupted data gpu-check
 .DEFAULT_GOAL := report
 
 setup: $(STAMP)
@@ -38,6 +38,12 @@ profile: $(STAMP)
 #   make compare A=report/<run-a> B=report/<run-b> [C=...] (or RUNS="a b c") [OUT=folder]
 compare: $(STAMP)
 	$(PY) -m helpers.compare $(PARAMS)
+
+# Will it fit? Each side of the run these parameters make (target, CPU reference, float64
+# golden, CPU baseline) estimated against the memory free now, before anything is loaded;
+# exits 1 when one does not fit. Takes report's parameters: make fit MODEL=covo-audio-chat
+fit: $(STAMP)
+	$(PY) -m helpers.report --fit $(PARAMS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests notebooks scripts

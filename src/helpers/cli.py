@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                              "comes from, and exit")
     parser.add_argument("--list-knobs", action="store_true",
                         help="print every stage's knobs with type and default, and exit")
+    parser.add_argument("--fit", action="store_true",
+                        help="print what each side of this run needs in memory against what "
+                             "is free now, load nothing, and exit (1 when a side does not fit)")
     parser.add_argument("--prune", action="store_true",
                         help="remove the run folders under OUT that did not finish "
                              "(interrupted or killed; a run in progress is kept), and exit")
@@ -61,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.list_knobs:
                 list_knobs(stages)
             return 0
+        if args.fit:
+            from helpers.stages import kit
+
+            text = kit.fit_report(cfg.absolute())
+            print(text)
+            return 1 if "short by" in text else 0
         if args.prune:
             for folder in rundir.prune(cfg.out):
                 print(f"removed {folder}")

@@ -20,6 +20,10 @@ from helpers.knobs import FALSE_WORDS, TRUE_WORDS, Knobs
 PROFILES = ("auto", "tiny", "full-shape", "real")
 DTYPES = ("auto", *RUN_DTYPES)
 DEVICE_MAPS = ("", "auto")
+# what a stage does when a CPU side (reference, golden, baseline) cannot be held in the memory
+# free here (helpers.models.footprint): stop before loading it, saying so with the figures;
+# load its weights with accelerate's disk offload; or hold the reference in bfloat16
+REFERENCE_FITS = ("stop", "offload", "bfloat16")
 
 
 
@@ -45,6 +49,7 @@ class RunConfig:
     fault: str = _opt("", "plant a known fault on the target side only (helpers.faults; make fault-matrix runs them all), to see the report FAIL a broken port; '' = none")
     baseline: str = _opt("", "a run folder (or its outputs/ folder) made elsewhere, e.g. on the GPU: stage 4 also compares this run's target with its saved target; '' = none")
     reference: str = _opt("", "where stages 4 and 6 take the CPU sides from: '' = the reference cache when it holds them for these weights, inputs and settings (else computed and cached); a run or cache folder; fresh = compute them again")
+    reference_fit: str = _opt("stop", "when a CPU side cannot be held in the memory free here: stop (before loading it, with the figures and the ways out), offload (its weights read layer by layer from disk with accelerate; weights from a folder: tiny or real profile), bfloat16 (the reference in bfloat16: weaker verdicts, said in the report)")
     knobs: Knobs = _opt(Knobs(), "stage knobs, STAGE.KNOB=VALUE (stage by name or number); --list-knobs lists them")
 
     def __post_init__(self) -> None:
@@ -77,6 +82,7 @@ class RunConfig:
         _choice("profile", self.profile, PROFILES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("device_map", self.device_map, DEVICE_MAPS)
+        _choice("reference_fit", self.reference_fit, REFERENCE_FITS)
         from helpers import i18n
 
         i18n.check(self.report_lang)
@@ -115,7 +121,8 @@ class RunConfig:
         """The fields a stage notebook declares and builds its config from (the others steer
         the runner: which stages, where, knobs, exit code)."""
         runner = {"stages", "out", "strict", "extra_stages", "knobs", "report_lang", "audio_dir",
-                  "fault", "baseline", "reference"}
+                  "fault", "baseline", "reference",
+                  "reference_fit"}
         return tuple(n for n in cls.field_names() if n not in runner)
 
     @classmethod
@@ -141,7 +148,7 @@ class RunConfig:
         """Build from a stage notebook's namespace: the run parameters its parameters cell
         declares (and papermill set), by name; the notebook's other names are left alone."""
         names = (*cls.stage_fields(), "report_lang", "audio_dir", "fault", "baseline",
-                 "reference")
+                 "reference", "reference_fit")
         return cls.from_params(**{n: namespace[n] for n in names if n in namespace})
 
     @classmethod
@@ -200,6 +207,7 @@ _TYPES: dict[str, type] = {
     "model": str, "model_dir": str, "profile": str, "device": str, "dtype": str,
     "device_map": str, "stages": tuple, "extra_stages": str, "out": str, "seed": int,
     "strict": bool, "report_lang": str, "audio_dir": str, "fault": str, "baseline": str, "reference": str,
+    "reference_fit": str,
     "knobs": Knobs,
 }
 

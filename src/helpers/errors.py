@@ -44,3 +44,7 @@ class WorkerStartError(ReportError, RuntimeError):
 
 class CapReached(ReportError):
     """A capped call (the first graph-mode compile) ran past its time cap."""
+
+
+class MemoryBudgetError(ReportError, MemoryError):
+    """A side of a run that the memory free here cannot hold, said before it is loaded."""

@@ -16,7 +16,7 @@ checked against torch_npu's own sources / documentation (Ascend/pytorch, torch_n
 ``__all__`` and the Ascend Extension for PyTorch API pages):
   torch.npu.device_count, synchronize, Event(enable_timing=True) + elapsed_time (ms),
   current_stream, memory_allocated, memory_reserved, max_memory_allocated, max_memory_reserved,
-  reset_peak_memory_stats, empty_cache, get_device_name, get_device_properties (fields name,
+  reset_peak_memory_stats, mem_get_info, empty_cache, get_device_name, get_device_properties (fields name,
   total_memory; cube_core_num / vector_core_num on recent releases, read with getattr),
   is_bf16_supported, torch.npu.matmul.allow_hf32 (default False), torch.npu.conv.allow_hf32
   (default True), torch_npu.npu.utils.get_cann_version(module="CANN") (CANN >= 8.1.RC1, "" below),

@@ -105,6 +105,14 @@ class Backend:
         out["peak_rss_since_reset"] = memory.vm_hwm()
         return out
 
+    def free_memory(self) -> memory.FreeMemory:
+        """What a new load can be given on the selected device now: the driver's free bytes
+        (mem_get_info) on an accelerator, the host's (memory.host_free) on the cpu."""
+        if self.api is None:
+            return memory.host_free()
+        free, _total = self.api.mem_get_info(self.sel.device)
+        return memory.FreeMemory(int(free), f"torch.{self.name}.mem_get_info({self.sel.device})")
+
     def reset_peak(self) -> None:
         """Restart peak tracking on every device of the placement, and the host VmHWM on Linux.
 

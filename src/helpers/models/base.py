@@ -140,6 +140,9 @@ class Recipe:
     # the speech tasks the tasks stage runs for it (helpers.tasks.<family>); "" = none
     task_family: str = ""
     graph_target: GraphTarget | None = None  # None: graph mode's speed-up is informational
+    # whether a CPU side can read its weights with accelerate's disk offload (REFERENCE_FIT=
+    # offload): from_pretrained with an offload folder, in _load_dir
+    disk_offload: bool = True
     title: str = ""
     components: tuple[Component, ...] = ()
     profiles: tuple[str, ...] = PROFILES
@@ -313,7 +316,9 @@ class Recipe:
              model_dir: str | Path = "", seed: int = 0, device_map: str = "",
              backend: Backend | None = None) -> LoadedModel:
         """Build (tiny, full-shape: random weights under `seed`) or read (real: `model_dir`) the
-        model onto `device` in `dtype`; device_map "auto" spreads it over the visible devices.
+        model onto `device` in `dtype`; device_map "auto" spreads it over the visible devices,
+        "offload" (a CPU side, REFERENCE_FIT=offload) keeps the LM's modules past the free
+        host memory on disk (placement.plan_offload).
 
         timings: config_init_s (configs, placement plan; for full-shape also the random init
         on the device), tokenizer_s, weights_read_s (from_pretrained onto the host, or straight
@@ -359,6 +364,14 @@ class Recipe:
               device_map: str, notes: list[str]) -> dict[str, dict[str, str]]:
         if not device_map:
             return placement.single(skel, device)
+        if device_map == placement.OFFLOAD:
+            from helpers.models import footprint
+
+            maps = placement.plan_offload(skel, dtype, footprint.offload_room(skel, dtype))
+            disk = [k for k, d in maps.get("lm", {}).items() if d == "disk"]
+            notes.append(f"disk offload: {len(disk)} of the LM's modules read from "
+                         f"{placement.offload_dir()} at every forward (accelerate)")
+            return maps
         maps = placement.plan_auto(skel, dtype, device.type)
         used = placement.devices_of(maps)
         if used == ["cpu"]:
@@ -381,10 +394,14 @@ class Recipe:
         modules: dict[str, nn.Module] = {}
         with be.timer() as t:
             for name in configs:
+                where = maps[name] if device_map else None
+                extra = {}
+                if device_map == placement.OFFLOAD:  # only a map that reaches the disk is given
+                    where = where if "disk" in where.values() else None
+                    extra = {"offload_folder": str(placement.offload_dir())} if where else {}
                 modules[name] = weights.read(
                     self.loader(name), self.component_dir(root, name), f"{self.name} {name}",
-                    configs[name], dtype, maps[name] if device_map else None,
-                    **self.read_kwargs(name))
+                    configs[name], dtype, where, **self.read_kwargs(name), **extra)
         timings["weights_read_s"] = t.seconds
         left = [n for n in self.component_names() if n not in configs]
         if left:
@@ -396,13 +413,17 @@ class Recipe:
                 for m in modules.values():
                     m.to(device)
             timings["to_device_s"] = t.seconds
-        else:
+        elif device_map != placement.OFFLOAD:
             notes.append("DEVICE_MAP=auto: weights go straight to their planned devices while "
                          "read, so to_device_s is 0")
         return modules, tok, maps
 
     def _load_random(self, seed: int, device: torch.device, dtype: torch.dtype, device_map: str,
                      be: Backend, timings: dict[str, float], notes: list[str]) -> tuple[Any, Any, Any]:
+        if device_map == placement.OFFLOAD:
+            raise ModelLoadError(f"{self.name}: disk offload reads weights from a folder; the "
+                                 "full-shape profile makes them whole in host memory",
+                                 "use the tiny or the real profile (MODEL_DIR)")
         with be.timer() as t:
             configs = self.configs("full-shape")
             skel = self.skeletons(configs, dtype)

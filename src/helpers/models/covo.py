@@ -99,6 +99,7 @@ class CovoRecipe(Recipe):
     )
     audio_parts = ("vocoder",)
     builtin_only = ("vocoder",)
+    disk_offload = False  # the release's shards are read by its own loader (load_shards)
     task_family = "covo-audio-chat"
     model_types = (cm.MODEL_TYPE,)
     fixture = FIXTURE  # the clip its example inputs are made from

@@ -10,12 +10,18 @@ map (or used to materialize random weights), so the recorded placement is exactl
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from helpers import paths
 from helpers.models.weights import ModelLoadError
+
+OFFLOAD = "offload"  # the device_map of a CPU side whose weights partly stay on disk
+OFFLOAD_ENV = "HELPERS_OFFLOAD_DIR"  # where disk-offloaded weights go (default .cache/offload)
 
 CPU_ONLY_NOTE = (
     "DEVICE_MAP=auto without an accelerator (none visible, or DEVICE=cpu): accelerate placed "
@@ -54,6 +60,32 @@ def plan_auto(components: dict[str, nn.Module], dtype: torch.dtype,
             "smaller DTYPE"
         )
     return split(plan, list(components), kind)
+
+
+def plan_offload(components: dict[str, nn.Module], dtype: torch.dtype,
+                 room: int) -> dict[str, dict[str, str]]:
+    """A CPU side that does not fit: the decoder LM's modules on the cpu up to `room` bytes of
+    weights (less the other components, kept whole there), the rest on "disk", where
+    accelerate reads each from the offload folder at every forward."""
+    from accelerate.utils import infer_auto_device_map
+
+    if "lm" not in components:
+        raise ModelLoadError("disk offload splits the decoder LM (component lm); this model "
+                             "has none", "run the reference where it fits (REFERENCE=<run>)")
+    size = torch.finfo(dtype).bits // 8
+    others = sum(p.numel() * size for name, m in components.items() if name != "lm"
+                 for p in m.parameters())
+    lm = components["lm"]
+    plan = infer_auto_device_map(lm, max_memory={"cpu": max(room - others, 0)}, dtype=dtype,
+                                 no_split_module_classes=getattr(lm, "_no_split_modules", None))
+    maps = single(components, torch.device("cpu"))
+    maps["lm"] = {key: device_name(dev, "cpu") for key, dev in plan.items()}
+    return maps
+
+
+def offload_dir() -> Path:
+    """The folder accelerate's disk offload writes weights to (HELPERS_OFFLOAD_DIR overrides)."""
+    return Path(os.environ.get(OFFLOAD_ENV) or paths.ROOT / ".cache" / "offload")
 
 
 def split(plan: dict[str, Any], names: list[str], kind: str) -> dict[str, dict[str, str]]:

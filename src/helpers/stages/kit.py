@@ -27,6 +27,8 @@ import torch
 from helpers import device as devices
 from helpers import models, paths
 from helpers.config import RunConfig
+from helpers.errors import MemoryBudgetError
+from helpers.models import footprint, placement
 from helpers.profiling import Profile, cpu_seconds
 from helpers.records import (
     Check,
@@ -39,6 +41,7 @@ from helpers.records import (
 
 if TYPE_CHECKING:
     from helpers.models.base import LoadedModel
+    from helpers.models.footprint import Estimate
 
 SAVED_DPI = 120  # figures/*.png, for reuse in write-ups
 LAB_ENV = "HELPERS_LAB_DIR"  # where notebooks run on their own write (default report/lab)
@@ -273,7 +276,7 @@ class Side:
 
     @property
     def label(self) -> str:
-        spread = " (device_map auto)" if self.device_map else ""
+        spread = {"": "", OFFLOAD: " (disk offload)"}.get(self.device_map, " (device_map auto)")
         return f"{self.device} {self.dtype_name}{spread}"
 
     @cached_property
@@ -308,6 +311,7 @@ class SavedSide(Side):
 
 
 CPU = torch.device("cpu")
+OFFLOAD = placement.OFFLOAD  # a CPU side's device_map: weights past the free memory on disk
 
 
 def reference_side(dtype: torch.dtype = torch.float32, role: str = "reference") -> Side:
@@ -360,7 +364,9 @@ def target(cfg: RunConfig) -> Target:
 
 def load(cfg: RunConfig, side: Side, backend: devices.Backend | None = None) -> LoadedModel:
     """The recipe's model for one side, in eval mode: the target as configured, a CPU side
-    whole on the CPU."""
+    whole on the CPU (or with disk offload). A side the free memory cannot hold is refused
+    before anything is loaded (MemoryBudgetError with the figures and the ways out)."""
+    admit(cfg, side, backend)
     args = {**cfg.recipe_args(), "device_map": side.device_map}  # a CPU side: whole on the CPU
     with timed(f"load {side.role} ({side.label})"):
         loaded = models.get(cfg.model).load(side.device, side.dtype, **args,
@@ -375,3 +381,85 @@ def load(cfg: RunConfig, side: Side, backend: devices.Backend | None = None) -> 
                             if planted else f"FAULT {cfg.fault}: this model has no "
                             f"{faults.get(cfg.fault).needs}, nothing planted")
     return loaded
+
+
+# ---- will it fit? ---------------------------------------------------------------------------
+
+
+def estimate(cfg: RunConfig, side: Side, backend: devices.Backend | None = None) -> Estimate:
+    """What `side` needs on the host, its device (and the disk, offloaded) against what is free
+    there now; nothing is loaded (helpers.models.footprint)."""
+    from helpers.device import memory
+
+    free = {"host": memory.host_free()}
+    if side.device.type != "cpu" and not side.device_map:  # a spread map: accelerate plans it
+        free["device"] = (backend or side.backend).free_memory()
+    if side.device_map == OFFLOAD:
+        free["disk"] = memory.disk_free(placement.offload_dir())
+    return footprint.estimate(models.get(cfg.model), cfg.profile, side.role, str(side.device),
+                              side.dtype_name, model_dir=cfg.model_dir, seed=cfg.seed,
+                              offload=side.device_map == OFFLOAD, free=free)
+
+
+def admit(cfg: RunConfig, side: Side, backend: devices.Backend | None = None) -> Estimate:
+    """The side's estimate when it fits; MemoryBudgetError (figures, ways out) when it does not."""
+    est = estimate(cfg, side, backend)
+    if not est.fits:
+        raise _refusal(cfg, side, est)
+    return est
+
+
+def _refusal(cfg: RunConfig, side: Side, est: Estimate) -> MemoryBudgetError:
+    """The figures of a side that does not fit, and the ways out with theirs."""
+    ways = {k: estimate(cfg, v) for k, v in _alternatives(cfg, side).items()}
+    return MemoryBudgetError(footprint.refusal(est),
+                             footprint.ways_out(side.role, cfg.reference_fit, cfg.profile, ways))
+
+
+def fitted(cfg: RunConfig, side: Side) -> Side:
+    """The CPU side a stage should load: `side` when it fits, else the way out REFERENCE_FIT
+    names (offload: disk offload; bfloat16: the reference in bfloat16) when that fits, else
+    MemoryBudgetError before anything is loaded."""
+    est = estimate(cfg, side)
+    if est.fits:
+        return side
+    way = _alternatives(cfg, side).get(cfg.reference_fit)
+    if way is not None and estimate(cfg, way).fits:
+        return way
+    admit(cfg, side)  # raises: neither the side nor the chosen way out fits
+    return side
+
+
+def fit_notes(side: Side) -> list[str]:
+    """What the report says of a CPU side that took a way out of REFERENCE_FIT."""
+    if side.device_map == OFFLOAD:
+        return [footprint.OFFLOAD_NOTE]
+    if side.role == "reference" and side.dtype == torch.bfloat16:
+        return [footprint.BFLOAT16_COST]
+    return []
+
+
+def _alternatives(cfg: RunConfig, side: Side) -> dict[str, Side]:
+    """The ways out REFERENCE_FIT can take for this side (none for the target)."""
+    if side.role == "target" or side.device.type != "cpu":
+        return {}
+    out = {}
+    if cfg.profile != "full-shape" and models.get(cfg.model).disk_offload:
+        out["offload"] = Side(side.role, side.device, side.dtype, OFFLOAD)
+    if side.role == "reference" and side.dtype != torch.bfloat16:
+        out["bfloat16"] = Side(side.role, side.device, torch.bfloat16, side.device_map)
+    return out
+
+
+def fit_report(cfg: RunConfig) -> str:
+    """Every side a full run loads (target, CPU reference, float64 golden, CPU baseline in the
+    target's dtype), estimated against the memory free now: `make fit`, before a run."""
+    tgt = target(cfg)
+    sides = [tgt.side, reference_side(), reference_side(torch.float64, "golden")]
+    if tgt.dtype != torch.float32:
+        sides.append(reference_side(tgt.dtype, "baseline"))
+    out = []
+    for side in sides:
+        est = estimate(cfg, side, tgt.backend if side.role == "target" else None)
+        out.append(est.text() if est.fits else str(_refusal(cfg, side, est)))
+    return "\n".join(out)

@@ -265,14 +265,18 @@ def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Resolved | 
     if fam == "gpa":
         s.notes.extend(spoken_note(clips))
     store = stage_store(tgt, clips, s, run_dir) if run_dir else None
-    ref = (store and store.reused("reference")) or run_side(
-        cfg, reference_side(REFERENCE_DTYPE), clips, s)
+    ref = store.reused("reference") if store is not None else None
+    if ref is None:  # computed here: refused before any load when it cannot be held
+        ref_side = kit.fitted(cfg, reference_side(REFERENCE_DTYPE))
+        s.notes.extend(kit.fit_notes(ref_side))
+        ref = run_side(cfg, ref_side, clips, s)
     dev = run_side(cfg, tgt.side, clips, s, leader=ref)
     if store is not None:
         store.weights = ref.weights
         for side in (ref, dev):
             store.keep(side)
-        store.fill_cache([ref])
+        if ref.side.dtype == REFERENCE_DTYPE:  # a lower-precision way out is never cached
+            store.fill_cache([ref])
         s.notes.insert(0, f"The {store.note}.")
     return TaskRuns(recipe.name, cfg.profile, TASKS[fam], clips, s, dev, ref, tgt.reason,
                     seed=cfg.seed, store=store)

@@ -10,7 +10,7 @@ import torch
 
 from helpers.errors import ConfigError
 from helpers.models.base import prompts
-from helpers.stages.kit import CPU, Side, Target, reference_side
+from helpers.stages.kit import CPU, Side, Target, fit_notes, fitted, reference_side
 
 REFERENCE_DTYPES = ("float32", "float64")
 # component_dtype knob: "run" = every audio component in the run's DTYPE; "upstream" = each as
@@ -84,6 +84,7 @@ class Plan:
         if self.same_config:
             lines.append("Target and reference are the same configuration: every difference "
                          "must be exactly zero.")
+        lines.extend(fit_notes(r))
         if self.baseline_side is not None:
             lines.append(f"Baseline: the CPU in {t.dtype_name}, fed the same inputs, so the "
                          f"target's error is held to what {t.dtype_name} itself costs.")
@@ -123,7 +124,8 @@ def plan(tgt: Target, reference_dtype: str = "float32", golden: str = "auto",
         raise ConfigError(f"accuracy_parity.component_dtype is {component_dtype!r}",
                           f"use one of {', '.join(COMPONENT_DTYPES)}")
     langs = _languages(languages)
-    reference = reference_side(getattr(torch, reference_dtype))
+    # the reference the memory free here can hold (REFERENCE_FIT), refused before any load
+    reference = fitted(tgt.cfg, reference_side(getattr(torch, reference_dtype)))
     n = new_tokens or NEW_TOKENS_AUTO.get(tgt.cfg.profile, NEW_TOKENS_DEFAULT)
     return Plan(tgt.side, reference, golden, tgt.reason, n, langs, tgt.cfg.model, tf32,
                 _fixtures(fixtures), component_dtype, tgt.cfg.profile)
