@@ -307,8 +307,22 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
         cfg = dataclasses.replace(cfg, knobs=cfg.knobs.resolve(stages, specs, RunConfig.field_names()))
     preflight(cfg)
     run_dir = rundir.new_run_dir(cfg)
+    manifest: dict[str, Any] = {"run_id": run_dir.name, "status": "running"}
+    try:  # from here an interrupt marks the folder, wherever it lands
+        return _start(cfg, specs, run_dir, manifest, notebooks_dir, figures_dir, pdf)
+    except KeyboardInterrupt:
+        moved = rundir.mark_interrupted(run_dir, manifest)
+        _print(f"\ninterrupted: {moved} is marked so (run.json status \"interrupted\"); "
+               "report/latest and figures/ still show the last finished run; "
+               "`make clean-interrupted` removes such folders")
+        raise
+
+
+def _start(cfg: RunConfig, specs: list[StageSpec], run_dir: Path, manifest: dict[str, Any],
+           notebooks_dir: Path, figures_dir: Path | None, pdf: bool) -> RunOutcome:
+    """Write the run manifest (into `manifest`, kept by the caller) and run."""
     chromium = find_chromium() if pdf else None
-    manifest = {
+    manifest.update({
         "run_id": run_dir.name, "config": cfg.to_params(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git_state(),
         "stages": [{"number": s.number, "name": s.name, "notebook": s.path.name,
@@ -317,17 +331,10 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
         "pdf_renderer": chromium or None,
         "pdf_missing_reason": None if chromium else missing_chromium_reason(pdf),
         "status": "running", "pid": os.getpid(), "host": socket.gethostname(),
-    }
+    })
     write_json(run_dir / "run.json", manifest)
     _print(f"run {run_dir.name}: {len(specs)} stage(s) -> {run_dir}")
-    try:
-        return _run(cfg, specs, run_dir, manifest, notebooks_dir, figures_dir, chromium, pdf)
-    except KeyboardInterrupt:
-        moved = rundir.mark_interrupted(run_dir, manifest)
-        _print(f"\ninterrupted: {moved} is marked so (run.json status \"interrupted\"); "
-               "report/latest and figures/ still show the last finished run; "
-               "`make clean-interrupted` removes such folders")
-        raise
+    return _run(cfg, specs, run_dir, manifest, notebooks_dir, figures_dir, chromium, pdf)
 
 
 def preflight(cfg: RunConfig) -> None:

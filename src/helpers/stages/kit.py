@@ -419,8 +419,12 @@ def _refusal(cfg: RunConfig, side: Side, est: Estimate) -> MemoryBudgetError:
 def fitted(cfg: RunConfig, side: Side) -> Side:
     """The CPU side a stage should load: `side` when it fits, else the way out REFERENCE_FIT
     names (offload: disk offload; bfloat16: the reference in bfloat16) when that fits, else
-    MemoryBudgetError before anything is loaded."""
-    est = estimate(cfg, side)
+    MemoryBudgetError before anything is loaded. A side whose configs cannot be read (a
+    MODEL_DIR that is missing or broken) is returned as it is: its load fails, as a row."""
+    try:
+        est = estimate(cfg, side)
+    except Exception:  # noqa: BLE001 - the load names what is wrong with the folder
+        return side
     if est.fits:
         return side
     way = _alternatives(cfg, side).get(cfg.reference_fit)
