@@ -190,3 +190,11 @@ def cache_keyword(forward: Any) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def disk_offload_supported(versions: dict[str, str] | None = None) -> bool:
+    """Whether REFERENCE_FIT=offload can load here: accelerate's disk offload of a Qwen LM with
+    tied embeddings loads under transformers 5 only (4.57.6 opens the offloaded safetensors on a
+    device named "disk" and misses the tied lm_head in the offload index)."""
+    have = (versions or installed()).get("transformers") or "0"
+    return release(have)[:1] >= (5,)

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
+from helpers import compat, models, paths
 from helpers import device as devices
-from helpers import models, paths
 from helpers.config import RunConfig
 from helpers.errors import MemoryBudgetError
 from helpers.models import footprint, placement
@@ -448,7 +448,8 @@ def _alternatives(cfg: RunConfig, side: Side) -> dict[str, Side]:
     if side.role == "target" or side.device.type != "cpu":
         return {}
     out = {}
-    if cfg.profile != "full-shape" and models.get(cfg.model).disk_offload:
+    if (cfg.profile != "full-shape" and models.get(cfg.model).disk_offload
+            and compat.disk_offload_supported()):
         out["offload"] = Side(side.role, side.device, side.dtype, OFFLOAD)
     if side.role == "reference" and side.dtype != torch.bfloat16:
         out["bfloat16"] = Side(side.role, side.device, torch.bfloat16, side.device_map)
