@@ -190,7 +190,9 @@ def test_an_interrupted_run_is_marked_and_can_be_pruned(tmp_path):
     started = tmp_path / "cell-started"
     _notebook(nbs, "01_slow.ipynb",
               f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(60)")
-    code = ("import sys; from pathlib import Path; from helpers.config import RunConfig; "
+    # a shell's background job inherits SIGINT ignored: the run restores Python's default first
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "import sys; from pathlib import Path; from helpers.config import RunConfig; "
             "from helpers.runner.pipeline import run_pipeline; "
             f"run_pipeline(RunConfig.from_params(out={str(out)!r}), "
             f"notebooks_dir=Path({str(nbs)!r}), figures_dir=None, pdf=False)")
