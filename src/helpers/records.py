@@ -213,3 +213,15 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, StageResult
     ordered = {n: found[n] for n in order if n in found}
     ordered.update({n: r for n, r in found.items() if n not in ordered})
     return manifest, ordered
+
+
+def metric_at(results: dict[str, Any], stage: str, path: str) -> Any:
+    """A value of results/<stage>.json's metrics (`results`: stage -> StageResult) by its
+    '/'-separated path; None if absent."""
+    res = results.get(stage)
+    value: Any = res.metrics if res else None
+    for key in path.split("/"):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.errors import ConfigError
-from helpers.records import StageResult, load_run, read_json
+from helpers.records import StageResult, load_run, metric_at, read_json
 from helpers.saved import SavedRun
 from helpers.saved import open_run as open_saved
 
@@ -38,13 +38,7 @@ class RunFolder:
 
     def metric(self, stage: str, path: str) -> Any:
         """A value of results/<stage>.json's metrics by its '/'-separated path; None if absent."""
-        res = self.results.get(stage)
-        value: Any = res.metrics if res else None
-        for key in path.split("/"):
-            if not isinstance(value, dict) or key not in value:
-                return None
-            value = value[key]
-        return value
+        return metric_at(self.results, stage, path)
 
     @property
     def device(self) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from helpers import i18n
-from helpers.records import VERDICTS, Check, StageResult, load_run, write_json
+from helpers.records import VERDICTS, Check, StageResult, load_run, metric_at, write_json
 from helpers.stages.kit import lab_dir
 from helpers.tables import show_value, table, verdict_style
 
@@ -216,13 +216,7 @@ def _from_check(run: Run, pattern: str, stage: str = "") -> Figure | None:
 
 
 def _metric(run: Run, stage: str, path: str) -> Any:
-    res = run.results.get(stage)
-    value: Any = res.metrics if res else None
-    for key in path.split("/"):
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
+    return metric_at(run.results, stage, path)
 
 
 def _from_metric(run: Run, stage: str, path: str, unit: str = "") -> Figure | None:
