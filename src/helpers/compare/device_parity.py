@@ -26,7 +26,7 @@ from helpers.compare.sections import Table
 from helpers.records import Check
 from helpers.stages import accuracy_parity as ap
 from helpers.stages import tasks as st6
-from helpers.stages.accuracy_parity.sides import RECIPE_INPUTS, FixtureClip
+from helpers.stages.accuracy_parity.sides import FixtureClip, prompt_rows, subset
 from helpers.tables import checks_frame
 
 NO_OUTPUTS = "runs hold no saved outputs"
@@ -45,19 +45,7 @@ def _placeholder(runs: list[RunFolder], why: str) -> Table:
 
 def _prompt_rows(run: RunFolder, keys: list[str]) -> list[int]:
     """The rows (prompt order of that run's stage 4) of the prompt inputs named by `keys`."""
-    mine = [k for k in run.saved.index["stages"][saved.PARITY]["inputs"] if k.startswith("prompt:")]
-    return [mine.index(k) for k in keys]
-
-
-def _subset(side: ap.SideRun, rows: list[int], fixtures: list[str], role: str) -> ap.SideRun:
-    """The side on the shared prompts and fixtures only, playing `role`."""
-    pick = {name: [getattr(side, name)[i] for i in rows]
-            for name in ("logits", "hidden", "steps", "texts") if getattr(side, name)}
-    tokens = side.tokens[rows] if side.tokens is not None else None
-    components = {c: {k: v for k, v in by.items() if k in fixtures or k == RECIPE_INPUTS}
-                  for c, by in side.components.items()}
-    return dataclasses.replace(side, side=dataclasses.replace(side.side, role=role),
-                               tokens=tokens, components=components, **pick)
+    return prompt_rows(list(run.saved.index["stages"][saved.PARITY]["inputs"]), keys)
 
 
 def _same_reference_ids(a: RunFolder, b: RunFolder, rows_a: list[int], rows_b: list[int]) -> bool:
@@ -80,8 +68,8 @@ def pair_runs(a: RunFolder, b: RunFolder) -> tuple[ap.Runs, list[str]]:
     keys = [k for k in shared if k.startswith("prompt:")]
     fixtures = [k.split(":", 1)[1] for k in shared if k.startswith("fixture:")]
     rows_r, rows_t = _prompt_rows(ref_run, keys), _prompt_rows(tgt_run, keys)
-    ref = _subset(saved.side_run(ref_run.saved, "target"), rows_r, fixtures, "reference")
-    tgt = _subset(saved.side_run(tgt_run.saved, "target"), rows_t, fixtures, "target")
+    ref = subset(saved.side_run(ref_run.saved, "target"), rows_r, fixtures, "reference")
+    tgt = subset(saved.side_run(tgt_run.saved, "target"), rows_t, fixtures, "target")
     settings = ref_run.saved.settings(saved.PARITY)
     notes = [f"Reference side: the target of {ref_run.side}; target side: the target of "
              f"{tgt_run.side}; {len(keys)} shared prompts."]
@@ -91,7 +79,7 @@ def pair_runs(a: RunFolder, b: RunFolder) -> tuple[ap.Runs, list[str]]:
                      "teacher-forced step logits are not compared.")
     golden = None
     if all("golden" in r.saved.roles(saved.PARITY) for r in (ref_run, tgt_run)):
-        golden = _subset(saved.side_run(ref_run.saved, "golden"), rows_r, fixtures, "golden")
+        golden = subset(saved.side_run(ref_run.saved, "golden"), rows_r, fixtures, "golden")
     plan = ap.Plan(tgt.side, ref.side, "on" if golden else "off", "saved outputs",
                    int(settings.get("new_tokens", 0)), tuple(settings.get("languages", ())),
                    model=str(settings.get("model", "")), fixtures=tuple(fixtures),

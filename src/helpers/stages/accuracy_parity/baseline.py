@@ -6,7 +6,6 @@ share. A baseline of other weights, or sharing no prompt, is refused naming the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 
@@ -18,7 +17,7 @@ from helpers.stages.accuracy_parity.sections import (
     layers_section,
     logits_section,
 )
-from helpers.stages.accuracy_parity.sides import Runs, SideRun, side_run
+from helpers.stages.accuracy_parity.sides import Runs, SideRun, prompt_rows, side_run, subset
 from helpers.stages.kit import Section
 
 NAME = "baseline_run"
@@ -53,31 +52,16 @@ def baseline_section(runs: Runs, store: outputs.Store, folder: str) -> Section:
     return _merged(parts, _notes(folder, other, base, store, there, shared, why))
 
 
-def _pick(run: SideRun, rows: list[int], fixtures: set[str]) -> SideRun:
-    """The side on the prompts `rows` (indices) and the fixtures named, nothing else."""
-    def at(xs: list[Any]) -> list[Any]:
-        return [xs[i] for i in rows] if len(xs) else xs
-
-    return dataclasses.replace(
-        run, logits=at(run.logits), hidden=at(run.hidden), steps=at(run.steps),
-        texts=at(run.texts), tokens=None if run.tokens is None else run.tokens[rows],
-        components={c: {k: v for k, v in by.items() if k in fixtures or k == "recipe inputs"}
-                    for c, by in run.components.items()})
-
-
 def _shared_runs(runs: Runs, base: SideRun, here: list[str], there: list[str],
                  shared: list[str], mine: SideRun | None = None) -> Runs:
     """This run's target (or `mine`) as the target, and `base` of the baseline run as the
     reference, on the shared prompts and fixtures, in this run's order."""
-    prompts_here = [n for n in here if n.startswith("prompt:")]
-    prompts_there = [n for n in there if n.startswith("prompt:")]
-    names = [n for n in prompts_here if n in shared]
+    names = [n for n in here if n.startswith("prompt:") and n in shared]
     fixtures = {n.split(":", 1)[1] for n in shared if n.startswith("fixture:")}
-    tgt = _pick(mine or runs.target, [prompts_here.index(n) for n in names], fixtures)
-    ref = _pick(base, [prompts_there.index(n) for n in names], fixtures)
-    ref = dataclasses.replace(ref, side=dataclasses.replace(base.side, role="baseline run"))
+    tgt = subset(mine or runs.target, prompt_rows(here, names), fixtures)
+    ref = subset(base, prompt_rows(there, names), fixtures, role="baseline run")
     plan = dataclasses.replace(runs.plan, reference=ref.side, golden="off")
-    return Runs(plan, [runs.prompts[prompts_here.index(n)] for n in names], ref, tgt, None, "",
+    return Runs(plan, [runs.prompts[i] for i in prompt_rows(here, names)], ref, tgt, None, "",
                 [c for c in runs.clips if c.name in fixtures])
 
 

@@ -293,7 +293,7 @@ def _golden_row(name: str, t: torch.Tensor, r: torch.Tensor, gold: torch.Tensor,
     dtype = p.target.dtype_name
     judged = cmp.dtype == p.target.dtype
     tg, rg = parity.compare(t, gold, dtype), parity.compare(r, gold, dtype)
-    ratios = parity.error_ratios(t, r, gold, dtype)
+    ratios = parity.ratios_of(tg, rg)
     row = {"output": name, "comparator": cmp.role, "target_rel_l2_pct": 100 * tg.rel_l2,
            "reference_rel_l2_pct": 100 * rg.rel_l2, "comparator_rel_l2_pct": 100 * rg.rel_l2,
            "target_rmse": tg.rmse, "comparator_rmse": rg.rmse, "rmse_ratio": ratios["rmse"],

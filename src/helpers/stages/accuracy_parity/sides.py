@@ -9,6 +9,7 @@ fixture only (float64 of every component on every clip would dominate the stage'
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,6 +122,28 @@ class SideRun:
             if part in self.errors:
                 return f"{self.side.role} ({self.side.label}) {part}: {self.errors[part]}"
         return ""
+
+
+def prompt_rows(inputs: list[str], keys: list[str]) -> list[int]:
+    """The rows (a side's prompt order) of the prompt inputs `keys`, given the stage's input
+    names in order (helpers.outputs: "prompt:<lang>:<index>", then "fixture:<name>")."""
+    mine = [k for k in inputs if k.startswith("prompt:")]
+    return [mine.index(k) for k in keys]
+
+
+def subset(run: SideRun, rows: list[int], fixtures: set[str] | list[str],
+           role: str = "") -> SideRun:
+    """The side on the prompts `rows` (indices) and the fixtures named, nothing else (the
+    components' recipe inputs stay); playing `role` when one is given."""
+    def at(xs: list[Any]) -> list[Any]:
+        return [xs[i] for i in rows] if xs else xs
+
+    side = dataclasses.replace(run.side, role=role) if role else run.side
+    return dataclasses.replace(
+        run, side=side, logits=at(run.logits), hidden=at(run.hidden), steps=at(run.steps),
+        texts=at(run.texts), tokens=None if run.tokens is None else run.tokens[rows],
+        components={c: {k: v for k, v in by.items() if k in fixtures or k == RECIPE_INPUTS}
+                    for c, by in run.components.items()})
 
 
 def _host(x: torch.Tensor, side: Side) -> torch.Tensor:
