@@ -3,7 +3,10 @@ the next one is prestarted and warmed up, none is left behind, no TCP warning, n
 
 import io
 import json
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import nbformat
@@ -176,3 +179,84 @@ def test_warm_up_imports_what_the_notebook_imports_and_the_model_machinery_where
     assert "helpers.stages.performance" in perf and perf[-1] == "transformers.modeling_utils"
     assert not any(m.endswith((".Stage", ".target", ".RunConfig")) for m in perf)  # names, not modules
     assert kernels.warmup_for(paths.NOTEBOOKS / "no_such.ipynb") == kernels.WARMUP_MODULES
+
+
+def _wait_gone(pid: int, seconds: float = 10.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_pool_with_preload_forks_its_kernels_from_a_server_that_made_the_imports(tmp_path):
+    with kernels.KernelPool(warmup=(), preload=("colorsys", "ipykernel.kernelapp")) as pool:
+        pool.prestart(tmp_path)
+        km = pool.take(tmp_path)
+        try:
+            launcher = km.provisioner.process.pid
+            pid, parent, warm, cwd = _run(km, "import os, sys; print(os.getpid(), os.getppid(), "
+                                              "'colorsys' in sys.modules, os.getcwd())").split()
+            # forked by the server (not the launcher jupyter_client started), imports made
+            assert int(parent) == pool.server.process.pid and int(pid) != launcher
+            assert warm == "True" and cwd == str(tmp_path.resolve())
+
+            # an interrupt reaches the forked kernel through its launcher
+            kc = BlockingKernelClient(**km.get_connection_info(session=True))
+            kc.start_channels()
+            try:
+                kc.wait_for_ready(timeout=30)
+                msg_id = kc.execute("import time; time.sleep(120)")
+                time.sleep(1.0)
+                km.interrupt_kernel()
+                reply = kc.get_shell_msg(timeout=20)
+                assert reply["parent_header"]["msg_id"] == msg_id
+                assert reply["content"]["ename"] == "KeyboardInterrupt"
+            finally:
+                kc.stop_channels()
+        finally:
+            kernels.shutdown(km)
+        assert _wait_gone(int(pid)) and not km.is_alive()
+
+        # a launcher killed outright takes its kernel with it
+        pool.prestart(tmp_path)
+        km = pool.take(tmp_path)
+        pid = int(_run(km, "import os; print(os.getpid())"))
+        os.kill(km.provisioner.process.pid, signal.SIGKILL)
+        assert _wait_gone(pid)
+        kernels.shutdown(km, now=True)
+
+        # a kernel that dies mid-cell is seen dead, with its exit status
+        pool.prestart(tmp_path)
+        km = pool.take(tmp_path)
+        kc = BlockingKernelClient(**km.get_connection_info(session=True))
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=30)
+            kc.execute("import os; os._exit(3)")
+            end = time.monotonic() + 10
+            while km.is_alive() and time.monotonic() < end:
+                time.sleep(0.05)
+        finally:
+            kc.stop_channels()
+        assert not km.is_alive() and km.provisioner.process.returncode == 3
+        kernels.shutdown(km, now=True)
+        server = pool.server.process
+    assert server.poll() is not None  # the pool stopped its server
+    assert _kernel_children() == []
+
+
+def test_a_launcher_without_a_server_starts_the_plain_kernel(tmp_path):
+    dead = tmp_path / "not-a-socket"
+    dead.write_text("")
+    km = kernels.start_kernel(tmp_path, tmp_path / "k", warmup=(), fork_socket=dead)
+    try:
+        # the launcher became the kernel (exec): the process jupyter_client started answers
+        assert _run(km, "import os; print(os.getpid())") == str(km.provisioner.process.pid)
+    finally:
+        kernels.shutdown(km)
+    assert not km.is_alive()

@@ -24,6 +24,8 @@ from jupyter_client import KernelManager
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_core.utils import ensure_event_loop
 
+from helpers.runner import forkserver
+
 KERNEL_NAME = "python3"  # the kernelspec `make setup` installs into the venv
 # Imported in a prestarted kernel before its notebook runs, in this order. One that fails is
 # skipped: the notebook then imports it itself and shows the error where it belongs.
@@ -63,6 +65,13 @@ class StageKernelManager(KernelManager):
         self.start_seconds: float | None = None  # start until the kernel answered
         self.warmup_seconds: float | None = None  # the warm-up imports; None when not warmed
         self.shutdown_thread: threading.Thread | None = None  # shutdown(wait=False)
+        self.fork_socket: Path | None = None  # launch through this fork server (forkserver)
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        cmd = super().format_kernel_cmd(extra_arguments)
+        if self.fork_socket is not None and self.fork_socket.exists():
+            return forkserver.launcher_cmd(self.fork_socket, cmd)
+        return cmd
 
     def client(self, **kwargs: Any) -> Any:
         kc = super().client(**kwargs)
@@ -93,6 +102,24 @@ def warmup_for(notebook: Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*WARMUP_MODULES, *found, *(MODEL_MACHINERY if loads else ())]))
 
 
+def preload_for(notebooks: Sequence[Path]) -> tuple[str, ...]:
+    """What a fork server imports for these notebooks' kernels: each one's warm-up modules,
+    the model machinery, and the kernel's own (ipykernel)."""
+    found = [m for nb in notebooks for m in warmup_for(nb)]
+    return tuple(dict.fromkeys([*found, *MODEL_MACHINERY, "ipykernel.kernelapp"]))
+
+
+def _python_flags() -> list[str]:
+    """The interpreter flags of the kernel spec (those before `-m`), for the fork server."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    try:
+        argv = KernelSpecManager().get_kernel_spec(KERNEL_NAME).argv
+        return argv[1:argv.index("-m")]
+    except Exception:
+        return []
+
+
 def _is_helpers_module(name: str) -> bool:
     """Whether `name` is a module of this package (`from helpers.stages import tasks`), found
     by its file: the runner imports no stage module."""
@@ -104,15 +131,17 @@ def _is_helpers_module(name: str) -> bool:
                                   or (path / "__init__.py").is_file())
 
 
-def start_kernel(cwd: Path, ipc_prefix: Path,
-                 warmup: Sequence[str] | None = None) -> StageKernelManager:
+def start_kernel(cwd: Path, ipc_prefix: Path, warmup: Sequence[str] | None = None,
+                 fork_socket: Path | None = None) -> StageKernelManager:
     """Start a kernel in `cwd` over IPC (sockets `<ipc_prefix>-N`, connection file
     `<ipc_prefix>.json`), wait until it answers, then import `warmup` (default
-    WARMUP_MODULES; empty: none) in it."""
+    WARMUP_MODULES; empty: none) in it. With `fork_socket` (a ready fork server's), the kernel
+    is forked by that server, its imports already made."""
     warmup = WARMUP_MODULES if warmup is None else warmup
     km = StageKernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=str(ipc_prefix),
                             connection_file=f"{ipc_prefix}.json")
     km.cwd = Path(cwd).resolve()
+    km.fork_socket = fork_socket
     t0 = time.perf_counter()
     try:
         km.start_kernel(cwd=str(km.cwd))
@@ -198,8 +227,9 @@ def _close_thread_loop() -> None:
 class _Pending:
     """A kernel being started (and warmed up) in a background thread."""
 
-    def __init__(self, cwd: Path) -> None:
+    def __init__(self, cwd: Path, server: forkserver.Server | None = None) -> None:
         self.cwd = cwd
+        self.server = server
         self.km: StageKernelManager | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"kernel-prestart {cwd}",
@@ -214,7 +244,8 @@ class _Pending:
     def _run(self) -> None:
         assert self._prefix is not None
         try:
-            self.km = start_kernel(self.cwd, self._prefix, self._warmup)
+            sock = self.server.wait_ready() if self.server is not None else None
+            self.km = start_kernel(self.cwd, self._prefix, self._warmup, sock)
         except BaseException as exc:  # take() starts one on the spot and reports its error
             self.error = exc
         finally:
@@ -232,7 +263,7 @@ class KernelPool:
     run, KeyboardInterrupt included.
     """
 
-    def __init__(self, warmup: Sequence[str] | None = None) -> None:
+    def __init__(self, warmup: Sequence[str] | None = None, preload: Sequence[str] = ()) -> None:
         self.warmup = tuple(WARMUP_MODULES if warmup is None else warmup)
         base = Path(tempfile.gettempdir())
         if len(str(base)) > _MAX_PREFIX - 30:
@@ -242,6 +273,9 @@ class KernelPool:
         self._pending: _Pending | None = None
         self._taken: list[StageKernelManager] = []
         self._closed = False
+        # with `preload`: prestarted kernels are forked by a server that made these imports
+        self.server = (forkserver.Server(self._dir / "fork", preload, _python_flags())
+                        if preload else None)
 
     def _prefix(self) -> Path:
         self._count += 1
@@ -253,7 +287,7 @@ class KernelPool:
         if self._closed:
             raise RuntimeError("the kernel pool is closed")
         self._drop_pending()
-        self._pending = _Pending(Path(cwd).resolve())
+        self._pending = _Pending(Path(cwd).resolve(), self.server)
         self._pending.start(self._prefix(), self.warmup if warmup is None else tuple(warmup))
 
     def take(self, cwd: Path) -> StageKernelManager:
@@ -290,6 +324,8 @@ class KernelPool:
             for km in self._taken:  # normally shut down already by whoever took it
                 shutdown(km, now=True)  # waits for a shutdown under way
             self._taken.clear()
+            if self.server is not None:
+                self.server.close()
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> KernelPool:

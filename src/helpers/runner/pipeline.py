@@ -377,7 +377,7 @@ def _run(cfg: RunConfig, specs: list[StageSpec], run_dir: Path, manifest: dict[s
     # Each notebook runs in a fresh kernel, started in its own folder; the next notebook's
     # kernel starts (and imports the heavy modules) in the background while this one runs.
     notebooks = [s.path for s in specs] + [summary_nb] * summary_nb.is_file()
-    with kernels.KernelPool() as pool:
+    with kernels.KernelPool(preload=kernels.preload_for(notebooks[1:])) as pool:
         for i, spec in enumerate(specs, 1):
             progress = _Progress(f"[{i}/{len(specs)}] {spec.name}")
             progress.start()

@@ -1,0 +1,83 @@
+"""The command a stage kernel is launched with when a fork server runs (helpers.runner.forkserver).
+
+    python -I fork_launch.py SOCKET -- python ... -m ipykernel_launcher -f CONNECTION_FILE
+
+It stands where the kernel process would: it hands the kernel's command line, working
+directory, environment and standard streams to the fork server, which forks a kernel with the
+stages' imports already made; it then forwards every signal jupyter_client sends (interrupt,
+terminate) to that kernel and exits with the kernel's exit status. If it is killed, the server
+kills the kernel. Where no server answers, or the command is not an ipykernel one, it becomes
+the plain kernel command (exec), so a kernel always starts. Standard library only, run with
+-I: it must start in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+
+CONNECT_TIMEOUT = 10.0  # seconds for the server to answer with the kernel's pid
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)
+
+
+def _kernel_args(cmd: list[str]) -> list[str]:
+    """The arguments after `-m ipykernel_launcher` (ValueError for any other command)."""
+    i = cmd.index("ipykernel_launcher")
+    if i == 0 or cmd[i - 1] != "-m":
+        raise ValueError("not an ipykernel command")
+    return cmd[i + 1:]
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("the fork server closed the connection")
+        data += chunk
+    return data
+
+
+def _request(path: str, args: list[str]) -> tuple[socket.socket, int]:
+    """Ask the server for a kernel; (the open connection, the kernel's pid)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(CONNECT_TIMEOUT)
+    sock.connect(path)
+    payload = json.dumps({"args": args, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    socket.send_fds(sock, [struct.pack("!Q", len(payload))], [0, 1, 2])
+    sock.sendall(payload)
+    (pid,) = struct.unpack("!q", _recv_exact(sock, 8))
+    if pid <= 0:
+        raise ConnectionError("the fork server could not fork")
+    sock.settimeout(None)
+    return sock, pid
+
+
+def main(argv: list[str]) -> None:
+    path, cmd = argv[1], argv[argv.index("--") + 1:]
+    try:
+        sock, pid = _request(path, _kernel_args(cmd))
+    except (OSError, ValueError):
+        os.execv(cmd[0], cmd)  # no server, or not a kernel it can fork: the plain command
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:  # it has just ended: its status follows
+            pass
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    try:
+        (code,) = struct.unpack("!q", _recv_exact(sock, 8))
+    except ConnectionError:
+        code = 1
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
