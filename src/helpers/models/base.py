@@ -546,7 +546,7 @@ def weight_digests(loaded: LoadedModel, dtypes: tuple[torch.dtype, ...],
             for name, param in module.named_parameters():  # a tied tensor once
                 t = param.detach().cpu()
                 t = t.to(dtype) if t.is_floating_point() else t
-                raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                raw = t.contiguous().reshape(-1).view(torch.uint8).numpy()  # no copy
                 table[f"{comp}.{name}"] = hashlib.sha256(raw).hexdigest()
         out[dtype_name(dtype)] = table
     return out
