@@ -224,6 +224,7 @@ def test_latency_bandwidth_and_sweeps(run):
     assert list(ps.table["prompt tokens"]) == [8, 32]
     rf = perf.roofline(run, bw, bs)
     assert [p["intensity FLOP/B"] for p in rf.metrics["points"]] == pytest.approx([1.0, 2.0])
+    assert "until one product takes >= 20 ms" in rf.notes[0] and "timed runs" in rf.notes[0]
     json.dumps([lat.metrics, bw.metrics, bs.metrics, ps.metrics, rf.metrics], default=str)
 
 

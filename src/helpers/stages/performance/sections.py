@@ -344,7 +344,9 @@ def roofline(run: Run, bw: Section, sweep: Section) -> Section:
     metrics = {"peak_flops": peak_flops, "matmul_n": n, "matmul": mm.to_dict(),
                "ridge_intensity": peak_flops / bps, "points": rows}
     return Section("roofline", pd.DataFrame(rows), metrics=metrics,
-                   notes=[f"compute roof: {n}x{n} matmul in {dtype_name(run.dtype)}"])
+                   notes=[f"compute roof: {n}x{n} matmul in {dtype_name(run.dtype)} (n doubled "
+                          f"from 256 until one product takes >= {MATMUL_RUN_S * 1e3:g} ms, at "
+                          f"most 8192); {mm.describe()}"])
 
 
 # ---- real-time factor of audio components ---------------------------------------------------
