@@ -77,6 +77,8 @@ def test_preset_thorough_restores_the_fixed_counts_and_an_explicit_knob_wins():
     assert quick.protocol().ci == 0.05 and quick.protocol().min_iters == 3
     p = thorough.protocol()
     assert (p.min_iters, p.min_seconds, p.max_seconds, p.max_warmup, p.ci) == (5, 0.5, 60.0, 10, 0.0)
+    assert p.settle == 0.05 and thorough.compare_protocol() == p  # comparison rows as the headline
+    assert quick.protocol().settle == 0 and quick.compare_protocol().min_iters == 2
     assert thorough.sweep_protocol().min_iters == 3
     assert Settings(preset="thorough", min_iters=7).protocol().min_iters == 7
     assert "preset=thorough" in quick.skipped() and "nothing skipped" in thorough.skipped()
@@ -222,6 +224,7 @@ def test_latency_bandwidth_and_sweeps(run):
     assert list(ps.table["prompt tokens"]) == [8, 32]
     rf = perf.roofline(run, bw, bs)
     assert [p["intensity FLOP/B"] for p in rf.metrics["points"]] == pytest.approx([1.0, 2.0])
+    assert "until one product takes >= 20 ms" in rf.notes[0] and "timed runs" in rf.notes[0]
     json.dumps([lat.metrics, bw.metrics, bs.metrics, ps.metrics, rf.metrics], default=str)
 
 

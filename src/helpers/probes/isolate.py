@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -54,6 +55,16 @@ def _worker_main(conn: Any, request: str, log_path: str, threads: int) -> None:
         conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
     conn.send(("ready", ctx.info()))
+    _serve(conn, ctx)
+    # exit at once: tearing down an interpreter that holds torch and a model takes seconds,
+    # which the parent would wait for; Python's own output buffers are flushed to the log first
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _serve(conn: Any, ctx: Any) -> None:
+    """Run the tasks sent over `conn` until None or a closed pipe."""
     while True:
         try:
             task = conn.recv()

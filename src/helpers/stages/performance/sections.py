@@ -123,8 +123,9 @@ def latency(run: Run) -> Section:
     loop = measure_decode(run, n, p, name=f"decode_{n}")
     mem = run.be.memory()
     mem_rows = run.be.memory_rows()
-    static = measure_decode(run, n, p, static=True, name=f"decode_{n}_static_cache")
-    hf = measure_hf_generate(run, n, p, name=f"hf_generate_{n}")
+    compare = s.compare_protocol()
+    static = measure_decode(run, n, compare, static=True, name=f"decode_{n}_static_cache")
+    hf = measure_hf_generate(run, n, compare, name=f"hf_generate_{n}")
     rates = loop.rates()
     rates["static_decode_tokens_per_s"] = static.rates()["decode_tokens_per_s"]
     rates["hf_generate_tokens_per_s"] = hf.rate(n)
@@ -343,7 +344,9 @@ def roofline(run: Run, bw: Section, sweep: Section) -> Section:
     metrics = {"peak_flops": peak_flops, "matmul_n": n, "matmul": mm.to_dict(),
                "ridge_intensity": peak_flops / bps, "points": rows}
     return Section("roofline", pd.DataFrame(rows), metrics=metrics,
-                   notes=[f"compute roof: {n}x{n} matmul in {dtype_name(run.dtype)}"])
+                   notes=[f"compute roof: {n}x{n} matmul in {dtype_name(run.dtype)} (n doubled "
+                          f"from 256 until one product takes >= {MATMUL_RUN_S * 1e3:g} ms, at "
+                          f"most 8192); {mm.describe()}"])
 
 
 # ---- real-time factor of audio components ---------------------------------------------------
