@@ -279,3 +279,36 @@ def test_peak_normalize_and_the_rules() -> None:
     assert floor == 16.9 and "cosine >= 0.99" in src  # -10 log10(1/0.99^2 - 1) = 16.94
     op, limit, src = parity.agreement_rule()
     assert (op, limit) == (">", 99.0) and "top-1 agreement" in src
+
+
+@pytest.mark.parametrize("case", ["close", "equal", "nan in target", "inf on both", "zeros"])
+def test_compare_block_by_block_gives_the_whole_comparison(monkeypatch, case):
+    """Inputs above parity.BLOCK elements are read a block at a time (bounded float64
+    temporaries); every metric equals the whole-array one to the last bits of its sums, and
+    top-k agreement and KL, taken a block of rows at a time, equal it exactly."""
+    import math
+
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(40, 500, generator=g) * 5
+    t = {"close": (r + 0.01 * torch.randn(40, 500, generator=g)).bfloat16(),
+         "equal": r.clone(), "nan in target": r.clone(), "inf on both": r.clone(),
+         "zeros": torch.zeros(40, 500)}[case]
+    if case == "nan in target":
+        t[3, 4] = float("nan")
+    if case == "inf on both":
+        t[:, 7] = -math.inf
+        r = r.clone()
+        r[:, 7] = -math.inf
+    whole = parity.compare(t, r, "bfloat16").to_dict()
+    top, kl = parity.topk_agreement(t, r), parity.kl_divergence(r, t)
+    monkeypatch.setattr(parity, "BLOCK", 777)  # 26 blocks, the last one partial
+    blocks = parity.compare(t, r, "bfloat16").to_dict()
+    for key, value in whole.items():
+        if isinstance(value, float) and math.isfinite(value):
+            assert blocks[key] == pytest.approx(value, rel=1e-12, abs=1e-300), key
+        else:
+            assert str(blocks[key]) == str(value), key
+    assert parity.topk_agreement(t, r) == top
+    assert str(parity.kl_divergence(r, t)) == str(kl)

@@ -151,16 +151,37 @@ class Comparison:
         return asdict(self)
 
 
+BLOCK = 1 << 22  # elements: larger inputs are compared block by block (float64 temporaries
+# of 32 MiB, not of the whole tensor: teacher-forced logits over a 180k vocabulary hold 10^8)
+
+
+def _flat(x: Any) -> Any:
+    """`x` flattened, without a copy where it can be: a detached torch tensor (on its device;
+    complex -> real view) or a numpy array."""
+    if hasattr(x, "detach"):
+        import torch
+
+        x = x.detach()
+        return (torch.view_as_real(x) if x.is_complex() else x).reshape(-1)
+    return np.asarray(x).reshape(-1)
+
+
 def compare(target: Any, reference: Any, dtype: str = "float32") -> Comparison:
     """Elementwise comparison. Relative errors use msprobe's small-value rule: where
     |reference| < small_value, the error is judged absolutely against small_value instead of
-    being divided by a near-zero number."""
-    t, r = to64(target).ravel(), to64(reference).ravel()
-    if t.shape != r.shape:
-        raise ValueError(f"shapes differ: target {to64(target).shape} vs reference {to64(reference).shape}")
+    being divided by a near-zero number. Inputs above BLOCK elements are read block by block
+    (sums accumulated in float64; the same metrics, to the last bits of their sums)."""
+    ft, fr = _flat(target), _flat(reference)
+    if ft.shape != fr.shape:
+        raise ValueError(f"shapes differ: target {tuple(np.shape(target))} vs reference "
+                         f"{tuple(np.shape(reference))}")
     tol = tolerance(dtype)
-    if t.size == 0:
+    n = int(ft.shape[0])
+    if n == 0:
         return Comparison(0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0, tol.dtype)
+    if n > BLOCK:
+        return _compare_blocks(ft, fr, n, tol)
+    t, r = to64(ft), to64(fr)
     t_ok, r_ok = np.isfinite(t), np.isfinite(r)
     bad = (~t_ok & r_ok).any()
     finite = t_ok & r_ok
@@ -173,7 +194,7 @@ def compare(target: Any, reference: Any, dtype: str = "float32") -> Comparison:
     ok = np.where(small, err <= tol.small_value, err <= tol.rtol * mag)
     nan = float("nan")
     return Comparison(
-        n=int(t.size),
+        n=n,
         cosine=cosine(tf, rf) if not bad else nan,
         max_abs=float(err.max(initial=0.0)) if not bad else math.inf,
         mean_abs=float(err.mean()) if err.size else 0.0,
@@ -182,10 +203,73 @@ def compare(target: Any, reference: Any, dtype: str = "float32") -> Comparison:
         rel_l2=math.inf if bad else rel_l2(t, r) if whole else rel_l2(
             np.where(finite, t, 0.0), np.where(finite, r, 0.0)),
         rmse=float(math.sqrt(np.mean(err**2))) if err.size else 0.0,
-        within_tol=float(ok.sum()) / float(t.size),
+        within_tol=float(ok.sum()) / float(n),
         nonfinite=int((~t_ok & r_ok).sum()) if bad else 0,
         dtype=tol.dtype,
     )
+
+
+def _finite_blocks(ft: Any, fr: Any, n: int) -> Any:
+    """(target, reference, NaN/Inf in the target only) per block: the elements finite on both
+    sides, in float64."""
+    for i in range(0, n, BLOCK):
+        t, r = to64(ft[i:i + BLOCK]), to64(fr[i:i + BLOCK])
+        t_ok, r_ok = np.isfinite(t), np.isfinite(r)
+        finite = t_ok & r_ok
+        bad = int((~t_ok & r_ok).sum())
+        yield (t, r, bad) if finite.all() else (t[finite], r[finite], bad)
+
+
+def _compare_blocks(ft: Any, fr: Any, n: int, tol: Tolerance) -> Comparison:
+    """compare() of inputs above BLOCK elements: one pass for the errors and the scales, a
+    second for cosine and relative L2 on the scaled values (as cosine() and rel_l2() scale)."""
+    bad = m = ok = 0
+    err_sum = err2 = rel_sum = err_max = rel_max = t_max = r_max = 0.0
+    equal = True
+    for tf, rf, nb in _finite_blocks(ft, fr, n):
+        bad += nb
+        err = np.abs(tf - rf)
+        mag = np.abs(rf)
+        small = mag < tol.small_value
+        rel = np.divide(err, mag, out=np.zeros_like(err), where=~small)
+        ok += int(np.where(small, err <= tol.small_value, err <= tol.rtol * mag).sum())
+        m += err.size
+        err_sum, err2, rel_sum = err_sum + err.sum(), err2 + (err * err).sum(), rel_sum + rel.sum()
+        err_max, rel_max = max(err_max, err.max(initial=0.0)), max(rel_max, rel.max(initial=0.0))
+        t_max, r_max = max(t_max, np.abs(tf).max(initial=0.0)), max(r_max, mag.max(initial=0.0))
+        equal = equal and np.array_equal(tf, rf)
+    nan = float("nan")
+    cos, l2 = (nan, math.inf) if bad else _scaled_norms(ft, fr, n, t_max, r_max, equal)
+    return Comparison(
+        n=n, cosine=cos, max_abs=math.inf if bad else float(err_max),
+        mean_abs=float(err_sum / m) if m else 0.0, max_rel=float(rel_max),
+        mean_rel=float(rel_sum / m) if m else 0.0, rel_l2=l2,
+        rmse=float(math.sqrt(err2 / m)) if m else 0.0, within_tol=float(ok) / float(n),
+        nonfinite=bad, dtype=tol.dtype)
+
+
+def _scaled_norms(ft: Any, fr: Any, n: int, t_max: float, r_max: float,
+                  equal: bool) -> tuple[float, float]:
+    """(cosine, relative L2) over the elements finite on both sides, block by block."""
+    scale = max(t_max, r_max)
+    dot = tt = rr = diff = ref = 0.0
+    for tf, rf, _ in _finite_blocks(ft, fr, n):
+        if t_max > 0.0 and r_max > 0.0:
+            a, b = tf / t_max, rf / r_max
+            dot, tt, rr = dot + float(a @ b), tt + float(a @ a), rr + float(b @ b)
+        if scale > 0.0 and math.isfinite(scale):
+            a, b = tf / scale, rf / scale
+            d = a - b
+            diff, ref = diff + float(d @ d), ref + float(b @ b)
+    if equal or (t_max == 0.0 and r_max == 0.0):
+        cos = 1.0
+    elif t_max == 0.0 or r_max == 0.0:
+        cos = 0.0
+    else:
+        cos = min(1.0, max(-1.0, dot / (math.sqrt(tt) * math.sqrt(rr))))
+    if ref == 0.0:
+        return cos, 0.0 if diff == 0.0 else math.inf
+    return cos, math.sqrt(diff) / math.sqrt(ref)
 
 
 def network_verdict(cmp: Comparison) -> tuple[bool, str]:
@@ -229,37 +313,46 @@ def ratios_pass(ratios: dict[str, float]) -> bool:
     return all(ratios[k] <= limits[k]["max"] for k in limits)
 
 
+def _row_blocks(*xs: Any) -> Any:
+    """The rows of the last axis of each of `xs`, a block of rows at a time, in float64."""
+    rows = [x.detach().reshape(-1, x.shape[-1]) if hasattr(x, "detach")
+            else np.asarray(x).reshape(-1, np.shape(x)[-1]) for x in xs]
+    step = max(1, BLOCK // max(1, rows[0].shape[-1]))
+    for i in range(0, rows[0].shape[0], step):
+        yield [to64(r[i:i + step]) for r in rows]
+
+
 def topk_agreement(target_logits: Any, ref_logits: Any, k: int = 5) -> tuple[float, float]:
     """(top-1 agreement in [0, 1], mean top-k overlap in [0, k]) over the last axis."""
-    t, r = to64(target_logits), to64(ref_logits)
-    t, r = t.reshape(-1, t.shape[-1]), r.reshape(-1, r.shape[-1])
-    top1 = float(np.mean(t.argmax(-1) == r.argmax(-1)))
-    k = min(k, t.shape[-1])
-    # the k largest per row, unordered (a set overlap needs no order; a partition is O(V))
-    tk = np.argpartition(-t, k - 1, axis=-1)[:, :k]
-    rk = np.argpartition(-r, k - 1, axis=-1)[:, :k]
-    overlap = float(np.mean([len(set(a) & set(b)) for a, b in zip(tk, rk, strict=True)]))
-    return top1, overlap
+    same, overlaps = [], []
+    for t, r in _row_blocks(target_logits, ref_logits):
+        same.append(t.argmax(-1) == r.argmax(-1))
+        kk = min(k, t.shape[-1])
+        # the k largest per row, unordered (a set overlap needs no order; a partition is O(V))
+        tk = np.argpartition(-t, kk - 1, axis=-1)[:, :kk]
+        rk = np.argpartition(-r, kk - 1, axis=-1)[:, :kk]
+        overlaps += [len(set(a) & set(b)) for a, b in zip(tk, rk, strict=True)]
+    top1 = float(np.mean(np.concatenate(same) if same else np.zeros(0, dtype=bool)))
+    return top1, float(np.mean(overlaps))
 
 
 def kl_divergence(ref_logits: Any, target_logits: Any) -> float:
     """Mean KL(reference || target) in nats over the rows of the last axis; >= 0, or NaN
     when a NaN (or +Inf) on either side leaves it undefined."""
-    r, t = to64(ref_logits), to64(target_logits)
-    r, t = r.reshape(-1, r.shape[-1]), t.reshape(-1, t.shape[-1])
-
     def log_softmax(x: np.ndarray) -> np.ndarray:
         x = x - x.max(-1, keepdims=True)
         return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
-    if np.isnan(r).any() or np.isnan(t).any():
-        return float("nan")
-    lr, lt = log_softmax(r), log_softmax(t)
-    p = np.exp(lr)
-    # tokens the reference gives no mass (masked to -inf) add nothing, whatever the target says
-    with np.errstate(invalid="ignore"):
-        kl = np.where(p > 0.0, p * (lr - lt), 0.0).sum(-1)
-    mean = float(kl.mean())
+    parts = []
+    for r, t in _row_blocks(ref_logits, target_logits):
+        if np.isnan(r).any() or np.isnan(t).any():
+            return float("nan")
+        lr, lt = log_softmax(r), log_softmax(t)
+        p = np.exp(lr)
+        # tokens the reference gives no mass (masked to -inf) add nothing, whatever the target says
+        with np.errstate(invalid="ignore"):
+            parts.append(np.where(p > 0.0, p * (lr - lt), 0.0).sum(-1))
+    mean = float(np.concatenate(parts).mean()) if parts else float("nan")
     return mean if math.isnan(mean) else max(0.0, mean)
 
 
