@@ -26,12 +26,11 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @contextmanager
-def _private_reference_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A reference cache (helpers.outputs) of its own while the block runs; kernels and workers
-    inherit the env var."""
+def reference_cache_at(root: Path) -> Iterator[Path]:
+    """HELPERS_REFERENCE_CACHE (helpers.outputs) set to `root` while the block runs; kernels
+    and workers inherit it."""
     from helpers import outputs
 
-    root = tmp_path_factory.mktemp("reference-cache")
     old = os.environ.get(outputs.CACHE_ENV)
     os.environ[outputs.CACHE_ENV] = str(root)
     try:
@@ -46,17 +45,27 @@ def _private_reference_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="module", autouse=True)
 def reference_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A private reference cache per test module, so no test reuses the CPU sides another one
-    computed (a test that counts cache hits and misses counts its own module's alone)."""
-    with _private_reference_cache(tmp_path_factory) as root:
+    computed (a test that counts cache hits and misses counts its own module's alone). Not
+    shared session-wide: a module's first stage 4 or 6 run would then depend on which modules
+    ran before it, computed or reused."""
+    with reference_cache_at(tmp_path_factory.mktemp("reference-cache")) as root:
         yield root
 
 
 @pytest.fixture(scope="session")
-def default_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path):  # noqa: ANN201
+def default_reference_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default run's reference cache: the CPU sides of the default stages 4 and 6, computed
+    in that run (see default_run)."""
+    return tmp_path_factory.mktemp("default-reference-cache")
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path,
+                default_reference_cache: Path):  # noqa: ANN201 - a RunOutcome
     """`make report` with no arguments, run once per session (every stage, the HTML, the PDF
-    where Chromium is): a RunOutcome that every test reading a finished default run reads; no
-    test writes into it. Its CPU sides are computed in the run, whatever ran before it (a
-    reference cache of its own); its tiny models come from the session's model cache."""
+    where Chromium is): every test that reads a finished default run reads this one; no test
+    writes into it. Its CPU sides are computed in the run, whatever ran before it (a reference
+    cache of its own, empty before it); its tiny models come from the session's model cache."""
     from helpers.config import RunConfig
     from helpers.runner import pdf
     from helpers.runner.pipeline import run_pipeline
@@ -65,7 +74,7 @@ def default_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path):  #
     want_pdf = bool(pdf.find_chromium())
     if os.environ.get("REQUIRE_PDF") and not want_pdf:
         pytest.fail("REQUIRE_PDF is set but no Chromium was found: `make setup` installs it")
-    with _private_reference_cache(tmp_path_factory):
+    with reference_cache_at(default_reference_cache):
         return run_pipeline(RunConfig.from_params(out=str(out)), figures_dir=out / "figures",
                             pdf=want_pdf)
 
