@@ -58,11 +58,10 @@ def test_golden_decision_modes() -> None:
 # ---- the stage notebook on the tiny GPA recipe ---------------------------------------------
 
 @pytest.fixture(scope="module")
-def gpa_stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    run_dir = tmp_path_factory.mktemp("accuracy")
-    papermill.execute_notebook(str(NOTEBOOK), str(run_dir / "04.ipynb"), kernel_name="python3",
-                               parameters={"run_dir": str(run_dir)}, progress_bar=False,
-                               cwd=str(paths.NOTEBOOKS))
+def gpa_stage(default_run) -> dict:  # noqa: ANN001 - a RunOutcome
+    """The stage notebook as the session's default run executed it (papermill, the notebook's
+    own defaults: stage 4 reads nothing from the stages before it)."""
+    run_dir = default_run.run_dir
     result = json.loads((run_dir / "results" / "accuracy_parity.json").read_text())
     result["run_dir"] = run_dir
     return result
@@ -110,7 +109,7 @@ def test_notebook_compares_the_audio_components_on_every_fixture(gpa_stage: dict
     assert "codec: decoded waveform (CPU codes) SNR device vs CPU (dB, lowest fixture)" in names
     # players for the three default fixtures: the input and the codec's two outputs each,
     # every one with its print figure
-    text = (Path(gpa_stage["run_dir"]) / "04.ipynb").read_text()
+    text = (Path(gpa_stage["run_dir"]) / "notebooks" / NOTEBOOK.name).read_text()
     assert text.count("data:audio/wav;base64,") == 9
     assert "print-only" in text and "random weights" in text
 

@@ -299,6 +299,7 @@ def test_the_compare_notebook_is_no_stage_and_is_translated() -> None:
     assert gaps == []
 
 
+@pytest.mark.slow  # a notebook kernel
 def test_the_notebook_runs_on_its_defaults_and_says_what_to_give(tmp_path) -> None:
     out = tmp_path / "defaults.ipynb"
     papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3",

@@ -168,6 +168,7 @@ def test_reference_fit_must_be_one_of_the_ways() -> None:
         RunConfig.from_strings({"REFERENCE_FIT": "swap"})
 
 
+@pytest.mark.slow  # a fresh Python process that imports torch
 def test_an_address_space_limit_stops_a_load_before_it_starts() -> None:
     """A real kernel limit (RLIMIT_AS, as prlimit --as sets it) in a fresh process: the load is
     refused by the estimate, not failed half-way by the allocator."""
@@ -242,6 +243,7 @@ def test_the_estimate_covers_the_measured_peak(profile: str) -> None:
 # ---- the performance stage's memory reader ------------------------------------------------------
 
 
+@pytest.mark.slow  # a fresh Python process that imports torch
 def test_the_memory_reader_measures_64_mib_after_the_heap_kept_freed_pages() -> None:
     """glibc told to serve 256 MiB from its heap and never trim it (mallopt), a 128 MiB tensor
     freed: a new 64 MiB tensor reuses resident pages and the RSS does not move; the stage's

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from helpers import models, paths
-from helpers.models import cache
 from helpers.records import read_result
 
 NOTEBOOK = paths.NOTEBOOKS / "02_model_loading.ipynb"
@@ -24,9 +23,8 @@ def _execute(tmp_path: Path, **params: object) -> Path:
     return run_dir
 
 
-def test_stage_records_covo_load_with_device_map(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cache.ENV, str(tmp_path / "cache"))  # the kernel inherits it
+def test_stage_records_covo_load_with_device_map(tmp_path: Path, model_cache: Path) -> None:
+    # the kernel inherits the session's model cache (tests/conftest.py): one tiny Covo build
     run_dir = _execute(tmp_path, model="covo-audio-chat", device="cpu", dtype="float32",
                        device_map="auto")
     res = read_result(run_dir / "results" / "model_loading.json")

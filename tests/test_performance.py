@@ -262,9 +262,14 @@ def test_audio_seconds_of_a_vocoder_from_its_upsampling():
     assert seconds == pytest.approx(4.0) and "hop 256" in how
 
 
-def test_rtf_of_covo_encoder_and_adapter(monkeypatch):
+@pytest.fixture(scope="module")
+def covo_run():
     cfg = RunConfig.from_params(model="covo-audio-chat", profile="tiny", device="cpu")
-    r = perf.setup(target(cfg), Settings(**QUICK))
+    return perf.setup(target(cfg), Settings(**QUICK))
+
+
+def test_rtf_of_covo_encoder_and_adapter(covo_run, monkeypatch):
+    r = covo_run
     keep = {k: r.loaded.components[k] for k in ("audio_encoder", "adapter", "lm")}
     monkeypatch.setattr(r.loaded, "components", keep)
     sec = perf.rtf(r)
@@ -277,9 +282,8 @@ def test_rtf_of_covo_encoder_and_adapter(monkeypatch):
         assert row["runs"] >= r.settings.rtf_min_iters
 
 
-def test_rtf_of_covo_token2wav():
-    cfg = RunConfig.from_params(model="covo-audio-chat", profile="tiny", device="cpu")
-    r = perf.setup(target(cfg), Settings(**QUICK))
+def test_rtf_of_covo_token2wav(covo_run):
+    r = covo_run  # every component again: the test before put them back
     sec = perf.rtf(r)
     rows = {row["component"]: row for row in sec.table.to_dict("records")}
     voc = r.loaded.components["vocoder"]

@@ -1,7 +1,6 @@
 """The whole pipeline on the embedded default: every stage, the HTML and the PDF."""
 
 import html as htmllib
-import os
 import re
 import shutil
 import subprocess
@@ -11,10 +10,9 @@ import nbformat
 import pytest
 
 from helpers import i18n, paths
-from helpers.config import RunConfig
 from helpers.records import VERDICTS, read_json, write_json
 from helpers.runner import pdf, publish
-from helpers.runner.pipeline import discover_stages, run_pipeline
+from helpers.runner.pipeline import discover_stages
 from helpers.tables import show_value
 
 pytestmark = pytest.mark.e2e
@@ -40,14 +38,9 @@ def _title(nb_path):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report")
-    want_pdf = bool(pdf.find_chromium())
-    if os.environ.get("REQUIRE_PDF") and not want_pdf:
-        pytest.fail("REQUIRE_PDF is set but no Chromium was found: `make setup` installs it")
-    outcome = run_pipeline(RunConfig.from_params(out=str(out)), figures_dir=out / "figures",
-                           pdf=want_pdf)
-    return outcome
+def run(default_run):
+    """The session's default run (tests/conftest.py): every stage, the HTML, the PDF."""
+    return default_run
 
 
 def test_every_stage_ran_without_raising(run):
