@@ -67,7 +67,7 @@ def stage_rows(run: Path, manifest: dict[str, Any]) -> list[str]:
         prof = res.get("profile") or {}
         rows.append(_row(f"**{name}**", res.get("seconds"), prof.get("cpu_s"),
                          f"{walls.get(name, 0):.2f} s with its kernel; kernel process CPU "
-                         f"{prof.get('process_cpu_s', 0):.2f} s (imports included)"))
+                         f"{prof.get('process_cpu_s', 0):.2f} s (its own imports included)"))
         for part in prof.get("parts", []):
             rows.append(_row(f"  {name}: {part['part']}", part["wall_s"], part["cpu_s"]))
         for seconds, line in _cells(run / "notebooks" / stage["notebook"])[:TOP_CELLS]:

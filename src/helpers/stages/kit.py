@@ -206,7 +206,7 @@ class Stage:
 
     def cost(self) -> dict[str, Any]:
         """The stage's own cost so far: its timed parts, the CPU seconds since the recorder
-        was made and those of the whole kernel process (imports included)."""
+        was made and those of the whole kernel process (the imports it made itself included)."""
         return {"parts": self.profile.to_list(),
                 "cpu_s": round(cpu_seconds() - self._cpu0, 3),
                 "process_cpu_s": round(cpu_seconds(), 3)}
