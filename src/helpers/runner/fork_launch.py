@@ -33,12 +33,13 @@ def _kernel_args(cmd: list[str]) -> list[str]:
     return cmd[i + 1:]
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly n bytes from the socket (ConnectionError when it closes first)."""
     data = b""
     while len(data) < n:
         chunk = sock.recv(n - len(data))
         if not chunk:
-            raise ConnectionError("the fork server closed the connection")
+            raise ConnectionError("the connection closed")
         data += chunk
     return data
 
@@ -51,7 +52,7 @@ def _request(path: str, args: list[str]) -> tuple[socket.socket, int]:
     payload = json.dumps({"args": args, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
     socket.send_fds(sock, [struct.pack("!Q", len(payload))], [0, 1, 2])
     sock.sendall(payload)
-    (pid,) = struct.unpack("!q", _recv_exact(sock, 8))
+    (pid,) = struct.unpack("!q", recv_exact(sock, 8))
     if pid <= 0:
         raise ConnectionError("the fork server could not fork")
     sock.settimeout(None)
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> None:
     for sig in FORWARDED:
         signal.signal(sig, forward)
     try:
-        (code,) = struct.unpack("!q", _recv_exact(sock, 8))
+        (code,) = struct.unpack("!q", recv_exact(sock, 8))
     except ConnectionError:
         code = 1
     sys.exit(code if code >= 0 else 128 - code)

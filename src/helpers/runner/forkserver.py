@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from helpers.runner.fork_launch import recv_exact
+
 LAUNCHER = Path(__file__).with_name("fork_launch.py")
 POLL_S = 0.5  # how often the server looks for ended kernels and for its parent
 READY_TIMEOUT = 120.0  # seconds a kernel start waits for the server's imports
@@ -75,22 +77,12 @@ def launcher_cmd(sock: Path, cmd: list[str]) -> list[str]:
     return [sys.executable, "-I", str(LAUNCHER), str(sock), "--", *cmd]
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("the launcher closed the connection")
-        data += chunk
-    return data
-
-
 def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     head, fds, _flags, _addr = socket.recv_fds(conn, 8, 3)
     if len(head) < 8:
-        head += _recv_exact(conn, 8 - len(head))
+        head += recv_exact(conn, 8 - len(head))
     (size,) = struct.unpack("!Q", head)
-    return json.loads(_recv_exact(conn, size)), fds
+    return json.loads(recv_exact(conn, size)), fds
 
 
 def _become_kernel(request: dict[str, Any], fds: list[int], keep: list[socket.socket]) -> None:
