@@ -22,7 +22,7 @@ CAUGHT = {
     "float32": ("layer_mlp_1pct", "decode_position", "nan_decode_step", "prefill_mask_dropped",
                 "tokenizer_neighbour_code", "codec_gain_10pct"),
     "bfloat16": ("layer_mlp_1pct", "decode_position", "norm_no_fp32", "nan_decode_step",
-                 "prefill_mask_dropped", "codec_gain_10pct"),
+                 "prefill_mask_dropped", "tokenizer_neighbour_code", "codec_gain_10pct"),
 }
 HONEST = [n for n, f in faults.FAULTS.items() if f.honest]
 

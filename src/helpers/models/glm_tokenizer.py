@@ -78,6 +78,13 @@ FULL: dict[str, Any] = dict(
 TINY: dict[str, Any] = dict(FULL, d_model=32, encoder_layers=2, encoder_attention_heads=2,
                             encoder_ffn_dim=64, pooling_position=2, quantize_position=2)
 CONV_STRIDE = 2  # conv1 stride 1 x conv2 stride 2 (modeling_whisper.py)
+# Random code-book rows: normal(0, CODE_STD). A trained code book's rows lie where the encoder's
+# states are (its training pulls each used code toward the states it stands for). The states of
+# a random-weight encoder are dominated by the sinusoidal positions, whose entries have an rms of
+# sqrt(1/2) (measured on the tiny tokenizer and the six fixtures: 0.68). Rows drawn at the
+# init's normal(0.02) would sit 35x closer to the origin than every state, so that every code
+# is within bfloat16's rounding of every other and no quantizer error could be told from it.
+CODE_STD = math.sqrt(0.5)
 
 
 class WhisperVQConfig:
@@ -270,8 +277,10 @@ class GlmSpeechTokenizer(rio.ReleaseModule):
     @torch.no_grad()
     def reset_parameters_(self) -> None:
         """Random weights as WhisperPreTrainedModel._init_weights draws them (normal 0.02,
-        sinusoidal positions, embed_positions2 = the first rows of embed_positions)."""
+        sinusoidal positions, embed_positions2 = the first rows of embed_positions), except the
+        code book, drawn at the scale of the states it quantizes (CODE_STD)."""
         rio.random_init(self)
+        self.codebook.weight.mul_(CODE_STD / 0.02)  # the same draw, rescaled
         self.embed_positions.weight.copy_(sinusoids(*self.embed_positions.weight.shape))
         self.embed_positions2.weight.copy_(
             self.embed_positions.weight[:self.embed_positions2.weight.shape[0]])
