@@ -65,8 +65,11 @@ def test_a_correct_port_passes_every_check(clean) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("name", sorted(faults.FAULTS))
 def test_each_fault_fails_a_named_check_and_each_honest_difference_passes(clean, name) -> None:  # noqa: ANN001
     dtype = clean[0].dtype
+    if name not in HONEST and name not in CAUGHT[dtype]:  # nothing to assert, so not run
+        pytest.skip(f"{name} is not caught at {dtype} on the tiny profile: README "
+                    "'What the verdicts catch' says why")
     failed = _failed(_with_fault(clean, name))
     if name in HONEST:
         assert failed == [], f"{name} at {dtype} is an honest difference, yet failed {failed}"
-    elif name in CAUGHT[dtype]:
+    else:
         assert failed, f"{name} at {dtype} passed every check"
