@@ -426,7 +426,8 @@ def _run(cfg: RunConfig, specs: list[StageSpec], run_dir: Path, manifest: dict[s
         progress.end(f"[summary] error: {summary_error['type']}: "
                      f"{summary_error['message'][:200]}" if summary_error else
                      f"[summary] done in {time.perf_counter() - t_summary:.1f} s")
-    pool.close()  # every kernel has ended, and the fork server
+    # the kernels' exits and the fork server's end overlap the publishing (run_pipeline
+    # closes the pool: it waits for them)
     manifest["seconds"] = round(time.perf_counter() - t_run, 3)
     manifest["summary_error"] = summary_error
     write_json(run_dir / "run.json", manifest)
