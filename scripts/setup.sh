@@ -14,7 +14,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 PIN="${PIN:-}"
 WHEELS="${WHEELS:-}"
-say() { echo "[setup] $*"; }
+say() { echo "[setup ${SECONDS}s] $*"; }
 quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 
 # The Debian packages for the PDF download and install in the background while pip works
@@ -69,7 +69,9 @@ elif [ -n "$WHEELS" ]; then  # fetch what the folder lacks, then install torch f
   quiet "$PY" -m pip install -q -e ".[dev]" $PIN
 else  # one resolve: torch named explicitly, then the package's dependencies around it
   say "installing $TORCH_SPEC and the helpers package with its dependencies${PIN:+ with $PIN}"
-  quiet "$PY" -m pip install -q "$TORCH_SPEC" -e ".[dev]" $PIN
+  # --no-compile: Python writes the bytecode of what the report imports when it first does;
+  # compiling every module of torch and transformers here would cost more than that
+  quiet "$PY" -m pip install -q --no-compile "$TORCH_SPEC" -e ".[dev]" $PIN
 fi
 "$PY" -W ignore -c "import torch" || { say "torch did not install ($TORCH_SPEC); set TORCH_SPEC"; exit 1; }
 "$PY" -c "import helpers.runner.pipeline, papermill, nbconvert, transformers" \
