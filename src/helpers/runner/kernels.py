@@ -6,7 +6,9 @@ kernel. A kernel is started over the IPC transport (unix sockets in a private te
 no TCP ports, and no "Kernel is running over TCP without encryption" warning), with the
 notebook's folder as its working directory, and warmed up with the heavy imports the stages
 make. `KernelPool.prestart` does that for the next notebook in a background thread while the
-current one runs; `KernelPool.take` hands that kernel over, or starts one on the spot.
+current one runs; `KernelPool.take` hands that kernel over, or starts one on the spot. With a
+fork server (helpers.runner.forkserver) the kernels are forked with those imports made: the
+first notebook's once the server made the ones it needs, the others once it made them all.
 """
 
 from __future__ import annotations
@@ -351,9 +353,11 @@ class KernelPool:
             return
         self._closed = True
         try:
+            if self._pending is not None:
+                self._pending.dropped.set()  # no kernel is started from here on
             if self.server is not None and not self._taken:
                 # closed before the first notebook ran (bad input, an interrupt): a kernel
-                # still waiting for the server's imports is not started
+                # still waiting for the server's imports gets no answer
                 self.server.close()
             self._drop_pending()
         finally:
