@@ -11,8 +11,8 @@ imports already in memory.
     python -m helpers.runner.forkserver SOCKET EARLY... -- MODULE...
 
 It listens on the unix socket SOCKET at once, imports the EARLY modules (what the first
-notebook needs), then the other MODULEs (one that fails is skipped), and `SOCKET.all` appears
-when every import is made. For each request of helpers.runner.fork_launch (the kernel's
+notebook needs), then the other MODULEs (one that fails is skipped), naming each one made in
+`SOCKET.imported`. For each request of helpers.runner.fork_launch (the kernel's
 arguments, working directory, environment and standard streams) it forks a kernel and answers
 its pid: once the early imports are made, between two imports while it still makes the
 others. The first notebook's kernel starts while the server imports what later notebooks
@@ -60,20 +60,22 @@ class Server:
     def __init__(self, sock: Path, modules: Sequence[str], python_flags: Sequence[str],
                  early: Sequence[str] = ()) -> None:
         self.sock = sock
+        self.modules = {*early, *modules}
         self.process = subprocess.Popen(
             [sys.executable, *python_flags, "-m", "helpers.runner.forkserver", str(sock),
              *early, "--", *modules], stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT, every: bool = True,
+    def wait_ready(self, timeout: float = READY_TIMEOUT, needs: Sequence[str] = (),
                    stop: threading.Event | None = None) -> Path | None:
-        """The socket once the server has made its imports (`every=False`: once it listens;
-        it forks after its early imports); None when it died, is late (the kernel then starts
-        on its own) or `stop` is set."""
-        done = all_imported(self.sock) if every else self.sock
+        """The socket once the server listens and has imported the modules of `needs` that
+        it imports (it forks nothing before its early imports); None when it died, is late
+        (the kernel then starts on its own) or `stop` is set."""
+        wanted = set(needs) & self.modules
+        done = imported(self.sock)
         end = time.monotonic() + timeout
         stop = stop or threading.Event()
         while time.monotonic() < end and self.process.poll() is None:
-            if done.exists():
+            if self.sock.exists() and (not wanted or wanted <= _lines(done)):
                 return self.sock
             if stop.wait(0.05):
                 return None
@@ -90,9 +92,19 @@ class Server:
                 self.process.wait()
 
 
-def all_imported(sock: Path) -> Path:
-    """The file that appears next to the server's socket once every import is made."""
-    return sock.with_name(sock.name + ".all")
+def imported(sock: Path) -> Path:
+    """The file next to the server's socket that names each module once its import is made
+    (or failed), one a line."""
+    return sock.with_name(sock.name + ".imported")
+
+
+def _lines(path: Path) -> set[str]:
+    """The complete lines of a file being written; none when it does not exist yet."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return set()
+    return set(text.splitlines()[:text.count("\n")])
 
 
 def launcher_cmd(sock: Path, cmd: list[str]) -> list[str]:
@@ -243,12 +255,14 @@ class _Loop:
 def serve(path: str, early: list[str], modules: list[str]) -> None:
     parent = os.getppid()
     loop = _Loop(path)  # listening at once: a request waits until the early imports are made
-    for name in early:
-        _import(name)
-    for name in modules:  # a kernel asked for meanwhile is forked between two imports
-        loop.turn(0)
-        _import(name)
-    all_imported(Path(path)).touch()
+    with imported(Path(path)).open("w", encoding="utf-8", buffering=1) as done:
+        for name in early:
+            _import(name)
+            done.write(name + "\n")
+        for name in modules:  # a kernel asked for meanwhile is forked between two imports
+            loop.turn(0)
+            _import(name)
+            done.write(name + "\n")
     while os.getppid() == parent:
         loop.turn(POLL_S)
 

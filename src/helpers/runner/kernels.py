@@ -7,8 +7,8 @@ no TCP ports, and no "Kernel is running over TCP without encryption" warning), w
 notebook's folder as its working directory, and warmed up with the heavy imports the stages
 make. `KernelPool.prestart` does that for the next notebook in a background thread while the
 current one runs; `KernelPool.take` hands that kernel over, or starts one on the spot. With a
-fork server (helpers.runner.forkserver) the kernels are forked with those imports made: the
-first notebook's once the server made the ones it needs, the others once it made them all.
+fork server (helpers.runner.forkserver) each kernel is forked once the server made the imports
+its notebook needs (the server imports them in the notebooks' order).
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ class _Pending:
                  early: bool = False) -> None:
         self.cwd = cwd
         self.server = server
-        self.early = early  # forked once the server made its early imports, not all
+        self.early = early  # forked once the server made its early imports, not the warm-up's
         self.dropped = threading.Event()  # set: start none (replaced, or the pool closes)
         self.km: StageKernelManager | None = None
         self.error: BaseException | None = None
@@ -270,7 +270,8 @@ class _Pending:
     def _run(self) -> None:
         assert self._prefix is not None
         try:
-            sock = (self.server.wait_ready(every=not self.early, stop=self.dropped)
+            needs = () if self.early else self._warmup
+            sock = (self.server.wait_ready(needs=needs, stop=self.dropped)
                     if self.server is not None else None)
             if self.dropped.is_set():
                 return
@@ -316,7 +317,7 @@ class KernelPool:
                  early: bool = False) -> None:
         """Start a kernel for a notebook in `cwd` in the background (replacing one not taken),
         warmed up with `warmup` (default: the pool's). With a server, it is forked once the
-        server made every import (`early`: its early ones, for the first notebook)."""
+        server made those of them it makes (`early`: its early ones, for the first notebook)."""
         if self._closed:
             raise RuntimeError("the kernel pool is closed")
         self._drop_pending()
