@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,9 @@ class _Loop:
 
 
 def serve(path: str, early: list[str], modules: list[str]) -> None:
+    # tqdm.auto, imported by transformers after ipykernel, looks for ipywidgets and warns on
+    # the console that it is missing; it then uses its console bar, as it does without ipykernel
+    warnings.filterwarnings("ignore", message="IProgress not found")
     parent = os.getppid()
     loop = _Loop(path)  # listening at once: a request waits until the early imports are made
     with imported(Path(path)).open("w", encoding="utf-8", buffering=1) as done:
