@@ -250,7 +250,9 @@ def start(request, tmp_path, monkeypatch):
         monkeypatch.delenv(forkserver.SOCKET_ENV, raising=False)
         yield request.param
         return
-    server = forkserver.Server(tmp_path / "fork", ("helpers.probes.execute",), ())
+    # pytest too: the planted probes unpickle by importing this module, which imports it (a
+    # spawned worker has it imported at start, as the parent's main module)
+    server = forkserver.Server(tmp_path / "fork", ("helpers.probes.execute", "pytest"), ())
     try:
         monkeypatch.setenv(forkserver.SOCKET_ENV, str(server.wait_ready(timeout=120)))
         yield request.param
