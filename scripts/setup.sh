@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Idempotent setup: a virtual environment with torch installed first (explicitly, so pip never
-# pulls a multi-GB CUDA build by accident), then this package with its dependencies, then the
-# Debian packages the PDF needs when this machine allows it.
+# Idempotent setup: a virtual environment with torch named explicitly (so pip never pulls a
+# multi-GB CUDA build by accident) and this package with its dependencies, in one pip resolve;
+# meanwhile, in the background, the Debian packages the PDF needs that are missing, when this
+# machine allows it.
 #   PYTHON, TORCH_SPEC  the interpreter and the torch release of the new venv
 #   PIN                 more requirements installed with the package (make test-stacks:
 #                       transformers==4.57.6, the lowest tested)
@@ -13,7 +14,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 PIN="${PIN:-}"
 WHEELS="${WHEELS:-}"
-say() { echo "[setup] $*"; }
+say() { echo "[setup ${SECONDS}s] $*"; }
 quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 
 # The Debian packages for the PDF download and install in the background while pip works
@@ -23,7 +24,9 @@ apt_pid=""
 need=()
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
   || command -v google-chrome >/dev/null 2>&1 || need+=(chromium)
-fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || need+=(fonts-noto-cjk)
+# (grep reads all of fc-list's output: with -q it would stop at the first match, fc-list
+# would die of SIGPIPE, and pipefail would count the font as missing)
+fc-list : family 2>/dev/null | grep -i "Noto Sans CJK" >/dev/null || need+=(fonts-noto-cjk)
 command -v pdftotext >/dev/null 2>&1 || need+=(poppler-utils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -39,7 +42,8 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-if [ ! -x "$VENV/bin/python" ]; then
+PY="$VENV/bin/python"
+if [ ! -x "$PY" ]; then
   # A torch already importable here (a CUDA build, or torch + torch_npu on an Ascend host) is
   # kept: the venv then sees the system site-packages instead of installing its own torch.
   if "$PYTHON" -c "import torch" 2>/dev/null; then
@@ -49,26 +53,27 @@ if [ ! -x "$VENV/bin/python" ]; then
     say "creating $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
+  quiet "$PY" -m pip install -q --upgrade pip  # once, in the new venv
 fi
-PY="$VENV/bin/python"
-"$PY" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-if "$PY" -c "import torch" 2>/dev/null; then
-  say "torch $("$PY" -W ignore -c 'import torch; print(torch.__version__)') already importable: not reinstalling"
-else
-  say "installing $TORCH_SPEC"
-  if [ -n "$WHEELS" ]; then  # fetch what the folder lacks, then install from it alone
-    quiet "$PY" -m pip download -q -d "$WHEELS" "$TORCH_SPEC"
-    quiet "$PY" -m pip install -q --no-index --find-links "$WHEELS" "$TORCH_SPEC"
-  else
-    quiet "$PY" -m pip install -q "$TORCH_SPEC"
-  fi
-  "$PY" -W ignore -c "import torch" || { say "torch did not install ($TORCH_SPEC); set TORCH_SPEC"; exit 1; }
-fi
-say "installing the helpers package and its dependencies${PIN:+ with $PIN}"
-# shellcheck disable=SC2086  # PIN is a list of requirements
 # the distribution was called `helpers` before: an old editable install of it would shadow this one
 "$PY" -m pip show -q helpers >/dev/null 2>&1 && quiet "$PY" -m pip uninstall -q -y helpers
-quiet "$PY" -m pip install -q -e ".[dev]" $PIN
+# shellcheck disable=SC2086  # PIN is a list of requirements
+if "$PY" -c "import torch" 2>/dev/null; then
+  say "torch $("$PY" -W ignore -c 'import torch; print(torch.__version__)') already importable: not reinstalling"
+  say "installing the helpers package and its dependencies${PIN:+ with $PIN}"
+  quiet "$PY" -m pip install -q -e ".[dev]" $PIN
+elif [ -n "$WHEELS" ]; then  # fetch what the folder lacks, then install torch from it alone
+  say "installing $TORCH_SPEC from $WHEELS, then the helpers package${PIN:+ with $PIN}"
+  quiet "$PY" -m pip download -q -d "$WHEELS" "$TORCH_SPEC"
+  quiet "$PY" -m pip install -q --no-index --find-links "$WHEELS" "$TORCH_SPEC"
+  quiet "$PY" -m pip install -q -e ".[dev]" $PIN
+else  # one resolve: torch named explicitly, then the package's dependencies around it
+  say "installing $TORCH_SPEC and the helpers package with its dependencies${PIN:+ with $PIN}"
+  # --no-compile: Python writes the bytecode of what the report imports when it first does;
+  # compiling every module of torch and transformers here would cost more than that
+  quiet "$PY" -m pip install -q --no-compile "$TORCH_SPEC" -e ".[dev]" $PIN
+fi
+"$PY" -W ignore -c "import torch" || { say "torch did not install ($TORCH_SPEC); set TORCH_SPEC"; exit 1; }
 "$PY" -c "import helpers.runner.pipeline, papermill, nbconvert, transformers" \
   || { say "the package did not install; see the pip output above"; exit 1; }
 # The report's notebooks run in the kernel of this environment's Python.

@@ -16,7 +16,7 @@ from jupyter_client.blocking import BlockingKernelClient
 
 from helpers.config import RunConfig
 from helpers.records import read_result
-from helpers.runner import kernels, pipeline
+from helpers.runner import forkserver, kernels, pipeline
 from helpers.runner.pipeline import run_pipeline
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -96,8 +96,10 @@ def test_pipeline_prestarts_a_fresh_kernel_per_notebook_and_leaves_none(tmp_path
     assert not any(psutil.pid_exists(p) and "ipykernel" in " ".join(psutil.Process(p).cmdline())
                    for p in pids)
     assert {first["cwd"], second["cwd"], summary["cwd"]} == {str(nbs.resolve())}
-    assert first["warm"] == []  # the first kernel is started on the spot, without warm-up
-    assert second["warm"] and summary["warm"]  # prestarted while the previous notebook ran
+    # the first kernel is forked by the server once it made the early imports (helpers.plots
+    # first); the others once it made them all, then warmed up while the previous notebook ran
+    assert first["warm"][:1] == ["helpers.plots"]
+    assert second["warm"] == summary["warm"] == list(kernels.WARMUP_MODULES)
 
     captured = capfd.readouterr()
     console = captured.out + captured.err
@@ -179,6 +181,61 @@ def test_warm_up_imports_what_the_notebook_imports_and_the_model_machinery_where
     assert "helpers.stages.performance" in perf and perf[-1] == "transformers.modeling_utils"
     assert not any(m.endswith((".Stage", ".target", ".RunConfig")) for m in perf)  # names, not modules
     assert kernels.warmup_for(paths.NOTEBOOKS / "no_such.ipynb") == kernels.WARMUP_MODULES
+
+
+def test_the_server_imports_the_first_notebooks_modules_first():
+    from helpers import paths
+
+    nbs = [paths.NOTEBOOKS / n for n in ("01_environment.ipynb", "02_model_loading.ipynb",
+                                         "summary.ipynb")]
+    early, rest = kernels.preload_for(nbs)
+    assert early[:2] == ("helpers.plots", "ipykernel.kernelapp")
+    assert "helpers.stages.environment" in early and "transformers" not in early
+    assert not set(early) & set(rest)
+    assert {"helpers.stages.model_loading", "transformers.modeling_utils",
+            "helpers.stages.summary"} <= set(rest)
+    assert kernels.preload_for([]) == (("helpers.plots", "ipykernel.kernelapp"),
+                                       kernels.MODEL_MACHINERY)
+
+
+def _importable(monkeypatch, folder: Path, name: str, seconds: float) -> None:
+    """A module `name` in `folder` (put on the server's path) whose import takes `seconds`."""
+    (folder / f"{name}.py").write_text(f"import time\ntime.sleep({seconds})\n")
+    monkeypatch.setenv("PYTHONPATH", f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+
+
+def test_the_first_kernel_is_forked_between_the_servers_imports(tmp_path, monkeypatch):
+    _importable(monkeypatch, tmp_path, "slow_import_for_the_server", 2.0)
+    with kernels.KernelPool(warmup=(), early=("colorsys",),
+                            preload=("slow_import_for_the_server", "wave")) as pool:
+        pool.prestart(tmp_path, early=True)
+        km = pool.take(tmp_path)
+        try:
+            made = _run(km, "import sys; print('colorsys' in sys.modules, 'wave' in sys.modules)")
+            assert made == "True False"  # forked after the early imports, before the rest
+        finally:
+            kernels.shutdown(km)
+        pool.prestart(tmp_path, warmup=("wave",))  # a later kernel: once its imports are made
+        km = pool.take(tmp_path)
+        try:
+            made = forkserver.imported(pool.server.sock).read_text().split()
+            assert made == ["colorsys", "slow_import_for_the_server", "wave"]
+            assert km.warmup_seconds < 1.0  # nothing left to import in the kernel
+            assert _run(km, "import sys; print('wave' in sys.modules)") == "True"
+        finally:
+            kernels.shutdown(km)
+    assert _kernel_children() == []
+
+
+def test_closing_the_pool_while_the_first_kernel_waits_starts_no_kernel(tmp_path, monkeypatch):
+    _importable(monkeypatch, tmp_path, "slow_early_import", 30.0)
+    pool = kernels.KernelPool(warmup=(), early=("slow_early_import",))
+    pool.prestart(tmp_path, early=True)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    pool.close()  # a bad input found while the server still imports: out at once
+    assert time.monotonic() - t0 < 5.0
+    assert _kernel_children() == [] and pool.server.process.poll() is not None
 
 
 def _wait_gone(pid: int, seconds: float = 10.0) -> bool:

@@ -25,6 +25,7 @@ from helpers.probes import catalog as cat
 from helpers.probes import execute, trace, verdict
 from helpers.probes.catalog import Probe, Randn
 from helpers.probes.isolate import Worker
+from helpers.runner import forkserver
 from helpers.stages import operator_probes as probes
 from helpers.stages.kit import target
 
@@ -241,7 +242,25 @@ def test_fallback_is_detected_and_remembered_by_operator(ctx):
 # ---- isolation ------------------------------------------------------------------------
 
 
-def test_planted_raise_abort_and_hang_become_rows_and_the_rest_go_on(tmp_path):
+@pytest.fixture(params=["spawned", "forked"])
+def start(request, tmp_path, monkeypatch):
+    """How the worker starts: spawned, or forked by a fork server named in the environment (as
+    a stage kernel of the report sees it), whose imports are made."""
+    if request.param == "spawned":
+        monkeypatch.delenv(forkserver.SOCKET_ENV, raising=False)
+        yield request.param
+        return
+    # pytest too: the planted probes unpickle by importing this module, which imports it (a
+    # spawned worker has it imported at start, as the parent's main module)
+    server = forkserver.Server(tmp_path / "fork", ("helpers.probes.execute", "pytest"), ())
+    try:
+        monkeypatch.setenv(forkserver.SOCKET_ENV, str(server.wait_ready(timeout=120)))
+        yield request.param
+    finally:
+        server.close()
+
+
+def test_planted_raise_abort_and_hang_become_rows_and_the_rest_go_on(tmp_path, start):
     ok = cat.by_name("silu")
     planted = [_planted("raise", planted_raise), ok, _planted("abort", planted_abort), ok,
                _planted("hang", planted_hang), ok]
@@ -250,6 +269,7 @@ def test_planted_raise_abort_and_hang_become_rows_and_the_rest_go_on(tmp_path):
         rows = probes.run_catalog(w, planted, dtypes=["float32"], timeout_s=6.0)
         took = time.perf_counter() - t0
         starts = w.starts
+        assert w.forked is (start == "forked")
     assert [r["status"] for r in rows] == ["unsupported", "ok", "crashed", "ok", "timeout", "ok"]
     assert "planted: this operator is not implemented" in rows[0]["message"]
     assert "SIGABRT" in rows[2]["message"]

@@ -17,6 +17,12 @@ from typing import Any
 from helpers.config import ConfigError, RunConfig
 from helpers.errors import ReportError
 
+# jsonschema, which nbformat imports (papermill and the publishing here use it), compiles the
+# grammar of rfc3987_syntax at import when that package is installed (jupyterlab's
+# dependencies bring it): 1.3 s of CPU for its "iri" format checks. nbformat validates with
+# no format checker, so this process never uses them: the import is declined.
+_UNUSED_IMPORTS = ("rfc3987_syntax",)
+
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
     """KEY=VALUE words to a dict; anything else is an error that shows the expected form."""
@@ -31,6 +37,8 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for name in _UNUSED_IMPORTS:
+        sys.modules.setdefault(name, None)  # an import of it raises ImportError
     parser = argparse.ArgumentParser(
         prog="python -m helpers.report",
         description="Run the adaptation report stages and publish HTML + PDF.",

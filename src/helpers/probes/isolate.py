@@ -1,7 +1,9 @@
 """Probes run in a child process, so an operator that aborts the process or hangs becomes a row.
 
-One worker process (multiprocessing "spawn": a clean interpreter, no forked device state)
-imports torch once, selects the device, and then runs task after task sent over a pipe:
+One worker process (a clean interpreter, no forked device state: forked by the report's fork
+server, helpers.runner.forkserver, which imported torch and the model code and never touched a
+device, when the kernel runs under one; else multiprocessing "spawn") selects the device, and
+then runs task after task sent over a pipe:
 `fn(ctx, *args)` with `fn` a module-level function (it pickles by reference). The parent waits
 for each answer with a per-task timeout:
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.errors import WorkerStartError
+from helpers.runner import forkserver
 
 POLL_S = 0.2
 
@@ -61,6 +64,28 @@ def _worker_main(conn: Any, request: str, log_path: str, threads: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _forked_main(fd: int, authkey: str, request: str, log_path: str, threads: int) -> None:
+    """Entry point of a worker forked by the fork server: the pipe's end is descriptor `fd`;
+    `authkey` is the parent's (hex), which a spawned worker inherits: torch sends tensors
+    through multiprocessing's resource sharer, which checks it. Its libraries are loaded
+    already, so the thread limits the environment sets for a spawned worker are applied here
+    (OpenMP through torch in WorkerContext.create)."""
+    from multiprocessing.connection import Connection
+
+    mp.current_process().authkey = bytes.fromhex(authkey)
+    _one_blas_thread()
+    _worker_main(Connection(fd), request, log_path, threads)
+
+
+def _one_blas_thread() -> None:
+    """numpy's BLAS on one thread (OPENBLAS_NUM_THREADS=1 for a spawned worker)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # not installed: BLAS keeps its default (small probe arrays barely use it)
+        return
+    threadpool_limits(1, user_api="blas")
 
 
 def _serve(conn: Any, ctx: Any) -> None:
@@ -96,6 +121,7 @@ class Worker:
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="probes-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.info: dict[str, Any] = {}
+        self.forked = False  # the last start: forked by the fork server (else spawned)
         self.starts = 0
         self.start_seconds: list[float] = []
         self._proc: Any = None
@@ -110,17 +136,20 @@ class Worker:
     def start(self) -> dict[str, Any]:
         """Start a fresh worker and wait until its device is ready."""
         self.stop()
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
         self.starts += 1
         self._log = self.log_dir / f"worker-{self.starts}.log"
         t0 = time.perf_counter()
-        self._proc = ctx.Process(target=_worker_main,
-                                 args=(child, self.request, str(self._log), self.threads),
-                                 daemon=True, name=f"probe-worker-{self.starts}")
-        with _child_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS=str(self.threads or "")):
-            self._proc.start()
-        child.close()
+        args = (self.request, str(self._log), self.threads)
+        self._proc, self._conn = _forked(args)
+        self.forked = self._proc is not None
+        if self._proc is None:
+            ctx = mp.get_context("spawn")
+            self._conn, child = ctx.Pipe()
+            self._proc = ctx.Process(target=_worker_main, args=(child, *args), daemon=True,
+                                     name=f"probe-worker-{self.starts}")
+            with _child_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS=str(self.threads or "")):
+                self._proc.start()
+            child.close()
         kind, *payload = self._wait_start()
         if kind != "ready":
             self.kill()
@@ -212,6 +241,24 @@ class Worker:
             return ""
         text = self._log.read_text(errors="replace").strip().splitlines()[-lines:]
         return " | ".join(text)[-chars:]
+
+
+def _forked(args: tuple[Any, ...]) -> tuple[forkserver.Forked | None, Any]:
+    """(the worker, our end of its pipe), forked by the fork server named in the environment;
+    (None, None) without one, or when it does not answer (the worker is then spawned; a late
+    fork finds its pipe closed and exits)."""
+    sock = os.environ.get(forkserver.SOCKET_ENV)
+    if not sock:
+        return None, None
+    conn, child = mp.Pipe()
+    try:
+        with child:
+            return forkserver.Forked(sock, f"{__name__}:_forked_main",
+                                     (mp.current_process().authkey.hex(), *args),
+                                     [child.fileno()]), conn
+    except OSError:
+        conn.close()
+        return None, None
 
 
 @contextmanager

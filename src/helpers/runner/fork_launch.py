@@ -20,7 +20,10 @@ import socket
 import struct
 import sys
 
-CONNECT_TIMEOUT = 10.0  # seconds for the server to answer with the kernel's pid
+CONNECT_TIMEOUT = 10.0  # seconds to reach the server's socket (a live server accepts at once)
+# seconds for its answer (the pid): it forks between two of its imports, and one import
+# (transformers' model machinery) can take tens of seconds on a busy host
+ANSWER_TIMEOUT = 120.0
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
 
@@ -44,17 +47,35 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-def _request(path: str, args: list[str]) -> tuple[socket.socket, int]:
-    """Ask the server for a kernel; (the open connection, the kernel's pid)."""
+class Unanswered(ConnectionError):
+    """The server took a request and gave no pid: it may still fork that process, so the
+    requester must not start the same one another way."""
+
+
+def request(path: str, payload: dict[str, object], fds: list[int]) -> tuple[socket.socket, int]:
+    """Ask the server at `path` for a process: `payload` says what it runs (this process's
+    working directory and environment are added), `fds` are the descriptors it gets. Returns
+    the open connection (the process's exit status arrives on it) and the process's pid.
+    OSError when the server cannot be reached; Unanswered when it was and gave no pid."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(CONNECT_TIMEOUT)
-    sock.connect(path)
-    payload = json.dumps({"args": args, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
-    socket.send_fds(sock, [struct.pack("!Q", len(payload))], [0, 1, 2])
-    sock.sendall(payload)
-    (pid,) = struct.unpack("!q", recv_exact(sock, 8))
-    if pid <= 0:
-        raise ConnectionError("the fork server could not fork")
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(path)
+        sock.settimeout(ANSWER_TIMEOUT)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        data = json.dumps({**payload, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+        socket.send_fds(sock, [struct.pack("!Q", len(data))], fds)
+        sock.sendall(data)
+        (pid,) = struct.unpack("!q", recv_exact(sock, 8))
+    except OSError as exc:
+        sock.close()
+        raise Unanswered(f"the fork server at {path} did not answer: {exc}") from exc
+    except BaseException:
+        sock.close()
+        raise
     sock.settimeout(None)
     return sock, pid
 
@@ -62,7 +83,9 @@ def _request(path: str, args: list[str]) -> tuple[socket.socket, int]:
 def main(argv: list[str]) -> None:
     path, cmd = argv[1], argv[argv.index("--") + 1:]
     try:
-        sock, pid = _request(path, _kernel_args(cmd))
+        sock, pid = request(path, {"args": _kernel_args(cmd)}, [0, 1, 2])
+    except Unanswered as exc:  # it may still fork this kernel: none is started here
+        sys.exit(f"fork_launch: {exc}")
     except (OSError, ValueError):
         os.execv(cmd[0], cmd)  # no server, or not a kernel it can fork: the plain command
     def forward(signum: int, _frame: object) -> None:

@@ -8,15 +8,22 @@ makes those imports, then forks a kernel for each notebook on request: the child
 process with its own state (what a notebook does never reaches another), started with the
 imports already in memory.
 
-    python -m helpers.runner.forkserver SOCKET MODULE...
+    python -m helpers.runner.forkserver SOCKET EARLY... -- MODULE...
 
-It imports the modules (one that fails is skipped), listens on the unix socket SOCKET, and for
-each request of helpers.runner.fork_launch (the kernel's arguments, working directory,
-environment and standard streams) forks a kernel and answers its pid; when the kernel ends it
-sends its exit status; when the launcher's connection drops (the launcher was killed) it kills
-the kernel. It forks from its only thread, and has made no parallel torch call (no OpenMP pool
-exists yet). It exits when its parent (the runner) is gone; its kernels then see themselves
-orphaned and exit too.
+It listens on the unix socket SOCKET at once, imports the EARLY modules (what the first
+notebook needs), then the other MODULEs (one that fails is skipped), naming each one made in
+`SOCKET.imported`. For each request of helpers.runner.fork_launch (the kernel's
+arguments, working directory, environment and standard streams) it forks a kernel and answers
+its pid: once the early imports are made, between two imports while it still makes the
+others. The first notebook's kernel starts while the server imports what later notebooks
+need. A kernel it forked finds the socket in
+$HELPERS_FORK_SERVER and asks, through `Forked`, for a process of its own the same way: the
+operator-probe worker, which then starts with torch and the model code imported, and no device
+touched, as a spawned one would. When a process ends the server sends its exit status; when
+the requester's connection drops (the launcher was killed) it kills the process. It
+forks from its only thread, and has made no parallel torch call (no OpenMP pool exists yet).
+It exits when its parent (the runner) is gone; its kernels then see themselves orphaned and
+exit too.
 """
 
 from __future__ import annotations
@@ -24,41 +31,55 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import select
 import selectors
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from helpers.runner import fork_launch
 from helpers.runner.fork_launch import recv_exact
 
 LAUNCHER = Path(__file__).with_name("fork_launch.py")
+SOCKET_ENV = "HELPERS_FORK_SERVER"  # set in the kernels the server forks: its socket
 POLL_S = 0.5  # how often the server looks for ended kernels and for its parent
 READY_TIMEOUT = 120.0  # seconds a kernel start waits for the server's imports
 
 
 class Server:
-    """A fork server run by the report (helpers.runner.kernels.KernelPool) for its kernels."""
+    """A fork server run by the report (helpers.runner.kernels.KernelPool) for its kernels:
+    `early` imported before it listens, `modules` after."""
 
-    def __init__(self, sock: Path, modules: Sequence[str], python_flags: Sequence[str]) -> None:
+    def __init__(self, sock: Path, modules: Sequence[str], python_flags: Sequence[str],
+                 early: Sequence[str] = ()) -> None:
         self.sock = sock
+        self.modules = {*early, *modules}
         self.process = subprocess.Popen(
             [sys.executable, *python_flags, "-m", "helpers.runner.forkserver", str(sock),
-             *modules], stdin=subprocess.DEVNULL, start_new_session=True)
+             *early, "--", *modules], stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> Path | None:
-        """The socket once the server has made its imports; None when it died or is late
-        (the kernel then starts on its own)."""
+    def wait_ready(self, timeout: float = READY_TIMEOUT, needs: Sequence[str] = (),
+                   stop: threading.Event | None = None) -> Path | None:
+        """The socket once the server listens and has imported the modules of `needs` that
+        it imports (it forks nothing before its early imports); None when it died, is late
+        (the kernel then starts on its own) or `stop` is set."""
+        wanted = set(needs) & self.modules
+        done = imported(self.sock)
         end = time.monotonic() + timeout
+        stop = stop or threading.Event()
         while time.monotonic() < end and self.process.poll() is None:
-            if self.sock.exists():
+            if self.sock.exists() and (not wanted or wanted <= _lines(done)):
                 return self.sock
-            time.sleep(0.05)
+            if stop.wait(0.05):
+                return None
         return None
 
     def close(self) -> None:
@@ -70,6 +91,21 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def imported(sock: Path) -> Path:
+    """The file next to the server's socket that names each module once its import is made
+    (or failed), one a line."""
+    return sock.with_name(sock.name + ".imported")
+
+
+def _lines(path: Path) -> set[str]:
+    """The complete lines of a file being written; none when it does not exist yet."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return set()
+    return set(text.splitlines()[:text.count("\n")])
 
 
 def launcher_cmd(sock: Path, cmd: list[str]) -> list[str]:
@@ -85,17 +121,13 @@ def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return json.loads(recv_exact(conn, size)), fds
 
 
-def _become_kernel(request: dict[str, Any], fds: list[int], keep: list[socket.socket]) -> None:
-    """In the forked child: take the launcher's streams, directory and environment, and run
-    the kernel (never returns)."""
+def _become(request: dict[str, Any], fds: list[int], keep: list[socket.socket]) -> None:
+    """In the forked child: run what was asked (a kernel, or a call) in the requester's working
+    directory and environment (never returns)."""
     code = 1
     try:
         for s in keep:
             s.close()
-        os.setsid()  # its own session, as jupyter_client starts a kernel
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
                           else signal.SIG_DFL)
@@ -104,12 +136,10 @@ def _become_kernel(request: dict[str, Any], fds: list[int], keep: list[socket.so
         os.environ.clear()
         os.environ.update(request["env"])
         sys.path[0] = cwd  # what `python -m ipykernel_launcher` run in cwd puts first
-        parent = request["env"].get("JPY_PARENT_PID", "0")
-        sys.argv = ["ipykernel_launcher", *request["args"]]
-        from ipykernel import kernelapp
-
-        kernelapp.launch_new_instance(argv=[*request["args"],
-                                            f"--IPKernelApp.parent_handle={parent}"])
+        if "call" in request:
+            _call(request, fds)
+        else:
+            _kernel(request, fds)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -125,37 +155,120 @@ def _become_kernel(request: dict[str, Any], fds: list[int], keep: list[socket.so
             os._exit(code)
 
 
-def serve(path: str, modules: list[str]) -> None:
-    for name in modules:
+def _kernel(request: dict[str, Any], fds: list[int]) -> None:
+    """Take the launcher's standard streams and run the kernel of its command line."""
+    os.setsid()  # its own session, as jupyter_client starts a kernel
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    parent = request["env"].get("JPY_PARENT_PID", "0")
+    sys.argv = ["ipykernel_launcher", *request["args"]]
+    from ipykernel import kernelapp
+
+    kernelapp.launch_new_instance(argv=[*request["args"], f"--IPKernelApp.parent_handle={parent}"])
+
+
+def _call(request: dict[str, Any], fds: list[int]) -> None:
+    """`module:function` (request["call"]) called with the descriptors passed, then the
+    request's arguments, on the requester's module path (as multiprocessing's spawn passes
+    it): a probe worker (helpers.probes.isolate)."""
+    sys.path[:] = request["path"]
+    module, _, name = request["call"].partition(":")
+    getattr(importlib.import_module(module), name)(*fds, *request["args"])
+
+
+class Forked:
+    """A process the fork server forked for this one (`module:function` called with `fds` and
+    `args`; see _call), seen as multiprocessing.Process sees its child: is_alive, join, kill,
+    exitcode (negative: the signal that ended it). The server sends the exit status on the
+    request's connection, and kills the process when that connection drops."""
+
+    def __init__(self, sock: str | Path, call: str, args: Sequence[Any], fds: list[int]) -> None:
+        payload = {"call": call, "args": list(args), "path": sys.path}
+        self._conn, self.pid = fork_launch.request(str(sock), payload, fds)
+        self.exitcode: int | None = None
+        self._ended = False
+
+    def is_alive(self) -> bool:
+        if not self._ended and select.select([self._conn], [], [], 0)[0]:
+            self._status()
+        return not self._ended
+
+    def join(self, timeout: float | None = None) -> None:
+        if not self._ended and select.select([self._conn], [], [], timeout)[0]:
+            self._status()
+
+    def kill(self) -> None:
+        if not self._ended:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _status(self) -> None:
         try:
-            importlib.import_module(name)
-        except Exception:  # the notebook imports it itself and shows the error there
-            pass
-    parent = os.getppid()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path + ".tmp")
-    os.replace(path + ".tmp", path)  # the socket appears once it is ready
-    listener.listen(16)
-    sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ)
-    wake_r, wake_w = os.pipe()  # an ended kernel (SIGCHLD) wakes the loop at once
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    sel.register(wake_r, selectors.EVENT_READ, "wake")
-    kernels: dict[int, socket.socket] = {}
-    while os.getppid() == parent:
-        for key, _ in sel.select(POLL_S):
-            if key.fileobj is listener:
-                _fork(listener, sel, kernels, (wake_r, wake_w))
+            (self.exitcode,) = struct.unpack("!q", recv_exact(self._conn, 8))
+        except (ConnectionError, OSError):  # the server ended first: the status is unknown
+            self.kill()
+        self._ended = True
+        self._conn.close()
+
+
+def _import(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except Exception:  # the notebook imports it itself and shows the error there
+        pass
+
+
+class _Loop:
+    """The listening socket and the kernels forked from it."""
+
+    def __init__(self, path: str) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path + ".tmp")
+        os.replace(path + ".tmp", path)  # the socket appears once it listens
+        self.listener.listen(16)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.listener, selectors.EVENT_READ)
+        self.wake = os.pipe()  # an ended kernel (SIGCHLD) wakes the loop at once
+        os.set_blocking(self.wake[1], False)
+        signal.set_wakeup_fd(self.wake[1])
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.sel.register(self.wake[0], selectors.EVENT_READ, "wake")
+        self.kernels: dict[int, socket.socket] = {}
+
+    def turn(self, timeout: float) -> None:
+        """Fork the kernels asked for, reap those that ended; wait at most `timeout` s."""
+        for key, _ in self.sel.select(timeout):
+            if key.fileobj is self.listener:
+                _fork(self.listener, self.sel, self.kernels, self.wake)
             elif key.data == "wake":
-                os.read(wake_r, 512)
+                os.read(self.wake[0], 512)
             else:  # a launcher's connection ended: it was killed, so is its kernel
                 pid = key.data
-                sel.unregister(key.fileobj)
-                if pid in kernels:
+                self.sel.unregister(key.fileobj)
+                if pid in self.kernels:
                     _kill(pid)
-        _reap(sel, kernels)
+        _reap(self.sel, self.kernels)
+
+
+def serve(path: str, early: list[str], modules: list[str]) -> None:
+    # tqdm.auto, imported by transformers after ipykernel, looks for ipywidgets and warns on
+    # the console that it is missing; it then uses its console bar, as it does without ipykernel
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    parent = os.getppid()
+    loop = _Loop(path)  # listening at once: a request waits until the early imports are made
+    with imported(Path(path)).open("w", encoding="utf-8", buffering=1) as done:
+        for name in early:
+            _import(name)
+            done.write(name + "\n")
+        for name in modules:  # a kernel asked for meanwhile is forked between two imports
+            loop.turn(0)
+            _import(name)
+            done.write(name + "\n")
+    while os.getppid() == parent:
+        loop.turn(POLL_S)
 
 
 def _fork(listener: socket.socket, sel: selectors.BaseSelector,
@@ -171,7 +284,7 @@ def _fork(listener: socket.socket, sel: selectors.BaseSelector,
         signal.set_wakeup_fd(-1)
         for fd in wake:
             os.close(fd)
-        _become_kernel(request, fds, [listener, conn, *kernels.values()])
+        _become(request, fds, [listener, conn, *kernels.values()])
     for fd in fds:
         os.close(fd)
     try:
@@ -213,4 +326,6 @@ def _reap(sel: selectors.BaseSelector, kernels: dict[int, socket.socket]) -> Non
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.argv[2:])
+    _path, *_names = sys.argv[1:]
+    _cut = _names.index("--") if "--" in _names else -1  # no "--": nothing early
+    serve(_path, _names[:max(_cut, 0)], _names[_cut + 1:])

@@ -6,12 +6,16 @@ kernel. A kernel is started over the IPC transport (unix sockets in a private te
 no TCP ports, and no "Kernel is running over TCP without encryption" warning), with the
 notebook's folder as its working directory, and warmed up with the heavy imports the stages
 make. `KernelPool.prestart` does that for the next notebook in a background thread while the
-current one runs; `KernelPool.take` hands that kernel over, or starts one on the spot.
+current one runs; `KernelPool.take` hands that kernel over, or starts one on the spot. With a
+fork server (helpers.runner.forkserver) each kernel is forked once the server made the imports
+its notebook needs (the server imports them in the notebooks' order).
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import os
 import shutil
 import tempfile
 import threading
@@ -79,16 +83,14 @@ class StageKernelManager(KernelManager):
         return kc
 
 
-def warmup_for(notebook: Path) -> tuple[str, ...]:
-    """WARMUP_MODULES, then the modules the notebook's code cells import, then MODEL_MACHINERY
-    when it loads a model; an unreadable notebook gets WARMUP_MODULES."""
-    import nbformat
-
+def _imports(notebook: Path) -> tuple[list[str], bool] | None:
+    """The modules the notebook's code cells import, and whether it loads a model (it imports
+    `target` from the kit); None for a notebook that cannot be read or parsed."""
     try:
-        cells = nbformat.read(notebook, as_version=4).cells
-        trees = [ast.parse(c.source) for c in cells if c.cell_type == "code"]
+        cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+        trees = [ast.parse("".join(c["source"])) for c in cells if c["cell_type"] == "code"]
     except Exception:  # the notebook's own run reports what is wrong with it
-        return WARMUP_MODULES
+        return None
     found: list[str] = []
     loads = False
     for node in (n for tree in trees for n in ast.walk(tree)):
@@ -99,14 +101,30 @@ def warmup_for(notebook: Path) -> tuple[str, ...]:
                                      if _is_helpers_module(f"{node.module}.{a.name}"))]
             loads |= node.module == "helpers.stages.kit" and any(a.name == "target"
                                                                    for a in node.names)
+    return found, loads
+
+
+def warmup_for(notebook: Path) -> tuple[str, ...]:
+    """WARMUP_MODULES, then the modules the notebook's code cells import, then MODEL_MACHINERY
+    when it loads a model; an unreadable notebook gets WARMUP_MODULES."""
+    seen = _imports(notebook)
+    if seen is None:
+        return WARMUP_MODULES
+    found, loads = seen
     return tuple(dict.fromkeys([*WARMUP_MODULES, *found, *(MODEL_MACHINERY if loads else ())]))
 
 
-def preload_for(notebooks: Sequence[Path]) -> tuple[str, ...]:
-    """What a fork server imports for these notebooks' kernels: each one's warm-up modules,
-    the model machinery, and the kernel's own (ipykernel)."""
+def preload_for(notebooks: Sequence[Path]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a fork server imports for these notebooks' kernels, as (early, rest): early is what
+    the first notebook's kernel needs (its own imports, the kernel's, helpers.plots first for
+    its font cache), made before the server forks; rest is every notebook's warm-up modules
+    and the model machinery."""
+    first = _imports(notebooks[0]) if notebooks else None
+    early = tuple(dict.fromkeys([WARMUP_MODULES[0], "ipykernel.kernelapp",
+                                 *(first[0] if first else ())]))
     found = [m for nb in notebooks for m in warmup_for(nb)]
-    return tuple(dict.fromkeys([*found, *MODEL_MACHINERY, "ipykernel.kernelapp"]))
+    rest = tuple(m for m in dict.fromkeys([*found, *MODEL_MACHINERY]) if m not in early)
+    return early, rest
 
 
 def _python_flags() -> list[str]:
@@ -144,8 +162,13 @@ def start_kernel(cwd: Path, ipc_prefix: Path, warmup: Sequence[str] | None = Non
     km.fork_socket = fork_socket
     t0 = time.perf_counter()
     try:
-        km.start_kernel(cwd=str(km.cwd))
-        kc = BlockingKernelClient(**km.get_connection_info(session=True))
+        env = dict(os.environ)
+        if fork_socket is not None:  # where the kernel asks for processes of its own
+            env[forkserver.SOCKET_ENV] = str(fork_socket)
+        km.start_kernel(cwd=str(km.cwd), env=env)
+        # parent=km: "alive" is the kernel's process (its launcher, while the fork server
+        # finishes an import before it forks), not a heartbeat answered within 1 s
+        kc = BlockingKernelClient(parent=km, **km.get_connection_info(session=True))
         kc.start_channels()
         try:
             kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
@@ -227,9 +250,12 @@ def _close_thread_loop() -> None:
 class _Pending:
     """A kernel being started (and warmed up) in a background thread."""
 
-    def __init__(self, cwd: Path, server: forkserver.Server | None = None) -> None:
+    def __init__(self, cwd: Path, server: forkserver.Server | None = None,
+                 early: bool = False) -> None:
         self.cwd = cwd
         self.server = server
+        self.early = early  # forked once the server made its early imports, not the warm-up's
+        self.dropped = threading.Event()  # set: start none (replaced, or the pool closes)
         self.km: StageKernelManager | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"kernel-prestart {cwd}",
@@ -244,7 +270,11 @@ class _Pending:
     def _run(self) -> None:
         assert self._prefix is not None
         try:
-            sock = self.server.wait_ready() if self.server is not None else None
+            needs = () if self.early else self._warmup
+            sock = (self.server.wait_ready(needs=needs, stop=self.dropped)
+                    if self.server is not None else None)
+            if self.dropped.is_set():
+                return
             self.km = start_kernel(self.cwd, self._prefix, self._warmup, sock)
         except BaseException as exc:  # take() starts one on the spot and reports its error
             self.error = exc
@@ -263,7 +293,8 @@ class KernelPool:
     run, KeyboardInterrupt included.
     """
 
-    def __init__(self, warmup: Sequence[str] | None = None, preload: Sequence[str] = ()) -> None:
+    def __init__(self, warmup: Sequence[str] | None = None, preload: Sequence[str] = (),
+                 early: Sequence[str] = ()) -> None:
         self.warmup = tuple(WARMUP_MODULES if warmup is None else warmup)
         base = Path(tempfile.gettempdir())
         if len(str(base)) > _MAX_PREFIX - 30:
@@ -273,21 +304,24 @@ class KernelPool:
         self._pending: _Pending | None = None
         self._taken: list[StageKernelManager] = []
         self._closed = False
-        # with `preload`: prestarted kernels are forked by a server that made these imports
-        self.server = (forkserver.Server(self._dir / "fork", preload, _python_flags())
-                        if preload else None)
+        # with `preload` (and `early`): prestarted kernels are forked by a server that made
+        # these imports (prestart(early=True): the early ones), started here
+        self.server = (forkserver.Server(self._dir / "fork", preload, _python_flags(), early)
+                       if preload or early else None)
 
     def _prefix(self) -> Path:
         self._count += 1
         return self._dir / f"k{self._count}"
 
-    def prestart(self, cwd: Path, warmup: Sequence[str] | None = None) -> None:
+    def prestart(self, cwd: Path, warmup: Sequence[str] | None = None,
+                 early: bool = False) -> None:
         """Start a kernel for a notebook in `cwd` in the background (replacing one not taken),
-        warmed up with `warmup` (default: the pool's)."""
+        warmed up with `warmup` (default: the pool's). With a server, it is forked once the
+        server made those of them it makes (`early`: its early ones, for the first notebook)."""
         if self._closed:
             raise RuntimeError("the kernel pool is closed")
         self._drop_pending()
-        self._pending = _Pending(Path(cwd).resolve(), self.server)
+        self._pending = _Pending(Path(cwd).resolve(), self.server, early)
         self._pending.start(self._prefix(), self.warmup if warmup is None else tuple(warmup))
 
     def take(self, cwd: Path) -> StageKernelManager:
@@ -310,6 +344,7 @@ class KernelPool:
     def _drop_pending(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
+            pending.dropped.set()
             pending.thread.join()
             shutdown(pending.km, now=True)
 
@@ -319,6 +354,12 @@ class KernelPool:
             return
         self._closed = True
         try:
+            if self._pending is not None:
+                self._pending.dropped.set()  # no kernel is started from here on
+            if self.server is not None and not self._taken:
+                # closed before the first notebook ran (bad input, an interrupt): a kernel
+                # still waiting for the server's imports gets no answer
+                self.server.close()
             self._drop_pending()
         finally:
             for km in self._taken:  # normally shut down already by whoever took it

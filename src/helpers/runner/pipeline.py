@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helpers import compat, models, paths
-from helpers import device as devices
+from helpers import paths
 from helpers.config import RunConfig
 from helpers.errors import ConfigError, DeviceError, ModelLoadError
 from helpers.knobs import KnobSpec, declared_parameters, notebook_knobs
 from helpers.profiling import Profile
 from helpers.provenance import git_state
 from helpers.records import StageResult, read_result, write_json, write_result
-from helpers.runner import kernels, publish, rundir
+from helpers.runner import kernels, rundir
 from helpers.runner.pdf import find_chromium, missing_chromium_reason
 from helpers.runner.rundir import SUMMARY_NOTEBOOK
 
@@ -305,21 +304,37 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
     specs = select_stages(stages, cfg.stages)
     if cfg.knobs:
         cfg = dataclasses.replace(cfg, knobs=cfg.knobs.resolve(stages, specs, RunConfig.field_names()))
-    preflight(cfg)
-    run_dir = rundir.new_run_dir(cfg)
-    manifest: dict[str, Any] = {"run_id": run_dir.name, "status": "running"}
-    try:  # from here an interrupt marks the folder, wherever it lands
-        return _start(cfg, specs, run_dir, manifest, notebooks_dir, figures_dir, pdf)
-    except KeyboardInterrupt:
-        moved = rundir.mark_interrupted(run_dir, manifest)
-        _print(f"\ninterrupted: {moved} is marked so (run.json status \"interrupted\"); "
-               "report/latest and figures/ still show the last finished run; "
-               "`make clean-interrupted` removes such folders")
-        raise
+    summary_nb = notebooks_dir / SUMMARY_NOTEBOOK
+    notebooks = [s.path for s in specs] + [summary_nb] * summary_nb.is_file()
+    # The kernels' fork server and the first notebook's kernel start first: their imports
+    # overlap the checks below (torch for the device) and this process's own.
+    with _kernel_pool(notebooks) as pool:
+        preflight(cfg)
+        run_dir = rundir.new_run_dir(cfg)
+        manifest: dict[str, Any] = {"run_id": run_dir.name, "status": "running"}
+        try:  # from here an interrupt marks the folder, wherever it lands
+            return _start(cfg, specs, run_dir, manifest, notebooks, pool, figures_dir, pdf)
+        except KeyboardInterrupt:
+            moved = rundir.mark_interrupted(run_dir, manifest)
+            _print(f"\ninterrupted: {moved} is marked so (run.json status \"interrupted\"); "
+                   "report/latest and figures/ still show the last finished run; "
+                   "`make clean-interrupted` removes such folders")
+            raise
+
+
+def _kernel_pool(notebooks: list[Path]) -> kernels.KernelPool:
+    """The run's kernels: a fork server that imports what the notebooks need (the first one's
+    needs first), and the first notebook's kernel, forked once those are made."""
+    early, rest = kernels.preload_for(notebooks)
+    pool = kernels.KernelPool(preload=rest, early=early)
+    if notebooks:
+        pool.prestart(notebooks[0].parent, warmup=(), early=True)
+    return pool
 
 
 def _start(cfg: RunConfig, specs: list[StageSpec], run_dir: Path, manifest: dict[str, Any],
-           notebooks_dir: Path, figures_dir: Path | None, pdf: bool) -> RunOutcome:
+           notebooks: list[Path], pool: kernels.KernelPool, figures_dir: Path | None,
+           pdf: bool) -> RunOutcome:
     """Write the run manifest (into `manifest`, kept by the caller) and run."""
     chromium = find_chromium() if pdf else None
     manifest.update({
@@ -334,13 +349,16 @@ def _start(cfg: RunConfig, specs: list[StageSpec], run_dir: Path, manifest: dict
     })
     write_json(run_dir / "run.json", manifest)
     _print(f"run {run_dir.name}: {len(specs)} stage(s) -> {run_dir}")
-    return _run(cfg, specs, run_dir, manifest, notebooks_dir, figures_dir, chromium, pdf)
+    return _run(cfg, specs, run_dir, manifest, notebooks, pool, figures_dir, chromium, pdf)
 
 
 def preflight(cfg: RunConfig) -> None:
     """What must hold before a run folder is made, each with one message (exit 2): the device
     and dtype exist here, OUT is a writable folder, and MODEL_DIR is of the recipe's
     architecture; AUDIO_DIR is a folder; torch and transformers are not older than tested."""
+    from helpers import compat, models
+    from helpers import device as devices
+
     compat.check_stack()
     try:
         sel = devices.select(cfg.device)
@@ -365,49 +383,51 @@ def preflight(cfg: RunConfig) -> None:
 
 
 def _run(cfg: RunConfig, specs: list[StageSpec], run_dir: Path, manifest: dict[str, Any],
-         notebooks_dir: Path, figures_dir: Path | None, chromium: str | None,
-         pdf: bool) -> RunOutcome:
-    """The stages, the summary, publishing, and the exit code (see exit_code)."""
+         notebooks: list[Path], pool: kernels.KernelPool, figures_dir: Path | None,
+         chromium: str | None, pdf: bool) -> RunOutcome:
+    """The stages, the summary (the last of `notebooks` when there is one), publishing, and the
+    exit code (see exit_code). `pool` holds the first notebook's kernel, prestarted."""
+    from helpers.runner import publish
 
     results: dict[str, StageResult] = {}
     prof = Profile()  # the runner's own parts: kernel waits and starts, publishing
     t_run = time.perf_counter()
-    summary_nb = notebooks_dir / SUMMARY_NOTEBOOK
     summary_error = None
     # Each notebook runs in a fresh kernel, started in its own folder; the next notebook's
     # kernel starts (and imports the heavy modules) in the background while this one runs.
-    notebooks = [s.path for s in specs] + [summary_nb] * summary_nb.is_file()
-    with kernels.KernelPool(preload=kernels.preload_for(notebooks[1:])) as pool:
-        for i, spec in enumerate(specs, 1):
-            progress = _Progress(f"[{i}/{len(specs)}] {spec.name}")
-            progress.start()
-            t_stage = time.perf_counter()
-            km = _take_kernel(pool, spec.path.parent, spec.name, prof)
-            if i < len(notebooks):
-                pool.prestart(notebooks[i].parent, kernels.warmup_for(notebooks[i]))
-            res = run_stage(spec, cfg, run_dir, km=km, progress=progress)
-            results[spec.name] = res
-            wall = round(time.perf_counter() - t_stage, 3)
-            manifest.setdefault("wall_seconds", {})[spec.name] = wall
-            write_json(run_dir / "run.json", manifest)
-            passed = sum(c.passed is True for c in res.checks)
-            judged = sum(c.passed is not None for c in res.checks)
-            extra = f": {res.error['type']}: {res.error['message'][:200]}" if res.error else ""
-            progress.end(f"[{i}/{len(specs)}] {spec.name}: {res.status} in {res.seconds:.1f} s "
-                         f"({wall:.1f} s with kernel start) "
-                         f"({passed}/{judged} checks passed){extra}")
+    for i, spec in enumerate(specs, 1):
+        progress = _Progress(f"[{i}/{len(specs)}] {spec.name}")
+        progress.start()
+        t_stage = time.perf_counter()
+        km = _take_kernel(pool, spec.path.parent, spec.name, prof)
+        if i < len(notebooks):
+            pool.prestart(notebooks[i].parent, kernels.warmup_for(notebooks[i]))
+        res = run_stage(spec, cfg, run_dir, km=km, progress=progress)
+        results[spec.name] = res
+        wall = round(time.perf_counter() - t_stage, 3)
+        manifest.setdefault("wall_seconds", {})[spec.name] = wall
+        write_json(run_dir / "run.json", manifest)
+        passed = sum(c.passed is True for c in res.checks)
+        judged = sum(c.passed is not None for c in res.checks)
+        extra = f": {res.error['type']}: {res.error['message'][:200]}" if res.error else ""
+        progress.end(f"[{i}/{len(specs)}] {spec.name}: {res.status} in {res.seconds:.1f} s "
+                     f"({wall:.1f} s with kernel start) "
+                     f"({passed}/{judged} checks passed){extra}")
 
-        if summary_nb.is_file():
-            progress = _Progress("[summary]")
-            progress.start()
-            t_summary = time.perf_counter()
-            summary_error = execute_notebook(summary_nb, run_dir / "notebooks" / SUMMARY_NOTEBOOK,
-                                             {"run_dir": str(run_dir)}, summary_nb.parent,
-                                             km=_take_kernel(pool, summary_nb.parent, "summary", prof),
-                                             progress=progress)
-            progress.end(f"[summary] error: {summary_error['type']}: "
-                         f"{summary_error['message'][:200]}" if summary_error else
-                         f"[summary] done in {time.perf_counter() - t_summary:.1f} s")
+    if len(notebooks) > len(specs):
+        summary_nb = notebooks[-1]
+        progress = _Progress("[summary]")
+        progress.start()
+        t_summary = time.perf_counter()
+        summary_error = execute_notebook(summary_nb, run_dir / "notebooks" / SUMMARY_NOTEBOOK,
+                                         {"run_dir": str(run_dir)}, summary_nb.parent,
+                                         km=_take_kernel(pool, summary_nb.parent, "summary", prof),
+                                         progress=progress)
+        progress.end(f"[summary] error: {summary_error['type']}: "
+                     f"{summary_error['message'][:200]}" if summary_error else
+                     f"[summary] done in {time.perf_counter() - t_summary:.1f} s")
+    # the kernels' exits and the fork server's end overlap the publishing (run_pipeline
+    # closes the pool: it waits for them)
     manifest["seconds"] = round(time.perf_counter() - t_run, 3)
     manifest["summary_error"] = summary_error
     write_json(run_dir / "run.json", manifest)

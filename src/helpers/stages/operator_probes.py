@@ -209,7 +209,7 @@ def run(tgt: Target, settings: Settings = Settings(), *, start_timeout_s: float 
             model_rows, summary = run_model(w, cfg, dtype, cfg.seed, timeout_s, trace_timeout_s,
                                             max_numel, _names(components))
             timings["model"] = time.perf_counter() - t0
-        worker = {**w.info, "starts": w.starts,
+        worker = {**w.info, "starts": w.starts, "forked_by_server": w.forked,
                   "start_seconds": [round(s, 3) for s in w.start_seconds]}
     timings["total"] = time.perf_counter() - t_all
     settings = {"timeout_s": timeout_s, "threads": threads, "max_numel": max_numel,
