@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 from collections.abc import Sequence
@@ -13,6 +14,8 @@ import numpy as np
 import soundfile as sf
 
 from helpers import audio
+
+DPI = 96  # the players' figures (their PNGs are embedded in the report)
 
 
 def show_mel(ax: Any, mel: np.ndarray, spec: audio.MelSpec, title: str = "", cmap: str = "magma",
@@ -46,6 +49,25 @@ def waveform_mel_figure(x: np.ndarray, sr: int, title: str = "",
     return fig, (ax_wave, ax_mel)
 
 
+def waveform_png(x: np.ndarray, sr: int) -> str:
+    """waveform_mel_figure(x, sr) as a base64 PNG (titled with its length and rate: the
+    player's caption is printed under it), drawn once per process for equal samples, rate and
+    figure language (a clip heard by two tasks)."""
+    from helpers import plots
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    key = (hashlib.sha256(x.tobytes()).hexdigest(), x.shape, sr, plots.LANGUAGE)
+    if key not in _WAVEFORM_PNGS:
+        if len(_WAVEFORM_PNGS) >= KEPT_PNGS:  # the oldest goes
+            _WAVEFORM_PNGS.pop(next(iter(_WAVEFORM_PNGS)))
+        _WAVEFORM_PNGS[key] = png_base64(waveform_mel_figure(x, sr)[0])
+    return _WAVEFORM_PNGS[key]
+
+
+KEPT_PNGS = 32  # waveform figures kept per process (about 80 KiB each)
+_WAVEFORM_PNGS: dict[tuple[Any, ...], str] = {}
+
+
 def wav_base64(x: np.ndarray, sr: int) -> str:
     """[T] or [C, T] float audio as a base64 PCM_16 WAV (clipped to [-1, 1])."""
     data = np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0)
@@ -54,27 +76,35 @@ def wav_base64(x: np.ndarray, sr: int) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def png_base64(fig: Any, dpi: int = 96, colors: int | None = 256) -> str:
-    """A matplotlib figure as a base64 PNG; the figure is closed (not shown twice).
+def png_base64(fig: Any, dpi: int = DPI, colors: int | None = 256) -> str:
+    """A matplotlib figure as a base64 PNG (plots.drawn: cropped as savefig's
+    bbox_inches="tight" crops); the figure is closed (not shown twice).
 
     colors: quantize to an indexed palette of this many colors (a log-mel image drops from
     about 140 KiB to 60 KiB at 256 colors with no visible change); None keeps RGBA.
     """
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     from helpers import plots
 
-    buf = io.BytesIO()
     plots.translate(fig)
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    image = plots.drawn(fig, dpi)
     plt.close(fig)
+    return image_base64(image, colors)
+
+
+def image_base64(image: Any, colors: int | None = 256, scale: float = 1.0) -> str:
+    """A PIL image as a base64 PNG, resized by `scale` and quantized to `colors` (None: kept)."""
+    from PIL import Image
+
+    if scale != 1.0:
+        size = (round(image.width * scale), round(image.height * scale))
+        image = image.resize(size, Image.Resampling.LANCZOS)
     if colors:
-        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-        image = image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT,
-                               dither=Image.Dither.NONE)
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", optimize=True)
+        image = image.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT,
+                                              dither=Image.Dither.NONE)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -89,21 +119,24 @@ def _listening_copy(x: np.ndarray, normalize: bool) -> tuple[np.ndarray, str]:
 
 
 def player_html(x: np.ndarray, sr: int, caption: str, fig: Any = None,
-                normalize: bool = False, figure_on_screen: bool = False) -> str:
+                normalize: bool = False, figure_on_screen: bool = False,
+                png: str = "") -> str:
     """HTML for one clip: an embedded <audio> player on screen, its figure in print.
 
-    The WAV is a base64 data URI (no file links, no network). `fig` defaults to
-    waveform_mel_figure(x, sr); the report's CSS hides .print-only on screen and
-    .screen-only in print. figure_on_screen=True shows the figure in both media (the player
-    above it on screen only), for a figure the reader needs next to the sound.
+    The WAV is a base64 data URI (no file links, no network). The figure: `png` (a base64
+    PNG drawn already), else `fig`, else waveform_png(x, sr); the report's CSS hides
+    .print-only on screen and .screen-only in print. figure_on_screen=True shows the figure in
+    both media (the player above it on screen only), for a figure the reader needs next to the
+    sound.
     """
     x = np.asarray(x, dtype=np.float32)
     audio, note = _listening_copy(x, normalize)
-    fig = fig if fig is not None else waveform_mel_figure(x, sr, caption)[0]
     from helpers import plots
 
+    if not png:
+        png = png_base64(fig) if fig is not None else waveform_png(x, sr)
     text = html.escape(plots.text(caption) + (" " + plots.text(note.strip()) if note else ""))
-    img = f'<img alt="{text}" src="data:image/png;base64,{png_base64(fig)}">'
+    img = f'<img alt="{text}" src="data:image/png;base64,{png}">'
     sound = (f'<audio controls preload="metadata" '
              f'src="data:audio/wav;base64,{wav_base64(audio, sr)}"></audio>')
     if figure_on_screen:
@@ -118,12 +151,12 @@ def player_html(x: np.ndarray, sr: int, caption: str, fig: Any = None,
 
 
 def player(x: np.ndarray, sr: int, caption: str, fig: Any = None,
-           normalize: bool = False, figure_on_screen: bool = False) -> Any:
+           normalize: bool = False, figure_on_screen: bool = False, png: str = "") -> Any:
     """An IPython display object of player_html(...) for a notebook cell."""
     from IPython.display import HTML
 
     return HTML(player_html(x, sr, caption, fig=fig, normalize=normalize,
-                            figure_on_screen=figure_on_screen))
+                            figure_on_screen=figure_on_screen, png=png))
 
 
 def players(clips: Sequence[tuple[np.ndarray, int, str]], normalize: bool = False) -> Any:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 # matplotlib caches its font list; a fresh cache folder lets it see fonts installed later
@@ -83,6 +85,64 @@ def translate(fig: Any, lang: str | None = None) -> Any:
         with open(os.environ[MISSING_ENV], "a", encoding="utf-8") as fh:
             fh.writelines(m.replace("\n", " ") + "\n" for m in missing)
     return fig
+
+
+def drawn(fig: Any, dpi: float) -> Any:
+    """The figure rendered at `dpi` as a PIL image, what savefig(bbox_inches="tight") writes:
+    its tight box padded by savefig.pad_inches (past the canvas: the figure's face color).
+
+    One draw, cropped, where savefig lays the figure out, draws it to find the box and draws
+    it again; text reaching past the canvas (a title wider than the figure) takes a second
+    draw into a canvas grown to hold it. The figure's dpi and layout are left as they were.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgba
+    from PIL import Image
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    before = fig.dpi
+    fig.set_dpi(dpi)
+    try:
+        canvas.draw()
+        pad = matplotlib.rcParams["savefig.pad_inches"]
+        box = fig.get_tightbbox(canvas.get_renderer())  # inches
+        width, height = fig.get_size_inches()
+        if box.x0 < 0 or box.y0 < 0 or box.x1 > width or box.y1 > height:
+            return _grown(fig, box.padded(pad), dpi)
+        rgba = np.asarray(canvas.buffer_rgba())  # [H, W, 4], row 0 at the top
+    finally:
+        fig.set_dpi(before)
+    x0, x1 = round((box.x0 - pad) * dpi), round((box.x1 + pad) * dpi)
+    y0 = rgba.shape[0] - round((box.y1 + pad) * dpi)
+    y1 = rgba.shape[0] - round((box.y0 - pad) * dpi)
+    face = tuple(round(255 * c) for c in to_rgba(fig.get_facecolor()))
+    image = Image.new("RGBA", (x1 - x0, y1 - y0), face)
+    inner = rgba[max(y0, 0):min(y1, rgba.shape[0]), max(x0, 0):min(x1, rgba.shape[1])]
+    image.paste(Image.fromarray(np.ascontiguousarray(inner), "RGBA"), (max(-x0, 0), max(-y0, 0)))
+    return image
+
+
+def _grown(fig: Any, box: Any, dpi: float) -> Any:
+    """savefig of the box (inches) found by a draw just made, without laying the figure out
+    again."""
+    from PIL import Image
+
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        fig.set_layout_engine("none")
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches=box)
+    finally:
+        if engine is not None:
+            fig.set_layout_engine(engine)
+    return Image.open(buf)
+
+
+def save_png(fig: Any, path: str | Path, dpi: float) -> None:
+    """The figure as a PNG file, as savefig(path, dpi=dpi, bbox_inches="tight") writes it."""
+    drawn(fig, dpi).save(path, format="png")
 
 
 def figure(ncols: int = 1, nrows: int = 1, width: float = 7.5, height: float = 3.6,

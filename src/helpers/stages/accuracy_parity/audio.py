@@ -31,7 +31,7 @@ from helpers.records import Check
 from helpers.stages.accuracy_parity.plan import PLAYERS_DEFAULT
 from helpers.stages.accuracy_parity.sections import _network_check, _verdict
 from helpers.stages.accuracy_parity.sides import RECIPE_INPUTS, FixtureClip, Runs
-from helpers.stages.kit import CONTRACT, Section, Stage
+from helpers.stages.kit import CONTRACT, SAVED_DPI, Section, Stage
 from helpers.tables import table
 
 NETWORK_SOURCE = "msprobe-network"
@@ -382,10 +382,18 @@ def input_player(c: FixtureClip, runs: Runs, st: Stage | None = None) -> Any:
     caption = (f"input {c.name} ({c.fixture.language}): \"{c.fixture.text}\"; file "
                f"{c.fixture.sample_rate} Hz {c.fixture.channels} ch, played as the 16 kHz mono "
                "the components hear")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
     fig = fixture_figure(c, runs)
-    if st is not None:
-        st.save_figure(fig, f"fixture-{c.name}")
-    return players.player(c.samples16, 16_000, caption, fig=fig, figure_on_screen=True)
+    if st is None:
+        return players.player(c.samples16, 16_000, caption, fig=fig, figure_on_screen=True)
+    # drawn once: the player shows the saved PNG, scaled to the players' resolution
+    path = st.save_figure(fig, f"fixture-{c.name}")
+    plt.close(fig)
+    with Image.open(path) as saved:
+        png = players.image_base64(saved, scale=players.DPI / SAVED_DPI)
+    return players.player(c.samples16, 16_000, caption, figure_on_screen=True, png=png)
 
 
 def _row(sec: Section, name: str, fixture: str) -> dict[str, Any] | None:
