@@ -40,12 +40,12 @@ def waveform_mel_figure(x: np.ndarray, sr: int, title: str = "",
     spec = spec or audio.WHISPER
     mono = audio.mix_to_mono(np.asarray(x, dtype=np.float32))
     mel = audio.log_mel(audio.resample(mono, sr, spec.sample_rate), spec).numpy()
-    fig, (ax_wave, ax_mel) = plots.figure(nrows=2, height=4.2, sharex=True)
+    fig, (ax_wave, ax_mel) = plots.stacked(2, height=4.2)
     ax_wave.plot(np.arange(mono.shape[0]) / sr, mono, linewidth=0.5)
     ax_wave.set_ylabel("amplitude")
     ax_wave.set_title(title or f"{mono.shape[0] / sr:.2f} s at {sr} Hz")
     img = show_mel(ax_mel, mel, spec)
-    fig.colorbar(img, ax=ax_mel, label=f"log-mel ({spec.name})", pad=0.01)
+    plots.colorbar(img, ax_mel, f"log-mel ({spec.name})")
     return fig, (ax_wave, ax_mel)
 
 

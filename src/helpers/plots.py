@@ -151,6 +151,42 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 7.5, height: float = 3
     return plt.subplots(nrows, ncols, figsize=(width, height), constrained_layout=True, **kw)
 
 
+# inches around and between stacked() rows: room for tick labels and an axis label left, a
+# colorbar with its label right, a title above the first row (and above any row titled)
+STACK = {"left": 0.9, "right": 1.0, "top": 0.35, "bottom": 0.5, "gap": 0.12, "title": 0.3}
+
+
+def stacked(nrows: int, width: float = 7.5, height: float = 3.6,
+            titled: Sequence[int] = ()) -> tuple[Any, list[Any]]:
+    """Rows of axes over one shared x axis (only the last labels it), at fixed margins
+    (STACK) where figure() asks a layout engine, which costs a third of such a figure's
+    draw; the saved and embedded PNGs are cropped to what is drawn (drawn()). titled: the rows
+    after the first that carry a title. colorbar() adds a colorbar right of a row."""
+    fig = plt.figure(figsize=(width, height))
+    m = STACK
+    gaps = [m["gap"] + (m["title"] if i in titled else 0.0) for i in range(1, nrows)]
+    row = (height - m["top"] - m["bottom"] - sum(gaps)) / nrows
+    top, axes = height - m["top"], []
+    for i in range(nrows):
+        top -= gaps[i - 1] if i else 0.0
+        box = (m["left"] / width, (top - row) / height, (width - m["left"] - m["right"]) / width,
+               row / height)
+        axes.append(fig.add_axes(box, sharex=axes[0] if axes else None))
+        top -= row
+    for ax in axes[:-1]:  # the shared x axis is labelled once, under the last row
+        ax.tick_params(labelbottom=False)
+        ax.xaxis.label.set_visible(False)
+    return fig, axes
+
+
+def colorbar(img: Any, ax: Any, label: str) -> Any:
+    """A colorbar for `img` right of a stacked() row, as tall as the row."""
+    fig, box = ax.figure, ax.get_position()
+    width = fig.get_figwidth()
+    cax = fig.add_axes((box.x1 + 0.08 / width, box.y0, 0.13 / width, box.height))
+    return fig.colorbar(img, cax=cax, label=label)
+
+
 def bars(labels: Sequence[str], values: Sequence[float], title: str, ylabel: str,
          log: bool = False, colors: Sequence[str] | None = None) -> tuple[Any, Any]:
     """Horizontal-label bar chart with the value printed above each bar."""

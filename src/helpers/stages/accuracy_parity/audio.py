@@ -360,19 +360,19 @@ def fixture_figure(c: FixtureClip, runs: Runs) -> Any:
     from helpers import plots
 
     dev = runs.plan.target.device
-    fig, (ax_w, ax_m, ax_d) = plots.figure(nrows=3, height=6.0, sharex=True)
+    fig, (ax_w, ax_m, ax_d) = plots.stacked(3, height=6.0, titled=(1, 2))
     t = np.arange(c.samples16.shape[0]) / 16_000
     ax_w.plot(t, c.samples16, linewidth=0.5)
     ax_w.set_ylabel("amplitude")
     ax_w.set_title(f"{c.name}: \"{c.fixture.text}\" (16 kHz mono as the models hear it)")
     img = players.show_mel(ax_m, c.mel_dev, audio.WHISPER, title=f"log-mel on {dev}")
-    fig.colorbar(img, ax=ax_m, pad=0.01, label="log-mel")
+    plots.colorbar(img, ax_m, "log-mel")
     diff = c.mel_dev - c.mel_ref
     span = float(np.abs(diff).max(initial=0.0))
     what = f"max |diff| {span:.3g}" if span else "identical: every difference is 0"
     img = players.show_mel(ax_d, diff, audio.WHISPER, cmap="RdBu_r", vmin=-(span or 1.0),
-                         vmax=span or 1.0, title=f"{dev} minus cpu ({what})")
-    fig.colorbar(img, ax=ax_d, pad=0.01, label="difference")
+                           vmax=span or 1.0, title=f"{dev} minus cpu ({what})")
+    plots.colorbar(img, ax_d, "difference")
     return fig
 
 
