@@ -388,15 +388,25 @@ def test_one_draw_gives_what_savefig_tight_writes(title):
     plt.close("all")
 
 
-def test_a_clip_heard_twice_is_drawn_once():
+def test_a_clip_heard_twice_is_drawn_once(tmp_path, monkeypatch):
+    """Player figures come from the figure cache when the samples, rate, language and drawing
+    code are equal (a clip heard by two tasks, an output equal to the last run's)."""
+    monkeypatch.setenv(players.FIGURE_CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(players, "KEPT_PNGS", 2)
+    drawn = []
+    draw = players.png_base64
+    monkeypatch.setattr(players, "png_base64", lambda fig: drawn.append(fig) or draw(fig))
     x = audio.load_fixture("en_paris")
     first = players.player_html(x, SR, "input en_paris")
-    drawn = len(players._WAVEFORM_PNGS)
-    again = players.player_html(x, SR, "reference voice en_paris")
-    assert len(players._WAVEFORM_PNGS) == drawn
+    again = players.player_html(x.copy(), SR, "reference voice en_paris")
+    assert len(drawn) == 1 and len(list(tmp_path.glob("*.png"))) == 1
     png = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
     assert png.search(first)[1] == png.search(again)[1]
-    assert "reference voice en_paris" in again
+    assert "reference voice en_paris" in again and "input en_paris" not in again
+    players.player_html(x[: SR // 2], SR, "a cut")  # other samples: drawn
+    players.player_html(x, 8_000, "another rate")  # another rate: drawn
+    assert len(drawn) == 3
+    assert len(list(tmp_path.glob("*.png"))) == 2  # the newest KEPT_PNGS kept
 
 
 def test_waveform_mel_figure_has_waveform_and_mel_panels():

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import io
+import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,21 +55,66 @@ def waveform_mel_figure(x: np.ndarray, sr: int, title: str = "",
 
 def waveform_png(x: np.ndarray, sr: int) -> str:
     """waveform_mel_figure(x, sr) as a base64 PNG (titled with its length and rate: the
-    player's caption is printed under it), drawn once per process for equal samples, rate and
-    figure language (a clip heard by two tasks)."""
+    player's caption is printed under it), drawn once for equal samples, rate, figure language
+    and drawing code: kept in the figure cache (a clip heard by two tasks, an output equal to
+    the last run's), which keeps the KEPT_PNGS newest."""
     from helpers import plots
 
     x = np.ascontiguousarray(x, dtype=np.float32)
-    key = (hashlib.sha256(x.tobytes()).hexdigest(), x.shape, sr, plots.LANGUAGE)
-    if key not in _WAVEFORM_PNGS:
-        if len(_WAVEFORM_PNGS) >= KEPT_PNGS:  # the oldest goes
-            _WAVEFORM_PNGS.pop(next(iter(_WAVEFORM_PNGS)))
-        _WAVEFORM_PNGS[key] = png_base64(waveform_mel_figure(x, sr)[0])
-    return _WAVEFORM_PNGS[key]
+    key = hashlib.sha256(repr((x.shape, sr, plots.LANGUAGE, _drawing(plots.LANGUAGE))).encode())
+    key.update(x.tobytes())
+    path = figure_cache() / f"{key.hexdigest()}.png"
+    try:
+        found = path.read_bytes()
+        os.utime(path)  # kept as recently used
+        return base64.b64encode(found).decode("ascii")
+    except OSError:
+        pass
+    png = png_base64(waveform_mel_figure(x, sr)[0])
+    try:  # best effort: a cache that cannot be written only costs the drawing next time
+        _keep(path, base64.b64decode(png))
+    except OSError:
+        pass
+    return png
 
 
-KEPT_PNGS = 32  # waveform figures kept per process (about 80 KiB each)
-_WAVEFORM_PNGS: dict[tuple[Any, ...], str] = {}
+FIGURE_CACHE_ENV = "HELPERS_FIGURE_CACHE"
+KEPT_PNGS = 256  # waveform figures kept in the figure cache (about 60 KiB each)
+
+
+def figure_cache() -> Path:
+    """The figure cache: $HELPERS_FIGURE_CACHE, else <repo>/.cache/figures."""
+    from helpers import paths
+
+    return Path(os.environ.get(FIGURE_CACHE_ENV) or paths.ROOT / ".cache" / "figures")
+
+
+def _keep(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all, then drop the oldest files past KEPT_PNGS."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    kept = sorted(path.parent.glob("*.png"), key=lambda p: p.stat().st_mtime)
+    for old in kept[:-KEPT_PNGS]:
+        old.unlink(missing_ok=True)
+
+
+@functools.cache
+def _drawing(lang: str) -> str:
+    """What a cached figure was drawn by: the source of this module, helpers.plots and
+    helpers.audio (the log-mel), the language's message catalog, and the matplotlib and Pillow
+    versions (a change to any draws the figures again)."""
+    import matplotlib
+    import PIL
+
+    from helpers import i18n, plots
+
+    files = [Path(m.__file__) for m in (sys.modules[__name__], plots, audio)]
+    if lang != "en":
+        files.append(i18n.catalog_path(lang))
+    code = b"".join(p.read_bytes() for p in files if p.is_file())
+    return f"{hashlib.sha256(code).hexdigest()} {matplotlib.__version__} {PIL.__version__}"
 
 
 def wav_base64(x: np.ndarray, sr: int) -> str:
