@@ -359,3 +359,18 @@ def test_tf32_knob_is_recorded_and_checked() -> None:
     assert "off for every side" in accuracy.plan(target(cfg)).describe()
     with pytest.raises(ConfigError, match="tf32 must be True or False"):
         accuracy.plan(target(cfg), tf32="yes")
+
+
+def test_pooled_top_k_from_each_prompts_own_equals_it_over_all_rows() -> None:
+    """The logits section pools top-1 agreement and top-5 overlap from the per-prompt figures
+    (counts over rows), not from a second pass: bit for bit the pass over all rows."""
+    gen = torch.Generator().manual_seed(0)
+    sizes = [3, 7, 1, 11]
+    ref = [torch.randn(n, 40, generator=gen) for n in sizes]
+    tgt = [r + 0.3 * torch.randn(r.shape, generator=gen) for r in ref]
+    tgt[1][2] = ref[1][2]  # one row exactly equal, one far off
+    tgt[2][0] = -ref[2][0]
+    per = [parity.topk_agreement(t, r, 5) for t, r in zip(tgt, ref, strict=True)]
+    want = parity.topk_agreement(torch.cat(tgt), torch.cat(ref), 5)
+    assert accuracy.pooled_topk(per, sizes) == want
+    assert 0.0 < want[0] < 1.0 and 0.0 < want[1] < 5.0  # neither figure trivially pooled

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import audio, paths, players
+from helpers import audio, paths, players, plots
 
 SR = 16000
 
@@ -344,6 +344,69 @@ def test_player_says_when_what_you_hear_was_scaled():
     assert "peak-normalized" in players.player_html(loud, SR, "loud", normalize=True)
     html = players.player(loud, SR, "loud", normalize=True)._repr_html_()
     assert "data:audio/wav;base64," in html
+
+
+def _savefig_tight(fig, dpi):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return Image.open(buf).convert("RGB")
+
+
+def _apart(a, b) -> float:
+    """Mean absolute difference (of 255) of two renders seen at a quarter of their size, the
+    crops aligned to the pixel (they may start a pixel apart)."""
+    from PIL import Image
+
+    w, h = min(a.width, b.width) - 1, min(a.height, b.height) - 1
+    seen = [np.asarray(x.resize((w // 4, h // 4), Image.Resampling.BOX), dtype=float)
+            for x in [b.crop((0, 0, w, h))] + [a.crop((dx, dy, dx + w, dy + h))
+                                               for dx in (0, 1) for dy in (0, 1)]]
+    return min(float(np.abs(x - seen[0]).mean()) for x in seen[1:])
+
+
+@pytest.mark.parametrize("title", ["short", "a title far wider than the figure " * 6])
+def test_one_draw_gives_what_savefig_tight_writes(title):
+    """plots.drawn crops one render where savefig draws twice: the same picture (at a
+    sub-pixel offset), and a title past the canvas grows it exactly as savefig does."""
+    import matplotlib.pyplot as plt
+
+    x = audio.load_fixture("en_paris")
+    want = _savefig_tight(players.waveform_mel_figure(x, SR, title)[0], 96)
+    fig = players.waveform_mel_figure(x, SR, title)[0]
+    engine = fig.get_layout_engine()
+    got = plots.drawn(fig, 96).convert("RGB")
+    assert fig.dpi == 100 and fig.get_layout_engine() is engine  # left as they were
+    assert abs(got.width - want.width) <= 1 and abs(got.height - want.height) <= 1
+    assert _apart(got, want) < 5
+    other = plots.drawn(players.waveform_mel_figure(audio.load_fixture("en_fox"), SR, title)[0],
+                        96).convert("RGB")
+    assert _apart(other, want) > 10  # another clip is told apart
+    if len(title) > 100:  # a title past the canvas: drawn by savefig itself
+        assert got.size == want.size and np.array_equal(np.asarray(got), np.asarray(want))
+    plt.close("all")
+
+
+def test_a_clip_heard_twice_is_drawn_once(tmp_path, monkeypatch):
+    """Player figures come from the figure cache when the samples, rate, language and drawing
+    code are equal (a clip heard by two tasks, an output equal to the last run's)."""
+    monkeypatch.setenv(players.FIGURE_CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(players, "KEPT_PNGS", 2)
+    drawn = []
+    draw = players.png_base64
+    monkeypatch.setattr(players, "png_base64", lambda fig: drawn.append(fig) or draw(fig))
+    x = audio.load_fixture("en_paris")
+    first = players.player_html(x, SR, "input en_paris")
+    again = players.player_html(x.copy(), SR, "reference voice en_paris")
+    assert len(drawn) == 1 and len(list(tmp_path.glob("*.png"))) == 1
+    png = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+    assert png.search(first)[1] == png.search(again)[1]
+    assert "reference voice en_paris" in again and "input en_paris" not in again
+    players.player_html(x[: SR // 2], SR, "a cut")  # other samples: drawn
+    players.player_html(x, 8_000, "another rate")  # another rate: drawn
+    assert len(drawn) == 3
+    assert len(list(tmp_path.glob("*.png"))) == 2  # the newest KEPT_PNGS kept
 
 
 def test_waveform_mel_figure_has_waveform_and_mel_panels():

@@ -168,6 +168,34 @@ def test_gpa_players_and_results(gpa_runs) -> None:
     assert any("random weights" in n for n in section.metrics["notes"])
 
 
+def test_a_clip_is_tokenized_once_per_side_and_each_task_charged_its_seconds(
+        model_cache: Path) -> None:
+    from helpers.stages import kit
+    from helpers.tasks import gpa
+
+    cfg = RunConfig.from_params(model="gpa", device="cpu", dtype="float32")
+    side = target(cfg).side
+    pipe = gpa.Pipeline(kit.load(cfg, side), side.backend, max_new_tokens=2)
+    clip = inputs.fixtures("en_fox")[0]
+    first = gpa.TaskClock(side.backend)
+    first.start()
+    semantic, glob = pipe.bicodec_tokens(clip.samples16, first)
+    assert first.charged == 0.0 and len(pipe.tokenized) == 1
+    calls = []
+    tokenize = pipe.codec.tokenize
+    pipe.codec.tokenize = lambda *a: calls.append(a) or tokenize(*a)
+    again = gpa.TaskClock(side.backend)
+    again.start()
+    semantic2, glob2 = pipe.bicodec_tokens(clip.samples16.copy(), again)
+    assert not calls  # not tokenized again
+    assert semantic2.equal(semantic) and glob2.equal(glob)
+    took = next(iter(pipe.tokenized.values()))[2]
+    assert took > 0 and again.charged == took and again.stamp() >= took
+    other = inputs.fixtures("zh_weather")[0]
+    pipe.bicodec_tokens(other.samples16, again)
+    assert len(calls) == 1 and again.charged == took  # a new clip runs, charged nothing
+
+
 def test_covo_dialogue_two_rounds(model_cache: Path) -> None:
     cfg = RunConfig.from_params(model="covo-audio-chat", device="cpu", dtype="float32")
     runs = tasks.run_all(target(cfg), fixtures="en_fox,zh_ai",

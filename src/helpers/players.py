@@ -4,15 +4,22 @@
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import html
 import io
+import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 
 from helpers import audio
+
+DPI = 96  # the players' figures (their PNGs are embedded in the report)
 
 
 def show_mel(ax: Any, mel: np.ndarray, spec: audio.MelSpec, title: str = "", cmap: str = "magma",
@@ -37,13 +44,77 @@ def waveform_mel_figure(x: np.ndarray, sr: int, title: str = "",
     spec = spec or audio.WHISPER
     mono = audio.mix_to_mono(np.asarray(x, dtype=np.float32))
     mel = audio.log_mel(audio.resample(mono, sr, spec.sample_rate), spec).numpy()
-    fig, (ax_wave, ax_mel) = plots.figure(nrows=2, height=4.2, sharex=True)
+    fig, (ax_wave, ax_mel) = plots.stacked(2, height=4.2)
     ax_wave.plot(np.arange(mono.shape[0]) / sr, mono, linewidth=0.5)
     ax_wave.set_ylabel("amplitude")
     ax_wave.set_title(title or f"{mono.shape[0] / sr:.2f} s at {sr} Hz")
     img = show_mel(ax_mel, mel, spec)
-    fig.colorbar(img, ax=ax_mel, label=f"log-mel ({spec.name})", pad=0.01)
+    plots.colorbar(img, ax_mel, f"log-mel ({spec.name})")
     return fig, (ax_wave, ax_mel)
+
+
+def waveform_png(x: np.ndarray, sr: int) -> str:
+    """waveform_mel_figure(x, sr) as a base64 PNG (titled with its length and rate: the
+    player's caption is printed under it), drawn once for equal samples, rate, figure language
+    and drawing code: kept in the figure cache (a clip heard by two tasks, an output equal to
+    the last run's), which keeps the KEPT_PNGS newest."""
+    from helpers import plots
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    key = hashlib.sha256(repr((x.shape, sr, plots.LANGUAGE, _drawing(plots.LANGUAGE))).encode())
+    key.update(x.tobytes())
+    path = figure_cache() / f"{key.hexdigest()}.png"
+    try:
+        found = path.read_bytes()
+        os.utime(path)  # kept as recently used
+        return base64.b64encode(found).decode("ascii")
+    except OSError:
+        pass
+    png = png_base64(waveform_mel_figure(x, sr)[0])
+    try:  # best effort: a cache that cannot be written only costs the drawing next time
+        _keep(path, base64.b64decode(png))
+    except OSError:
+        pass
+    return png
+
+
+FIGURE_CACHE_ENV = "HELPERS_FIGURE_CACHE"
+KEPT_PNGS = 256  # waveform figures kept in the figure cache (about 60 KiB each)
+
+
+def figure_cache() -> Path:
+    """The figure cache: $HELPERS_FIGURE_CACHE, else <repo>/.cache/figures."""
+    from helpers import paths
+
+    return Path(os.environ.get(FIGURE_CACHE_ENV) or paths.ROOT / ".cache" / "figures")
+
+
+def _keep(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all, then drop the oldest files past KEPT_PNGS."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    kept = sorted(path.parent.glob("*.png"), key=lambda p: p.stat().st_mtime)
+    for old in kept[:-KEPT_PNGS]:
+        old.unlink(missing_ok=True)
+
+
+@functools.cache
+def _drawing(lang: str) -> str:
+    """What a cached figure was drawn by: the source of this module, helpers.plots and
+    helpers.audio (the log-mel), the language's message catalog, and the matplotlib and Pillow
+    versions (a change to any draws the figures again)."""
+    import matplotlib
+    import PIL
+
+    from helpers import i18n, plots
+
+    files = [Path(m.__file__) for m in (sys.modules[__name__], plots, audio)]
+    if lang != "en":
+        files.append(i18n.catalog_path(lang))
+    code = b"".join(p.read_bytes() for p in files if p.is_file())
+    return f"{hashlib.sha256(code).hexdigest()} {matplotlib.__version__} {PIL.__version__}"
 
 
 def wav_base64(x: np.ndarray, sr: int) -> str:
@@ -54,27 +125,35 @@ def wav_base64(x: np.ndarray, sr: int) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def png_base64(fig: Any, dpi: int = 96, colors: int | None = 256) -> str:
-    """A matplotlib figure as a base64 PNG; the figure is closed (not shown twice).
+def png_base64(fig: Any, dpi: int = DPI, colors: int | None = 256) -> str:
+    """A matplotlib figure as a base64 PNG (plots.drawn: cropped as savefig's
+    bbox_inches="tight" crops); the figure is closed (not shown twice).
 
     colors: quantize to an indexed palette of this many colors (a log-mel image drops from
     about 140 KiB to 60 KiB at 256 colors with no visible change); None keeps RGBA.
     """
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     from helpers import plots
 
-    buf = io.BytesIO()
     plots.translate(fig)
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    image = plots.drawn(fig, dpi)
     plt.close(fig)
+    return image_base64(image, colors)
+
+
+def image_base64(image: Any, colors: int | None = 256, scale: float = 1.0) -> str:
+    """A PIL image as a base64 PNG, resized by `scale` and quantized to `colors` (None: kept)."""
+    from PIL import Image
+
+    if scale != 1.0:
+        size = (round(image.width * scale), round(image.height * scale))
+        image = image.resize(size, Image.Resampling.LANCZOS)
     if colors:
-        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-        image = image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT,
-                               dither=Image.Dither.NONE)
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", optimize=True)
+        image = image.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT,
+                                              dither=Image.Dither.NONE)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -89,21 +168,24 @@ def _listening_copy(x: np.ndarray, normalize: bool) -> tuple[np.ndarray, str]:
 
 
 def player_html(x: np.ndarray, sr: int, caption: str, fig: Any = None,
-                normalize: bool = False, figure_on_screen: bool = False) -> str:
+                normalize: bool = False, figure_on_screen: bool = False,
+                png: str = "") -> str:
     """HTML for one clip: an embedded <audio> player on screen, its figure in print.
 
-    The WAV is a base64 data URI (no file links, no network). `fig` defaults to
-    waveform_mel_figure(x, sr); the report's CSS hides .print-only on screen and
-    .screen-only in print. figure_on_screen=True shows the figure in both media (the player
-    above it on screen only), for a figure the reader needs next to the sound.
+    The WAV is a base64 data URI (no file links, no network). The figure: `png` (a base64
+    PNG drawn already), else `fig`, else waveform_png(x, sr); the report's CSS hides
+    .print-only on screen and .screen-only in print. figure_on_screen=True shows the figure in
+    both media (the player above it on screen only), for a figure the reader needs next to the
+    sound.
     """
     x = np.asarray(x, dtype=np.float32)
     audio, note = _listening_copy(x, normalize)
-    fig = fig if fig is not None else waveform_mel_figure(x, sr, caption)[0]
     from helpers import plots
 
+    if not png:
+        png = png_base64(fig) if fig is not None else waveform_png(x, sr)
     text = html.escape(plots.text(caption) + (" " + plots.text(note.strip()) if note else ""))
-    img = f'<img alt="{text}" src="data:image/png;base64,{png_base64(fig)}">'
+    img = f'<img alt="{text}" src="data:image/png;base64,{png}">'
     sound = (f'<audio controls preload="metadata" '
              f'src="data:audio/wav;base64,{wav_base64(audio, sr)}"></audio>')
     if figure_on_screen:
@@ -118,12 +200,12 @@ def player_html(x: np.ndarray, sr: int, caption: str, fig: Any = None,
 
 
 def player(x: np.ndarray, sr: int, caption: str, fig: Any = None,
-           normalize: bool = False, figure_on_screen: bool = False) -> Any:
+           normalize: bool = False, figure_on_screen: bool = False, png: str = "") -> Any:
     """An IPython display object of player_html(...) for a notebook cell."""
     from IPython.display import HTML
 
     return HTML(player_html(x, sr, caption, fig=fig, normalize=normalize,
-                            figure_on_screen=figure_on_screen))
+                            figure_on_screen=figure_on_screen, png=png))
 
 
 def players(clips: Sequence[tuple[np.ndarray, int, str]], normalize: bool = False) -> Any:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 # matplotlib caches its font list; a fresh cache folder lets it see fonts installed later
@@ -85,10 +87,104 @@ def translate(fig: Any, lang: str | None = None) -> Any:
     return fig
 
 
+def drawn(fig: Any, dpi: float) -> Any:
+    """The figure rendered at `dpi` as a PIL image, what savefig(bbox_inches="tight") writes:
+    its tight box padded by savefig.pad_inches (past the canvas: the figure's face color).
+
+    One draw, cropped, where savefig lays the figure out, draws it to find the box and draws
+    it again; text reaching past the canvas (a title wider than the figure) takes a second
+    draw into a canvas grown to hold it. The figure's dpi and layout are left as they were.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgba
+    from PIL import Image
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    before = fig.dpi
+    fig.set_dpi(dpi)
+    try:
+        canvas.draw()
+        pad = matplotlib.rcParams["savefig.pad_inches"]
+        box = fig.get_tightbbox(canvas.get_renderer())  # inches
+        width, height = fig.get_size_inches()
+        if box.x0 < 0 or box.y0 < 0 or box.x1 > width or box.y1 > height:
+            return _grown(fig, box.padded(pad), dpi)
+        rgba = np.asarray(canvas.buffer_rgba())  # [H, W, 4], row 0 at the top
+    finally:
+        fig.set_dpi(before)
+    x0, x1 = round((box.x0 - pad) * dpi), round((box.x1 + pad) * dpi)
+    y0 = rgba.shape[0] - round((box.y1 + pad) * dpi)
+    y1 = rgba.shape[0] - round((box.y0 - pad) * dpi)
+    face = tuple(round(255 * c) for c in to_rgba(fig.get_facecolor()))
+    image = Image.new("RGBA", (x1 - x0, y1 - y0), face)
+    inner = rgba[max(y0, 0):min(y1, rgba.shape[0]), max(x0, 0):min(x1, rgba.shape[1])]
+    image.paste(Image.fromarray(np.ascontiguousarray(inner), "RGBA"), (max(-x0, 0), max(-y0, 0)))
+    return image
+
+
+def _grown(fig: Any, box: Any, dpi: float) -> Any:
+    """savefig of the box (inches) found by a draw just made, without laying the figure out
+    again."""
+    from PIL import Image
+
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        fig.set_layout_engine("none")
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches=box)
+    finally:
+        if engine is not None:
+            fig.set_layout_engine(engine)
+    return Image.open(buf)
+
+
+def save_png(fig: Any, path: str | Path, dpi: float) -> None:
+    """The figure as a PNG file, as savefig(path, dpi=dpi, bbox_inches="tight") writes it."""
+    drawn(fig, dpi).save(path, format="png")
+
+
 def figure(ncols: int = 1, nrows: int = 1, width: float = 7.5, height: float = 3.6,
            **kw: Any) -> tuple[Any, Any]:
     """A figure in the report's style: (fig, ax) or (fig, axes) for a grid."""
     return plt.subplots(nrows, ncols, figsize=(width, height), constrained_layout=True, **kw)
+
+
+# inches around and between stacked() rows: room for tick labels and an axis label left, a
+# colorbar with its label right, a title above the first row (and above any row titled)
+STACK = {"left": 0.9, "right": 1.0, "top": 0.35, "bottom": 0.5, "gap": 0.12, "title": 0.3}
+
+
+def stacked(nrows: int, width: float = 7.5, height: float = 3.6,
+            titled: Sequence[int] = ()) -> tuple[Any, list[Any]]:
+    """Rows of axes over one shared x axis (only the last labels it), at fixed margins
+    (STACK) where figure() asks a layout engine, which costs a third of such a figure's
+    draw; the saved and embedded PNGs are cropped to what is drawn (drawn()). titled: the rows
+    after the first that carry a title. colorbar() adds a colorbar right of a row."""
+    fig = plt.figure(figsize=(width, height))
+    m = STACK
+    gaps = [m["gap"] + (m["title"] if i in titled else 0.0) for i in range(1, nrows)]
+    row = (height - m["top"] - m["bottom"] - sum(gaps)) / nrows
+    top, axes = height - m["top"], []
+    for i in range(nrows):
+        top -= gaps[i - 1] if i else 0.0
+        box = (m["left"] / width, (top - row) / height, (width - m["left"] - m["right"]) / width,
+               row / height)
+        axes.append(fig.add_axes(box, sharex=axes[0] if axes else None))
+        top -= row
+    for ax in axes[:-1]:  # the shared x axis is labelled once, under the last row
+        ax.tick_params(labelbottom=False)
+        ax.xaxis.label.set_visible(False)
+    return fig, axes
+
+
+def colorbar(img: Any, ax: Any, label: str) -> Any:
+    """A colorbar for `img` right of a stacked() row, as tall as the row."""
+    fig, box = ax.figure, ax.get_position()
+    width = fig.get_figwidth()
+    cax = fig.add_axes((box.x1 + 0.08 / width, box.y0, 0.13 / width, box.height))
+    return fig.colorbar(img, cax=cax, label=label)
 
 
 def bars(labels: Sequence[str], values: Sequence[float], title: str, ylabel: str,

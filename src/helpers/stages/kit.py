@@ -193,7 +193,7 @@ class Stage:
         self.figures_dir.mkdir(parents=True, exist_ok=True)
         path = self.figures_dir / f"{self.name}-{name}.png"
         plots.translate(fig)
-        fig.savefig(path, dpi=SAVED_DPI, bbox_inches="tight")
+        plots.save_png(fig, path, SAVED_DPI)
         self.figures.append(path.name)
         if show:
             _show_png(fig, path)

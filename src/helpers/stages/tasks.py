@@ -204,6 +204,8 @@ def run_side(cfg: RunConfig, side: Side, clips: list[TaskClip], s: Resolved,
             pipe.max_new = warm.max_new_tokens
             (pipe.stt(usable[0]) if fam == "gpa" else pipe.dialogue("a2t", usable[0], None))
             pipe.max_new = s.max_new_tokens
+            if fam == "gpa":  # the warm-up's first-call seconds are no task's to be charged
+                pipe.tokenized.clear()
         pipe.leader = dict(leader.outputs) if leader is not None else None
         run = run_gpa if fam == "gpa" else run_covo
         run(pipe, res, clips, s)

@@ -57,6 +57,7 @@ from helpers.stages.accuracy_parity.sections import (
     layer_frame,
     layers_section,
     logits_section,
+    pooled_topk,
     weights_section,
 )
 from helpers.stages.accuracy_parity.settings import Settings
@@ -80,6 +81,6 @@ __all__ = [
     "golden_decision", "golden_section", "greedy", "headline", "input_player", "largest_increase",
     "layer_figure", "layer_frame", "layers_section", "load_prompts", "logits_section",
     "modules_section",
-    "parity_table", "pick", "plan", "run_all", "shown", "stage_store", "weight_digests",
+    "parity_table", "pick", "plan", "pooled_topk", "run_all", "shown", "stage_store", "weight_digests",
     "weights_section",
 ]

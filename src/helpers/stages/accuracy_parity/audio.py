@@ -31,7 +31,7 @@ from helpers.records import Check
 from helpers.stages.accuracy_parity.plan import PLAYERS_DEFAULT
 from helpers.stages.accuracy_parity.sections import _network_check, _verdict
 from helpers.stages.accuracy_parity.sides import RECIPE_INPUTS, FixtureClip, Runs
-from helpers.stages.kit import CONTRACT, Section, Stage
+from helpers.stages.kit import CONTRACT, SAVED_DPI, Section, Stage
 from helpers.tables import table
 
 NETWORK_SOURCE = "msprobe-network"
@@ -360,19 +360,19 @@ def fixture_figure(c: FixtureClip, runs: Runs) -> Any:
     from helpers import plots
 
     dev = runs.plan.target.device
-    fig, (ax_w, ax_m, ax_d) = plots.figure(nrows=3, height=6.0, sharex=True)
+    fig, (ax_w, ax_m, ax_d) = plots.stacked(3, height=6.0, titled=(1, 2))
     t = np.arange(c.samples16.shape[0]) / 16_000
     ax_w.plot(t, c.samples16, linewidth=0.5)
     ax_w.set_ylabel("amplitude")
     ax_w.set_title(f"{c.name}: \"{c.fixture.text}\" (16 kHz mono as the models hear it)")
     img = players.show_mel(ax_m, c.mel_dev, audio.WHISPER, title=f"log-mel on {dev}")
-    fig.colorbar(img, ax=ax_m, pad=0.01, label="log-mel")
+    plots.colorbar(img, ax_m, "log-mel")
     diff = c.mel_dev - c.mel_ref
     span = float(np.abs(diff).max(initial=0.0))
     what = f"max |diff| {span:.3g}" if span else "identical: every difference is 0"
     img = players.show_mel(ax_d, diff, audio.WHISPER, cmap="RdBu_r", vmin=-(span or 1.0),
-                         vmax=span or 1.0, title=f"{dev} minus cpu ({what})")
-    fig.colorbar(img, ax=ax_d, pad=0.01, label="difference")
+                           vmax=span or 1.0, title=f"{dev} minus cpu ({what})")
+    plots.colorbar(img, ax_d, "difference")
     return fig
 
 
@@ -382,10 +382,18 @@ def input_player(c: FixtureClip, runs: Runs, st: Stage | None = None) -> Any:
     caption = (f"input {c.name} ({c.fixture.language}): \"{c.fixture.text}\"; file "
                f"{c.fixture.sample_rate} Hz {c.fixture.channels} ch, played as the 16 kHz mono "
                "the components hear")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
     fig = fixture_figure(c, runs)
-    if st is not None:
-        st.save_figure(fig, f"fixture-{c.name}")
-    return players.player(c.samples16, 16_000, caption, fig=fig, figure_on_screen=True)
+    if st is None:
+        return players.player(c.samples16, 16_000, caption, fig=fig, figure_on_screen=True)
+    # drawn once: the player shows the saved PNG, scaled to the players' resolution
+    path = st.save_figure(fig, f"fixture-{c.name}")
+    plt.close(fig)
+    with Image.open(path) as saved:
+        png = players.image_base64(saved, scale=players.DPI / SAVED_DPI)
+    return players.player(c.samples16, 16_000, caption, figure_on_screen=True, png=png)
 
 
 def _row(sec: Section, name: str, fixture: str) -> dict[str, Any] | None:

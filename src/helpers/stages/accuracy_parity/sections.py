@@ -116,14 +116,25 @@ def weights_section(runs: Runs) -> Section:
 
 # -- logits
 
-def _logit_row(p: Prompt, t: torch.Tensor, r: torch.Tensor, dtype: str) -> dict[str, Any]:
+def _logit_row(p: Prompt, t: torch.Tensor, r: torch.Tensor, dtype: str,
+               top: tuple[float, float]) -> dict[str, Any]:
     cmp = parity.compare(t, r, dtype)
-    top1, top5 = parity.topk_agreement(t, r, 5)
+    top1, top5 = top
     return {"lang": p.lang, "prompt": p.text, "tokens": int(t.shape[0]),
             "rel_l2_pct": 100 * cmp.rel_l2, "cosine": cmp.cosine, "max_abs": cmp.max_abs,
             "mean_abs": cmp.mean_abs, "top1_pct": 100 * top1, "top5_overlap": top5,
             "kl": parity.kl_divergence(r, t), "within_tol_pct": 100 * cmp.within_tol,
             "nonfinite": cmp.nonfinite, "msprobe_rule": _verdict(cmp)}
+
+
+def pooled_topk(per_prompt: list[tuple[float, float]], rows: list[int]) -> tuple[float, float]:
+    """parity.topk_agreement over every prompt's rows together, from each prompt's own: both
+    are whole counts (rows whose top-1 ids agree, top-k ids shared) over the rows, so each
+    prompt's counts come back exactly and their sum over all rows is the pooled figure."""
+    n = sum(rows)
+    same = sum(round(top1 * k) for (top1, _), k in zip(per_prompt, rows, strict=True))
+    shared = sum(round(topk * k) for (_, topk), k in zip(per_prompt, rows, strict=True))
+    return same / n, shared / n
 
 
 def logits_section(runs: Runs) -> Section:
@@ -133,11 +144,12 @@ def logits_section(runs: Runs) -> Section:
     if why:
         return Section.failure("logits", why)
     t, r, dtype = runs.target, runs.reference, runs.plan.target.dtype_name
-    rows = [_logit_row(p, tl, rl, dtype) for p, tl, rl in zip(runs.prompts, t.logits, r.logits,
-                                                                strict=True)]
+    tops = [parity.topk_agreement(tl, rl, 5) for tl, rl in zip(t.logits, r.logits, strict=True)]
+    rows = [_logit_row(p, tl, rl, dtype, top) for p, tl, rl, top in zip(
+        runs.prompts, t.logits, r.logits, tops, strict=True)]
     tc, rc = torch.cat(t.logits), torch.cat(r.logits)  # [sum S, V]
     cmp = parity.compare(tc, rc, dtype)
-    top1, top5 = parity.topk_agreement(tc, rc, 5)
+    top1, top5 = pooled_topk(tops, [len(x) for x in t.logits])
     summary = {"rel_l2_pct": 100 * cmp.rel_l2, "cosine": cmp.cosine,
                "top1_agreement_pct": 100 * top1, "top5_overlap": top5,
                "max_abs": cmp.max_abs, "mean_abs": cmp.mean_abs,
