@@ -7,8 +7,8 @@ directory, environment and standard streams to the fork server, which forks a ke
 stages' imports already made; it then forwards every signal jupyter_client sends (interrupt,
 terminate) to that kernel and exits with the kernel's exit status. If it is killed, the server
 kills the kernel. Where no server answers, or the command is not an ipykernel one, it becomes
-the plain kernel command (exec), so a kernel always starts. Standard library only, run with
--I: it must start in milliseconds.
+the plain kernel command (exec), so a kernel always starts. The standard library and
+helpers.errors (which imports nothing) only, run with -I: it must start in milliseconds.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import signal
 import socket
 import struct
 import sys
+
+from helpers.errors import ReportError
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server's socket (a live server accepts at once)
 # seconds for its answer (the pid): it forks between two of its imports, and one import
@@ -47,7 +49,7 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-class Unanswered(ConnectionError):
+class Unanswered(ReportError, ConnectionError):
     """The server took a request and gave no pid: it may still fork that process, so the
     requester must not start the same one another way."""
 
