@@ -69,9 +69,9 @@ elif [ -n "$WHEELS" ]; then  # fetch what the folder lacks, then install torch f
   quiet "$PY" -m pip install -q -e ".[dev]" $PIN
 else  # one resolve: torch named explicitly, then the package's dependencies around it
   say "installing $TORCH_SPEC and the helpers package with its dependencies${PIN:+ with $PIN}"
-  # --no-compile: Python writes the bytecode of what the report imports when it first does;
-  # compiling every module of torch and transformers here would cost more than that
-  quiet "$PY" -m pip install -q --no-compile "$TORCH_SPEC" -e ".[dev]" $PIN
+  # bytecode compiled here, once: where PYTHONDONTWRITEBYTECODE is set (as in many images)
+  # Python never writes it later, and every run would compile torch and transformers again
+  quiet "$PY" -m pip install -q "$TORCH_SPEC" -e ".[dev]" $PIN
 fi
 "$PY" -W ignore -c "import torch" || { say "torch did not install ($TORCH_SPEC); set TORCH_SPEC"; exit 1; }
 "$PY" -c "import helpers.runner.pipeline, papermill, nbconvert, transformers" \
