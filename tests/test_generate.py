@@ -45,6 +45,28 @@ def test_greedy_ids_equal_hf_generate_on_dynamic_and_static_caches(lm) -> None:
         assert torch.equal(again.ids, want)
 
 
+def test_a_left_padded_batch_gives_each_row_what_it_gives_alone(lm) -> None:
+    """Rows of other lengths, left-padded into one batch with their mask: the same greedy ids
+    and (float32 rounding aside) the same step logits as each row decoded on its own, in free
+    and in forced decoding; a padded batch cannot continue an earlier round."""
+    rows = [torch.tensor([5, 6, 7, 8, 9, 10]), torch.tensor([11, 3, 4]), torch.tensor([42])]
+    ids = torch.zeros(3, 6, dtype=torch.long)
+    mask = torch.zeros(3, 6, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, 6 - len(r):], mask[i, 6 - len(r):] = r, 1
+    batch = generate.decode(lm, {"input_ids": ids, "attention_mask": mask}, 10, keep_logits=True)
+    forced = generate.decode(lm, {"input_ids": ids, "attention_mask": mask}, 10,
+                             forced=batch.ids)
+    for i, r in enumerate(rows):
+        alone = generate.decode(lm, {"input_ids": r[None]}, 10, keep_logits=True)
+        assert torch.equal(batch.ids[i], alone.ids[0]), i
+        for got in (batch.logits[i], forced.logits[i]):
+            assert torch.allclose(got, alone.logits[0], rtol=1e-4, atol=1e-5), i
+    with pytest.raises(ConfigError, match="continues no earlier round"):
+        generate.decode(lm, {"input_ids": ids, "attention_mask": mask}, 2, cache=batch.cache,
+                        past=8)
+
+
 def test_repetition_penalty_equals_transformers_processor(lm) -> None:
     want = _hf(lm, 12, repetition_penalty=1.3)
     got = generate.decode(lm, {"input_ids": PROMPT}, 12, Sampling(repetition_penalty=1.3))

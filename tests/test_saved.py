@@ -293,6 +293,16 @@ def test_reused_sides_are_linked_not_copied(parity_runs: dict) -> None:
     assert target.stat().st_nlink == 1  # the target is this run's own
 
 
+def test_the_stage_run_again_into_its_own_folder_links_again(parity_runs: dict) -> None:
+    """A stage rerun into the same folder (a notebook run twice in one lab kernel): the reused
+    sides are linked once more, no temporary link is left behind."""
+    reused = parity_runs["reused"]
+    cfg = RunConfig.from_params(model="gpa")
+    store = accuracy.stage_store(cfg, _plan(cfg), reused["dir"])
+    assert accuracy.run_all(cfg, _plan(cfg), store).reference.tokens is not None
+    assert not list((reused["dir"] / saved.OUTPUTS).glob(".*.link-*"))
+
+
 def test_baseline_and_reference_are_run_parameters_made_absolute(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  ) -> None:

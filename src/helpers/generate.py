@@ -203,20 +203,31 @@ class Step:
     """One model's forward over one KV cache: the prompt (prefill), then one id per row.
 
     Returns the last position's logits [B, V]; a static cache is addressed by explicit
-    positions (cache_position, position_ids), a dynamic one grows by itself.
+    positions (cache_position, position_ids), a dynamic one grows by itself. A left-padded
+    batch (mask [B, S], 0 on the padding) keeps its mask growing by one column per step and
+    numbers each row's positions from its first real token, as generate does, so every row
+    sees the positions it would see on its own.
     """
 
-    def __init__(self, lm: torch.nn.Module, cache: Any, past: int, static: bool) -> None:
+    def __init__(self, lm: torch.nn.Module, cache: Any, past: int, static: bool,
+                 mask: torch.Tensor | None = None) -> None:
         self.lm, self.cache, self.pos, self.static = lm, cache, past, static
         self.key = compat.cache_keyword(lm.forward)
         self.device = lm.get_input_embeddings().weight.device
+        self.mask = None if mask is None else mask.to(self.device)  # [B, past + S] once fed
 
     def __call__(self, **inputs: torch.Tensor) -> torch.Tensor:
-        width = next(iter(inputs.values())).shape[1]
+        batch, width = next(iter(inputs.values())).shape[:2]
         extra: dict[str, Any] = {}
         if self.static:
             pos = torch.arange(self.pos, self.pos + width, device=self.device)  # [S]
             extra = {"cache_position": pos, "position_ids": pos[None]}
+        if self.mask is not None:
+            if self.pos:  # a step: one more real column per row
+                ones = self.mask.new_ones(batch, width)
+                self.mask = torch.cat([self.mask, ones], dim=1)  # [B, pos + S]
+            extra["attention_mask"] = self.mask
+            extra["position_ids"] = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]  # [B, S]
         out = self.lm(**inputs, use_cache=True, logits_to_keep=1, **{self.key: self.cache},
                       **extra)
         self.pos += width
@@ -269,7 +280,8 @@ def decode(lm: torch.nn.Module, first: dict[str, torch.Tensor], max_new_tokens: 
            prompt_ids: torch.Tensor | None = None, cache: Any = None, past: int = 0,
            static: bool = False, forced: torch.Tensor | None = None,
            keep_logits: bool = False) -> Decoded:
-    """Decode one round from `first` (input_ids [B, S] or inputs_embeds [B, S, H]).
+    """Decode one round from `first` (input_ids [B, S] or inputs_embeds [B, S, H], and an
+    attention_mask [B, S] for a left-padded batch, 0 on the padding: see Step).
 
     cache: a KV cache a previous round left (past = the tokens it holds) or None for a new
     one (static: a StaticCache of past + S + max_new_tokens positions, else a DynamicCache);
@@ -285,7 +297,12 @@ def decode(lm: torch.nn.Module, first: dict[str, torch.Tensor], max_new_tokens: 
         cache = static_cache(lm, past + width + max_new_tokens) if static else _dynamic()
     elif _is_static(cache):
         rewind(cache, past)
-    step = Step(lm, cache, past, _is_static(cache))
+    first = dict(first)
+    mask = first.pop("attention_mask", None)  # [B, S]: a left-padded batch
+    if mask is not None and past:
+        raise ConfigError("a padded batch continues no earlier round",
+                          "decode a padded batch from a new cache (past=0)")
+    step = Step(lm, cache, past, _is_static(cache), mask)
     first = {k: v.to(step.device) for k, v in first.items()}
     batch = next(iter(first.values())).shape[0]
     if not s.plain and batch != 1:

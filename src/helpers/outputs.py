@@ -311,12 +311,16 @@ def link_side(src: Path, dst: Path, stage: str, role: str, hashes: StageHashes,
     side = index["stages"][stage]["sides"][role]
     name = side["file"]
     dst.mkdir(parents=True, exist_ok=True)
-    tmp = dst / f".{name}.link-{os.getpid()}"
-    try:
-        os.link(src / name, tmp)
-    except OSError:
-        shutil.copy2(src / name, tmp)
-    os.replace(tmp, dst / name)
+    if not ((dst / name).exists() and os.path.samefile(src / name, dst / name)):
+        # (already linked by an earlier run of the stage into dst: os.replace of two links to
+        # one file does nothing and would leave the temporary name behind)
+        tmp = dst / f".{name}.link-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src / name, tmp)
+        except OSError:
+            shutil.copy2(src / name, tmp)
+        os.replace(tmp, dst / name)
     entries = [e for e in index["entries"] if (e["stage"], e["role"]) == (stage, role)]
     _index_side(dst, stage, role, (entries, side, index["files"][name]), hashes, run, reuse)
 

@@ -169,8 +169,12 @@ def _flat(x: Any) -> Any:
 def compare(target: Any, reference: Any, dtype: str = "float32") -> Comparison:
     """Elementwise comparison. Relative errors use msprobe's small-value rule: where
     |reference| < small_value, the error is judged absolutely against small_value instead of
-    being divided by a near-zero number. Inputs above BLOCK elements are read block by block
-    (sums accumulated in float64; the same metrics, to the last bits of their sums)."""
+    being divided by a near-zero number. Metrics cover the elements finite on both sides;
+    NaN/Inf in the target alone are counted (nonfinite) and void cosine, max abs and relative
+    L2. One pass over the inputs, BLOCK elements at a time (float64 temporaries of bounded
+    size; the sums accumulated in float64 across blocks, in torch's threads)."""
+    import torch
+
     ft, fr = _flat(target), _flat(reference)
     if ft.shape != fr.shape:
         raise ValueError(f"shapes differ: target {tuple(np.shape(target))} vs reference "
@@ -179,34 +183,80 @@ def compare(target: Any, reference: Any, dtype: str = "float32") -> Comparison:
     n = int(ft.shape[0])
     if n == 0:
         return Comparison(0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0, tol.dtype)
-    if n > BLOCK:
-        return _compare_blocks(ft, fr, n, tol)
-    t, r = to64(ft), to64(fr)
-    t_ok, r_ok = np.isfinite(t), np.isfinite(r)
-    bad = (~t_ok & r_ok).any()
-    finite = t_ok & r_ok
-    whole = bool(finite.all())  # the common case: no copies of the finite elements
-    tf, rf = (t, r) if whole else (t[finite], r[finite])
-    err = np.abs(tf - rf)
-    mag = np.abs(rf)
-    small = mag < tol.small_value
-    rel = np.divide(err, mag, out=np.zeros_like(err), where=~small)
-    ok = np.where(small, err <= tol.small_value, err <= tol.rtol * mag)
-    nan = float("nan")
-    return Comparison(
-        n=n,
-        cosine=cosine(tf, rf) if not bad else nan,
-        max_abs=float(err.max(initial=0.0)) if not bad else math.inf,
-        mean_abs=float(err.mean()) if err.size else 0.0,
-        max_rel=float(rel.max(initial=0.0)),
-        mean_rel=float(rel.mean()) if rel.size else 0.0,
-        rel_l2=math.inf if bad else rel_l2(t, r) if whole else rel_l2(
-            np.where(finite, t, 0.0), np.where(finite, r, 0.0)),
-        rmse=float(math.sqrt(np.mean(err**2))) if err.size else 0.0,
-        within_tol=float(ok.sum()) / float(n),
-        nonfinite=int((~t_ok & r_ok).sum()) if bad else 0,
-        dtype=tol.dtype,
-    )
+    s = _Sums()
+    for i in range(0, n, BLOCK):
+        s.add(_as64(ft[i:i + BLOCK], torch), _as64(fr[i:i + BLOCK], torch), tol, torch)
+    return s.result(n, tol, lambda: _scaled_norms(ft, fr, n, s.t_max, s.r_max, s.equal))
+
+
+def _as64(x: Any, torch: Any) -> Any:
+    """A block as a float64 torch tensor on the host (a view when it already is one)."""
+    x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    return x.to("cpu", torch.float64)
+
+
+class _Sums:
+    """compare()'s float64 running sums over the blocks of the elements finite on both sides."""
+
+    def __init__(self) -> None:
+        self.bad = self.m = self.ok = 0
+        self.err_sum = self.err2 = self.rel_sum = self.err_max = self.rel_max = 0.0
+        self.t_max = self.r_max = self.dot = self.tt = self.rr = 0.0
+        self.equal = True
+
+    def add(self, t: Any, r: Any, tol: Tolerance, torch: Any) -> None:
+        t_ok, r_ok = torch.isfinite(t), torch.isfinite(r)
+        self.bad += int((~t_ok & r_ok).sum())
+        finite = t_ok & r_ok
+        if not bool(finite.all()):
+            t, r = t[finite], r[finite]
+        if not t.numel():
+            return
+        d = t - r
+        err, mag = d.abs(), r.abs()
+        small = mag < tol.small_value
+        rel = torch.where(small, 0.0, err / mag)  # [m]; the divisions by 0 are not taken
+        self.ok += int(torch.where(small, err <= tol.small_value, err <= tol.rtol * mag).sum())
+        self.m += t.numel()
+        self.err_sum += float(err.sum())
+        self.err2 += float(d @ d)
+        self.rel_sum += float(rel.sum())
+        self.err_max = max(self.err_max, float(err.max()))
+        self.rel_max = max(self.rel_max, float(rel.max()))
+        self.t_max = max(self.t_max, float(t.abs().max()))
+        self.r_max = max(self.r_max, float(mag.max()))
+        self.dot += float(t @ r)
+        self.tt += float(t @ t)
+        self.rr += float(r @ r)
+        self.equal = self.equal and torch.equal(t, r)
+
+    def result(self, n: int, tol: Tolerance, scaled: Any) -> Comparison:
+        """The comparison; `scaled` computes (cosine, relative L2) on max-scaled values, for
+        magnitudes whose squares overflow float64 (the plain sums are used otherwise)."""
+        m, nan = self.m, float("nan")
+        if self.bad:
+            cos, l2 = nan, math.inf
+        elif not all(map(math.isfinite, (self.dot, self.tt, self.rr, self.err2))):
+            cos, l2 = scaled()
+        else:
+            cos, l2 = self._norms()
+        return Comparison(
+            n=n, cosine=cos, max_abs=math.inf if self.bad else self.err_max,
+            mean_abs=self.err_sum / m if m else 0.0, max_rel=self.rel_max,
+            mean_rel=self.rel_sum / m if m else 0.0, rel_l2=l2,
+            rmse=math.sqrt(self.err2 / m) if m else 0.0, within_tol=float(self.ok) / float(n),
+            nonfinite=self.bad, dtype=tol.dtype)
+
+    def _norms(self) -> tuple[float, float]:
+        if self.equal or (self.t_max == 0.0 and self.r_max == 0.0):
+            cos = 1.0
+        elif self.t_max == 0.0 or self.r_max == 0.0:
+            cos = 0.0
+        else:
+            cos = min(1.0, max(-1.0, self.dot / (math.sqrt(self.tt) * math.sqrt(self.rr))))
+        if self.rr == 0.0:
+            return cos, 0.0 if self.err2 == 0.0 else math.inf
+        return cos, math.sqrt(self.err2) / math.sqrt(self.rr)
 
 
 def _finite_blocks(ft: Any, fr: Any, n: int) -> Any:
@@ -220,37 +270,10 @@ def _finite_blocks(ft: Any, fr: Any, n: int) -> Any:
         yield (t, r, bad) if finite.all() else (t[finite], r[finite], bad)
 
 
-def _compare_blocks(ft: Any, fr: Any, n: int, tol: Tolerance) -> Comparison:
-    """compare() of inputs above BLOCK elements: one pass for the errors and the scales, a
-    second for cosine and relative L2 on the scaled values (as cosine() and rel_l2() scale)."""
-    bad = m = ok = 0
-    err_sum = err2 = rel_sum = err_max = rel_max = t_max = r_max = 0.0
-    equal = True
-    for tf, rf, nb in _finite_blocks(ft, fr, n):
-        bad += nb
-        err = np.abs(tf - rf)
-        mag = np.abs(rf)
-        small = mag < tol.small_value
-        rel = np.divide(err, mag, out=np.zeros_like(err), where=~small)
-        ok += int(np.where(small, err <= tol.small_value, err <= tol.rtol * mag).sum())
-        m += err.size
-        err_sum, err2, rel_sum = err_sum + err.sum(), err2 + (err * err).sum(), rel_sum + rel.sum()
-        err_max, rel_max = max(err_max, err.max(initial=0.0)), max(rel_max, rel.max(initial=0.0))
-        t_max, r_max = max(t_max, np.abs(tf).max(initial=0.0)), max(r_max, mag.max(initial=0.0))
-        equal = equal and np.array_equal(tf, rf)
-    nan = float("nan")
-    cos, l2 = (nan, math.inf) if bad else _scaled_norms(ft, fr, n, t_max, r_max, equal)
-    return Comparison(
-        n=n, cosine=cos, max_abs=math.inf if bad else float(err_max),
-        mean_abs=float(err_sum / m) if m else 0.0, max_rel=float(rel_max),
-        mean_rel=float(rel_sum / m) if m else 0.0, rel_l2=l2,
-        rmse=float(math.sqrt(err2 / m)) if m else 0.0, within_tol=float(ok) / float(n),
-        nonfinite=bad, dtype=tol.dtype)
-
-
 def _scaled_norms(ft: Any, fr: Any, n: int, t_max: float, r_max: float,
                   equal: bool) -> tuple[float, float]:
-    """(cosine, relative L2) over the elements finite on both sides, block by block."""
+    """(cosine, relative L2) over the elements finite on both sides, block by block, on
+    max-scaled values (as cosine() and rel_l2() scale), for magnitudes near float64's range."""
     scale = max(t_max, r_max)
     dot = tt = rr = diff = ref = 0.0
     for tf, rf, _ in _finite_blocks(ft, fr, n):

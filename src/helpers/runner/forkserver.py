@@ -28,6 +28,7 @@ exit too.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -125,6 +126,9 @@ def _become(request: dict[str, Any], fds: list[int], keep: list[socket.socket]) 
     """In the forked child: run what was asked (a kernel, or a call) in the requester's working
     directory and environment (never returns)."""
     code = 1
+    # what the server imported stays as it is for the child's life: out of the collector's
+    # sight, every full collection the stage makes (one per freed model side) skips it
+    gc.freeze()
     try:
         for s in keep:
             s.close()

@@ -44,6 +44,7 @@ class Plan:
     fixtures: tuple[str, ...] = ()  # the audio fixtures every component runs on (empty: all)
     component_dtype: str = "run"  # see COMPONENT_DTYPES
     profile: str = ""
+    decode_batch: int = 0  # prompts per left-padded decode batch (0: all; 1: each on its own)
 
     def component_dtypes(self, names: list[str]) -> dict[str, torch.dtype]:
         """The target dtype of each audio component under the component_dtype rule."""
@@ -90,23 +91,32 @@ class Plan:
                          f"target's error is held to what {t.dtype_name} itself costs.")
         lines.append(f"Workload: prompts in {', '.join(self.languages)}; greedy generation of "
                      f"{self.new_tokens} new tokens, then every other side fed those ids "
-                     "(teacher forcing).")
+                     f"(teacher forcing); {self.batching()}.")
         lines.append("Reduced-precision float32 (TF32 on CUDA, HF32 on Ascend): "
                      + ("**allowed** (knob tf32 = True): float32 differences include it."
                         if self.tf32 else "off for every side (knob tf32 = False), so float32 "
                         "means IEEE float32 on the device as on the CPU."))
         return "\n\n".join(lines)
 
+    def batching(self) -> str:
+        """How the prompts are decoded, in words."""
+        if self.decode_batch == 1:
+            return "each prompt decoded on its own (knob decode_batch = 1)"
+        size = "all prompts" if not self.decode_batch else f"{self.decode_batch} prompts"
+        return (f"{size} decoded together in one left-padded batch, every side alike "
+                "(knob decode_batch; 1 decodes each prompt on its own)")
+
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target.label, "reference": self.reference.label,
                 "golden": self.golden, "reason": self.reason, "new_tokens": self.new_tokens,
                 "languages": list(self.languages), "tf32": self.tf32,
-                "fixtures": list(self.fixtures), "component_dtype": self.component_dtype}
+                "fixtures": list(self.fixtures), "component_dtype": self.component_dtype,
+                "decode_batch": self.decode_batch}
 
 
 def plan(tgt: Target, reference_dtype: str = "float32", golden: str = "auto",
          new_tokens: int = 0, languages: str = "en,zh", tf32: bool = False,
-         fixtures: str = "", component_dtype: str = "run") -> Plan:
+         fixtures: str = "", component_dtype: str = "run", decode_batch: int = 0) -> Plan:
     """The sides and workload for a run's target and the stage knobs (checked here)."""
     if reference_dtype not in REFERENCE_DTYPES:
         raise ConfigError(f"reference_dtype {reference_dtype!r} is not valid",
@@ -123,12 +133,15 @@ def plan(tgt: Target, reference_dtype: str = "float32", golden: str = "auto",
     if component_dtype not in COMPONENT_DTYPES:
         raise ConfigError(f"accuracy_parity.component_dtype is {component_dtype!r}",
                           f"use one of {', '.join(COMPONENT_DTYPES)}")
+    if isinstance(decode_batch, bool) or not isinstance(decode_batch, int) or decode_batch < 0:
+        raise ConfigError(f"decode_batch must be an integer >= 0, got {decode_batch!r}",
+                          "0 decodes all prompts in one left-padded batch, 1 each on its own")
     langs = _languages(languages)
     # the reference the memory free here can hold (REFERENCE_FIT), refused before any load
     reference = fitted(tgt.cfg, reference_side(getattr(torch, reference_dtype)))
     n = new_tokens or NEW_TOKENS_AUTO.get(tgt.cfg.profile, NEW_TOKENS_DEFAULT)
     return Plan(tgt.side, reference, golden, tgt.reason, n, langs, tgt.cfg.model, tf32,
-                _fixtures(fixtures), component_dtype, tgt.cfg.profile)
+                _fixtures(fixtures), component_dtype, tgt.cfg.profile, decode_batch)
 
 
 def _fixtures(text: str) -> tuple[str, ...]:

@@ -19,5 +19,7 @@ class Settings:
     fixtures: str = setting("", "audio fixtures for the per-fixture component comparison; "
                                 "empty: all")
     players: str = setting("en_fox,zh_weather,en_stereo_48k", "fixtures given players")
+    decode_batch: int = setting(0, "prompts decoded together in one left-padded batch, every "
+                                   "side alike; 0: all of them, 1: each on its own")
     component_dtype: str = setting("run", "run: every component in DTYPE; upstream: as "
                                           "upstream runs each (BiCodec float16 on CUDA)")

@@ -196,28 +196,56 @@ def _prompt_ids(loaded: LoadedModel, p: Prompt) -> dict[str, torch.Tensor]:
     return {"input_ids": ids.to(loaded.input_device("lm"))}
 
 
-def greedy(loaded: LoadedModel, prompts: list[Prompt], new_tokens: int,
+def _batches(prompts: list[Prompt], batch: int) -> list[list[int]]:
+    """The prompts' indices in decode batches of `batch` (0: all of them in one)."""
+    size = batch or len(prompts) or 1
+    return [list(range(i, min(i + size, len(prompts)))) for i in range(0, len(prompts), size)]
+
+
+def _padded(loaded: LoadedModel, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
+    """The prompts' own ids (each tokenized alone, as _prompt_ids), left-padded into one batch
+    with the mask generate.Step reads: input_ids and attention_mask [B, S]. One prompt: its
+    ids alone, no mask."""
+    rows = [_prompt_ids(loaded, p)["input_ids"][0] for p in prompts]  # each [S_i]
+    if len(rows) == 1:
+        return {"input_ids": rows[0][None]}
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), generate.pad_id(loaded.tokenizer), dtype=torch.long,
+                     device=rows[0].device)  # [B, S]
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = r
+        mask[i, width - len(r):] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def greedy(loaded: LoadedModel, prompts: list[Prompt], new_tokens: int, batch: int = 0,
            steps: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Greedy decoding of exactly new_tokens tokens for each prompt on its own (no padding):
-    [P, N]. The end tokens are blocked so every row has N comparable tokens. `steps`, when
-    given, receives each prompt's step logits [N, V] (the trajectory others are forced on)."""
+    """Greedy decoding of exactly new_tokens tokens for each prompt, `batch` prompts at a time
+    in one left-padded batch (0: all; 1: each on its own, no padding): [P, N]. The end tokens
+    are blocked so every row has N comparable tokens. `steps`, when given, receives each
+    prompt's step logits [N, V] (the trajectory others are forced on)."""
     s = generate.exactly(generate.eos_ids(loaded.lm, loaded.tokenizer))
     rows = []
-    for p in prompts:
-        d = generate.decode(loaded.lm, _prompt_ids(loaded, p), new_tokens, s,
-                            keep_logits=steps is not None)
-        rows.append(d.ids[0])  # [N]
+    for group in _batches(prompts, batch):
+        d = generate.decode(loaded.lm, _padded(loaded, [prompts[i] for i in group]), new_tokens,
+                            s, keep_logits=steps is not None)
+        rows.extend(d.ids)  # each [N]
         if steps is not None:
-            steps.append(d.logits[0])  # [N, V]
+            steps.extend(d.logits)  # each [N, V]
     return torch.stack(rows)  # [P, N]
 
 
-def forced(loaded: LoadedModel, prompts: list[Prompt], ids: torch.Tensor,
+def forced(loaded: LoadedModel, prompts: list[Prompt], ids: torch.Tensor, batch: int = 0,
            ) -> list[torch.Tensor]:
     """Teacher forcing: each prompt fed the given ids [P, N] step by step through this side's
-    own KV cache, as it decodes; its step logits [N, V] per prompt, on the host."""
-    return [generate.decode(loaded.lm, _prompt_ids(loaded, p), ids.shape[1],
-                            forced=ids[i:i + 1]).logits[0] for i, p in enumerate(prompts)]
+    own KV cache, as it decodes, `batch` prompts at a time (as greedy); its step logits [N, V]
+    per prompt, on the host."""
+    out: list[torch.Tensor] = []
+    for group in _batches(prompts, batch):
+        out.extend(generate.decode(loaded.lm, _padded(loaded, [prompts[i] for i in group]),
+                                   ids.shape[1], forced=ids[group]).logits)
+    return out
 
 
 def first_tensor(out: Any) -> torch.Tensor:
@@ -340,7 +368,8 @@ def collect_loaded(loaded: LoadedModel, side: Side, prompts: list[Prompt], new_t
                    digest_dtypes: tuple[torch.dtype, ...] = (),
                    clips: list[FixtureClip] | None = None,
                    component_dtypes: dict[str, torch.dtype] | None = None,
-                   modules: str | dict[str, dict[str, torch.Tensor]] = "") -> SideRun:
+                   modules: str | dict[str, dict[str, torch.Tensor]] = "",
+                   batch: int = 0) -> SideRun:
     """Run every part on an already-loaded model. `inputs` are the inputs of the components
     without typed outputs (None: make them here, as the reference does); `again` repeats the
     forward and the generation for the determinism check; `reference` lends its codec codes;
@@ -348,7 +377,8 @@ def collect_loaded(loaded: LoadedModel, side: Side, prompts: list[Prompt], new_t
     the fixtures the typed components run on; component_dtypes: a dtype per component (the
     component_dtype rule; default: the side's); modules: "capture" (the target: every
     single-tensor LM module's input and output on the first prompt) or the target's capture to
-    replay (the baseline), see helpers.stages.accuracy_parity.modules."""
+    replay (the baseline), see helpers.stages.accuracy_parity.modules; batch: prompts per
+    decode batch (greedy)."""
     run = SideRun(side, parameters=loaded.parameters_total)
     _part(run, side.backend, "weights", lambda: run.digests.update(
         weight_digests(loaded, digest_dtypes or (side.dtype,))))
@@ -382,15 +412,15 @@ def collect_loaded(loaded: LoadedModel, side: Side, prompts: list[Prompt], new_t
     leader = reference if reference is not None and reference.tokens is not None else None
     if new_tokens and leader is not None:
         _part(run, be, "teacher-forced", lambda: run.steps.extend(
-            forced(loaded, prompts, leader.tokens)))
+            forced(loaded, prompts, leader.tokens, batch)))
     if new_tokens and side.role not in ("golden", "baseline"):
         _part(run, be, "generate", lambda: setattr(run, "tokens", greedy(
-            loaded, prompts, new_tokens, run.steps if leader is None else None)))
+            loaded, prompts, new_tokens, batch, run.steps if leader is None else None)))
         if run.tokens is not None:
             run.texts = [loaded.tokenizer.decode(row) for row in run.tokens]
         if again:
             _part(run, be, "generate again",
-                  lambda: setattr(run, "again_tokens", greedy(loaded, prompts, new_tokens)))
+                  lambda: setattr(run, "again_tokens", greedy(loaded, prompts, new_tokens, batch)))
     return run
 
 
@@ -403,7 +433,7 @@ def collect(cfg: RunConfig, side: Side, prompts: list[Prompt], new_tokens: int,
             again: bool = False, reference: SideRun | None = None,
             digest_dtypes: tuple[torch.dtype, ...] = (), clips: list[FixtureClip] | None = None,
             component_dtypes: dict[str, torch.dtype] | None = None,
-            modules: str | dict[str, dict[str, torch.Tensor]] = "") -> SideRun:
+            modules: str | dict[str, dict[str, torch.Tensor]] = "", batch: int = 0) -> SideRun:
     """Load one side, run every part, free the model; a failed load is recorded, not raised."""
     be = side.backend
     try:
@@ -416,7 +446,7 @@ def collect(cfg: RunConfig, side: Side, prompts: list[Prompt], new_tokens: int,
     run = collect_loaded(loaded, side, prompts, new_tokens, inputs, again, reference,
                          digest_dtypes, clips, component_dtypes and {
                              n: d for n, d in component_dtypes.items() if n in loaded.components},
-                         modules)
+                         modules, batch)
     run.seconds["load"] = round(t.seconds, 4)
     del loaded
     gc.collect()
@@ -537,14 +567,16 @@ def _sides(cfg: RunConfig, p: Plan, prompts: list[Prompt], clips: list[FixtureCl
 
     ref = reused("reference") or collect(
         cfg, p.reference, prompts, p.new_tokens, clips=clips,
-        digest_dtypes=(p.reference.dtype, torch.float32, p.target.dtype, torch.float64))
+        digest_dtypes=(p.reference.dtype, torch.float32, p.target.dtype, torch.float64),
+        batch=p.decode_batch)
     if store is not None:
         store.weights = outputs.weights_hash(ref.digests)
     kept(ref)
     tgt = kept(collect(cfg, p.target, prompts, p.new_tokens, inputs=ref.inputs, again=True,
                        reference=ref, clips=clips,
                        component_dtypes=p.component_dtypes(list(ref.dtypes)),
-                       modules="capture" if p.baseline_side is not None else ""))
+                       modules="capture" if p.baseline_side is not None else "",
+                       batch=p.decode_batch))
     tgt.inputs_note = ref.inputs_note
     use, note = golden_decision(p.golden, ref.parameters)
     if p.reference.dtype == torch.float64:
@@ -554,14 +586,14 @@ def _sides(cfg: RunConfig, p: Plan, prompts: list[Prompt], clips: list[FixtureCl
         note = "golden CPU float64, reused with the reference"
     elif use:
         gold = collect(cfg, p.golden_side, prompts, p.new_tokens, inputs=ref.inputs,
-                       reference=ref, clips=[c for c in clips if c.ok][:1])
+                       reference=ref, clips=[c for c in clips if c.ok][:1], batch=p.decode_batch)
     base = reused("baseline")
     if base is not None and tgt.modules:  # the module replay depends on this run's target
         again = replay_modules(cfg, p.baseline_side, tgt.modules)
         base.modules, base.errors = again.modules, {**base.errors, **again.errors}
     elif p.baseline_side is not None:
         base = collect(cfg, p.baseline_side, prompts, p.new_tokens, inputs=ref.inputs,
-                       reference=ref, modules=tgt.modules)
+                       reference=ref, modules=tgt.modules, batch=p.decode_batch)
     kept(gold)
     kept(base)
     return Runs(p, prompts, ref, tgt, gold, note, clips, base)
