@@ -30,9 +30,10 @@ RUN_PARAMS = {
     "STAGES": "environment,model_loading,accuracy_parity,performance,tasks", "DEVICE": "cpu",
     "accuracy_parity.languages": "en", "accuracy_parity.fixtures": "en_fox",
     "accuracy_parity.players": "", "accuracy_parity.new_tokens": "4",
-    "performance.new_tokens": "16", "performance.min_iters": "3",
+    "performance.new_tokens": "8", "performance.min_iters": "3",
     "performance.min_seconds": "0.1", "performance.sweep_batches": "1",
-    "performance.sweep_prompt_lengths": "16", "performance.graph_mode": "false",
+    "performance.sweep_prompt_lengths": "16", "performance.sweep_new_tokens": "4",
+    "performance.rtf_min_iters": "1", "performance.graph_mode": "false",
     "performance.copy_mib": "16", "tasks.fixtures": "en_fox", "tasks.max_new_tokens": "8",
     "tasks.roundtrip": "false", "tasks.players": "0",
 }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from types import ModuleType
 
 import pytest
 import torch
@@ -14,19 +16,27 @@ from helpers import paths
 SCRIPT = paths.ROOT / "scripts" / "gpu_check.py"
 
 
+@pytest.fixture(scope="module")
+def script() -> ModuleType:
+    """The script as a module, so its refusals run in this process (the dry run below runs it
+    as the command it is, exit status included)."""
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
-def test_refuses_with_exit_2_and_says_what_to_do_without_cuda(tmp_path):
-    out = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "x.json")],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    assert "needs a CUDA GPU" in out.stderr and "--device cpu --profile tiny" in out.stderr
+def test_refuses_with_exit_2_and_says_what_to_do_without_cuda(script, tmp_path, capsys):
+    assert script.main(["--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and "--device cpu --profile tiny" in err
     assert not (tmp_path / "x.json").exists()
 
 
-def test_bad_device_is_refused(tmp_path):
-    out = subprocess.run([sys.executable, str(SCRIPT), "--device", "npu", "--out",
-                          str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "use cuda, cuda:N or cpu" in out.stderr
+def test_bad_device_is_refused(script, tmp_path, capsys):
+    assert script.main(["--device", "npu", "--out", str(tmp_path / "x.json")]) == 2
+    assert "use cuda, cuda:N or cpu" in capsys.readouterr().err
 
 
 def test_dry_run_on_the_cpu_writes_the_summary(tmp_path):

@@ -118,12 +118,12 @@ def preload_for(notebooks: Sequence[Path]) -> tuple[tuple[str, ...], tuple[str, 
     """What a fork server imports for these notebooks' kernels, as (early, rest): early is what
     the first notebook's kernel needs (its own imports, the kernel's, helpers.plots first for
     its font cache), made before the server forks; rest is every notebook's warm-up modules
-    and the model machinery."""
+    (warmup_for: the model machinery only where a notebook loads a model)."""
     first = _imports(notebooks[0]) if notebooks else None
     early = tuple(dict.fromkeys([WARMUP_MODULES[0], "ipykernel.kernelapp",
                                  *(first[0] if first else ())]))
     found = [m for nb in notebooks for m in warmup_for(nb)]
-    rest = tuple(m for m in dict.fromkeys([*found, *MODEL_MACHINERY]) if m not in early)
+    rest = tuple(m for m in dict.fromkeys(found) if m not in early)
     return early, rest
 
 
