@@ -409,6 +409,29 @@ def test_a_clip_heard_twice_is_drawn_once(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("*.png"))) == 2  # the newest KEPT_PNGS kept
 
 
+def test_a_cached_png_is_keyed_by_its_arrays_and_its_drawing_code(tmp_path, monkeypatch):
+    """cached_png (the stage 4 fixture figures): equal description and arrays read the cache;
+    another array value, another dtype or another drawing file draws again."""
+    monkeypatch.setenv(players.FIGURE_CACHE_ENV, str(tmp_path))
+    drawn = []
+
+    def draw() -> bytes:
+        drawn.append(1)
+        return b"\x89PNG" + bytes([len(drawn)])
+
+    code = tmp_path / "drawing.py"
+    code.write_text("# one way to draw\n")
+    a = np.arange(6, dtype=np.float32)
+    first = players.cached_png(("fixture", "x"), [a], draw, drawn_by=[str(code)])
+    assert players.cached_png(("fixture", "x"), [a.copy()], draw, drawn_by=[str(code)]) == first
+    players.cached_png(("fixture", "x"), [a + 1], draw, drawn_by=[str(code)])
+    players.cached_png(("fixture", "x"), [a.astype(np.float64)], draw, drawn_by=[str(code)])
+    code2 = tmp_path / "drawing2.py"
+    code2.write_text("# another way to draw\n")
+    players.cached_png(("fixture", "x"), [a], draw, drawn_by=[str(code2)])
+    assert len(drawn) == 4
+
+
 def test_waveform_mel_figure_has_waveform_and_mel_panels():
     import matplotlib.pyplot as plt
 

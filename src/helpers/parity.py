@@ -205,18 +205,23 @@ class _Sums:
         self.equal = True
 
     def add(self, t: Any, r: Any, tol: Tolerance, torch: Any) -> None:
-        t_ok, r_ok = torch.isfinite(t), torch.isfinite(r)
-        self.bad += int((~t_ok & r_ok).sum())
-        finite = t_ok & r_ok
-        if not bool(finite.all()):
+        # a NaN or Inf anywhere makes t @ t or r @ r non-finite: only then are the elements
+        # sorted (overflowing squares of finite values land there too, and are kept)
+        tt, rr = float(t @ t), float(r @ r)
+        if not (math.isfinite(tt) and math.isfinite(rr)):
+            t_ok, r_ok = torch.isfinite(t), torch.isfinite(r)
+            self.bad += int((~t_ok & r_ok).sum())
+            finite = t_ok & r_ok
             t, r = t[finite], r[finite]
+            tt, rr = float(t @ t), float(r @ r)
         if not t.numel():
             return
         d = t - r
         err, mag = d.abs(), r.abs()
         small = mag < tol.small_value
         rel = torch.where(small, 0.0, err / mag)  # [m]; the divisions by 0 are not taken
-        self.ok += int(torch.where(small, err <= tol.small_value, err <= tol.rtol * mag).sum())
+        limit = torch.where(small, tol.small_value, tol.rtol * mag)
+        self.ok += int((err <= limit).sum())
         self.m += t.numel()
         self.err_sum += float(err.sum())
         self.err2 += float(d @ d)
@@ -226,8 +231,8 @@ class _Sums:
         self.t_max = max(self.t_max, float(t.abs().max()))
         self.r_max = max(self.r_max, float(mag.max()))
         self.dot += float(t @ r)
-        self.tt += float(t @ t)
-        self.rr += float(r @ r)
+        self.tt += tt
+        self.rr += rr
         self.equal = self.equal and torch.equal(t, r)
 
     def result(self, n: int, tol: Tolerance, scaled: Any) -> Comparison:

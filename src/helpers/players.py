@@ -10,7 +10,7 @@ import html
 import io
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,24 +55,37 @@ def waveform_mel_figure(x: np.ndarray, sr: int, title: str = "",
 
 def waveform_png(x: np.ndarray, sr: int) -> str:
     """waveform_mel_figure(x, sr) as a base64 PNG (titled with its length and rate: the
-    player's caption is printed under it), drawn once for equal samples, rate, figure language
-    and drawing code: kept in the figure cache (a clip heard by two tasks, an output equal to
-    the last run's), which keeps the KEPT_PNGS newest."""
+    player's caption is printed under it), drawn once for equal samples and rate (cached_png:
+    a clip heard by two tasks, an output equal to the last run's)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    png = cached_png(("waveform", x.shape, sr), [x],
+                     lambda: base64.b64decode(png_base64(waveform_mel_figure(x, sr)[0])))
+    return base64.b64encode(png).decode("ascii")
+
+
+def cached_png(what: Any, arrays: Sequence[np.ndarray], draw: Callable[[], bytes],
+               drawn_by: Sequence[str] = ()) -> bytes:
+    """The PNG bytes `draw` makes, drawn once for equal `what` (a repr-able description),
+    array contents, figure language and drawing code (this module's, helpers.plots', and the
+    files `drawn_by`): kept in the figure cache, which keeps the KEPT_PNGS newest."""
     from helpers import plots
 
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    key = hashlib.sha256(repr((x.shape, sr, plots.LANGUAGE, _drawing(plots.LANGUAGE))).encode())
-    key.update(x.tobytes())
+    code = [_drawing(plots.LANGUAGE), *(_source(f) for f in drawn_by)]
+    key = hashlib.sha256(repr((what, plots.LANGUAGE, code)).encode())
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        key.update(repr((a.shape, a.dtype.str)).encode())
+        key.update(a.tobytes())
     path = figure_cache() / f"{key.hexdigest()}.png"
     try:
         found = path.read_bytes()
         os.utime(path)  # kept as recently used
-        return base64.b64encode(found).decode("ascii")
+        return found
     except OSError:
         pass
-    png = png_base64(waveform_mel_figure(x, sr)[0])
+    png = draw()
     try:  # best effort: a cache that cannot be written only costs the drawing next time
-        _keep(path, base64.b64decode(png))
+        _keep(path, png)
     except OSError:
         pass
     return png
@@ -98,6 +111,11 @@ def _keep(path: Path, data: bytes) -> None:
     kept = sorted(path.parent.glob("*.png"), key=lambda p: p.stat().st_mtime)
     for old in kept[:-KEPT_PNGS]:
         old.unlink(missing_ok=True)
+
+
+@functools.cache
+def _source(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @functools.cache

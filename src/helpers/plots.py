@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 # matplotlib caches its font list; a fresh cache folder lets it see fonts installed later
 # (Noto CJK for Chinese prompts and texts).
@@ -140,8 +140,9 @@ def _grown(fig: Any, box: Any, dpi: float) -> Any:
     return Image.open(buf)
 
 
-def save_png(fig: Any, path: str | Path, dpi: float) -> None:
-    """The figure as a PNG file, as savefig(path, dpi=dpi, bbox_inches="tight") writes it."""
+def save_png(fig: Any, path: str | Path | BinaryIO, dpi: float) -> None:
+    """The figure as a PNG file (or into a binary stream), as savefig(path, dpi=dpi,
+    bbox_inches="tight") writes it."""
     drawn(fig, dpi).save(path, format="png")
 
 

@@ -190,13 +190,23 @@ class Stage:
         figure is then closed: one render instead of two, which counts for a tall figure)."""
         from helpers import plots
 
-        self.figures_dir.mkdir(parents=True, exist_ok=True)
-        path = self.figures_dir / f"{self.name}-{name}.png"
+        path = self._figure_path(name)
         plots.translate(fig)
         plots.save_png(fig, path, SAVED_DPI)
-        self.figures.append(path.name)
         if show:
             _show_png(fig, path)
+        return path
+
+    def save_png(self, png: bytes, name: str) -> Path:
+        """Save PNG bytes drawn already (as save_figure draws them) as a companion PNG."""
+        path = self._figure_path(name)
+        path.write_bytes(png)
+        return path
+
+    def _figure_path(self, name: str) -> Path:
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        path = self.figures_dir / f"{self.name}-{name}.png"
+        self.figures.append(path.name)
         return path
 
     def skip(self, reason: str) -> None:

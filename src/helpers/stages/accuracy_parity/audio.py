@@ -378,22 +378,38 @@ def fixture_figure(c: FixtureClip, runs: Runs) -> Any:
 
 def input_player(c: FixtureClip, runs: Runs, st: Stage | None = None) -> Any:
     """The input clip's player with its waveform / log-mel / difference figure (both media);
-    with a Stage `st` the figure is also saved as the stage's PNG."""
+    with a Stage `st` the figure is also saved as the stage's PNG (drawn once for equal clips
+    and log-mels: players.cached_png)."""
     caption = (f"input {c.name} ({c.fixture.language}): \"{c.fixture.text}\"; file "
                f"{c.fixture.sample_rate} Hz {c.fixture.channels} ch, played as the 16 kHz mono "
                "the components hear")
-    import matplotlib.pyplot as plt
     from PIL import Image
 
-    fig = fixture_figure(c, runs)
     if st is None:
-        return players.player(c.samples16, 16_000, caption, fig=fig, figure_on_screen=True)
-    # drawn once: the player shows the saved PNG, scaled to the players' resolution
-    path = st.save_figure(fig, f"fixture-{c.name}")
-    plt.close(fig)
+        return players.player(c.samples16, 16_000, caption, fig=fixture_figure(c, runs),
+                              figure_on_screen=True)
+    what = ("fixture", c.name, c.fixture.text, str(runs.plan.target.device), SAVED_DPI)
+    png = players.cached_png(what, [c.samples16, c.mel_dev, c.mel_ref],
+                             lambda: _saved_png(fixture_figure(c, runs)), drawn_by=[__file__])
+    path = st.save_png(png, f"fixture-{c.name}")
     with Image.open(path) as saved:
-        png = players.image_base64(saved, scale=players.DPI / SAVED_DPI)
-    return players.player(c.samples16, 16_000, caption, figure_on_screen=True, png=png)
+        png64 = players.image_base64(saved, scale=players.DPI / SAVED_DPI)
+    return players.player(c.samples16, 16_000, caption, figure_on_screen=True, png=png64)
+
+
+def _saved_png(fig: Any) -> bytes:
+    """A figure as the stage saves it (kit.Stage.save_figure), as PNG bytes; closed after."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from helpers import plots
+
+    buf = io.BytesIO()
+    plots.translate(fig)
+    plots.save_png(fig, buf, SAVED_DPI)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _row(sec: Section, name: str, fixture: str) -> dict[str, Any] | None:
