@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -194,6 +195,57 @@ def test_a_clip_is_tokenized_once_per_side_and_each_task_charged_its_seconds(
     other = inputs.fixtures("zh_weather")[0]
     pipe.bicodec_tokens(other.samples16, again)
     assert len(calls) == 1 and again.charged == took  # a new clip runs, charged nothing
+
+
+def test_gpa_transcribes_back_the_first_input_per_task_with_random_weights(gpa_runs) -> None:
+    runs, frame = gpa_runs
+    assert runs.settings.roundtrip_inputs == 1  # tiny: random weights
+    for task in ("tts-a", "vc"):
+        assert runs.target.get(task, "en_fox").roundtrip is not None
+        assert runs.reference.get(task, "zh_weather").roundtrip is None  # not asked
+        row = frame[(frame["task"] == task) & (frame["input"] == "zh_weather")].iloc[0]
+        assert math.isnan(row["rate target"]) and math.isnan(row["rate reference"])  # not 100 %
+    assert any("round trip" in n and "first 1 input" in n for n in runs.settings.notes)
+    real = SimpleNamespace(model="gpa", profile="real", seed=0)  # what settings reads
+    assert tasks.settings(real).roundtrip_inputs == 0  # real weights: every input
+    with pytest.raises(ConfigError, match="roundtrip_inputs"):
+        tasks.settings(real, roundtrip_inputs=-1)
+
+
+def test_a_side_tokenizes_each_clip_once_and_decodes_each_output_once(
+        model_cache: Path, monkeypatch) -> None:
+    from helpers.models import bicodec
+
+    calls = {"tokenize": 0, "detokenize": 0}
+    for name in calls:
+        method = getattr(bicodec.BiCodecCodec, name)
+
+        def counted(self, *a, _m=method, _n=name):
+            calls[_n] += 1
+            return _m(self, *a)
+
+        monkeypatch.setattr(bicodec.BiCodecCodec, name, counted)
+    cfg = RunConfig.from_params(model="gpa", device="cpu", dtype="float32")
+    clips = inputs.fixtures("en_fox,zh_weather")
+    side = tasks.run_side(cfg, target(cfg).side, clips, tasks.settings(
+        cfg, max_new_tokens=4, roundtrip=False))
+    assert not side.error and len(side.outputs) == 6
+    # the warm-up's piece of en_fox, then each clip once (stt; tts-a and vc reuse them)
+    assert calls["tokenize"] == 1 + len(clips)
+    # one waveform per tts-a / vc output: 4 ids fit one streaming chunk, not decoded again
+    assert calls["detokenize"] == 4
+    out = side.outputs[("vc", "en_fox")]
+    assert out.first_audio_s >= out.first_token_s > 0
+
+
+def test_first_chunk_is_the_whole_output_when_it_fits_in_one() -> None:
+    from helpers.tasks.results import first_chunk_seconds
+
+    decoded: list[int] = []
+    assert first_chunk_seconds(50, 50, 0.25, lambda: decoded.append(1)) == 0.25
+    assert not decoded  # one chunk: its decoding was the whole output's
+    assert first_chunk_seconds(51, 50, 0.25, lambda: decoded.append(1)) >= 0.0
+    assert decoded == [1]  # longer: the first chunk decoded again, timed
 
 
 def test_covo_dialogue_two_rounds(model_cache: Path) -> None:
