@@ -537,6 +537,9 @@ def test_quick_decode_timing_warms_up_short_and_reads_stability_from_its_steps(r
     whole = perf.measure_decode(run, 12, p.with_(min_iters=1), warm_tokens=0)
     assert whole.run.warmup_of == "" and whole.run.first_full_call_s == whole.run.first_call_s
     assert perf.measure_decode(run, 1, p, length=8).run.steps is None  # a prefill: runs decide
+    hf = perf.measure_hf_generate(run, 12, p, warm_tokens=4)  # its steps stamped by a streamer
+    assert hf.warmup_of == "4 tokens" and len(hf.steps) == 11 * hf.stats.count
+    assert all(x > 0 for x in hf.steps) and sum(hf.steps) < sum(hf.samples)
 
 
 def test_timer_probe_takes_three_runs_only_when_the_first_is_off(monkeypatch):

@@ -90,15 +90,46 @@ def hf_generate_fn(lm: torch.nn.Module, inputs: dict[str, torch.Tensor], new_tok
     return run
 
 
+class TokenStamps:
+    """A streamer for HF generate (its put / end protocol): the run's clock stamps every put,
+    the prompt's and then each new token's, so a timed run yields its decode steps."""
+
+    def __init__(self, be: devices.Backend) -> None:
+        self.clock, self.times = Clock(be), []
+
+    def start(self) -> None:
+        self.times = []
+        self.clock.start()
+
+    def put(self, value: Any) -> None:
+        self.times.append(self.clock.stamp())
+
+    def end(self) -> None:
+        pass
+
+    def steps(self, new_tokens: int) -> list[float]:
+        """The seconds of the N - 1 steps between the N new tokens' stamps."""
+        return np.diff(np.asarray(self.times[-new_tokens:], dtype=np.float64)).tolist()
+
+
 def measure_hf_generate(run: Run, new_tokens: int, protocol: Protocol, name: str = "",
                         warm_tokens: int = 0) -> Measurement:
-    """HF generate of exactly new_tokens tokens at batch 1, by the protocol; warm_tokens in
-    1..N-1 makes each warmup run that many tokens (0: N)."""
+    """HF generate of exactly new_tokens tokens at batch 1, by the protocol, each timed run's
+    decode steps stamped (TokenStamps); warm_tokens in 1..N-1 makes each warmup run that many
+    tokens (0: N)."""
     inputs, pad = lm_inputs(run), generate.pad_id(run.loaded.tokenizer)
-    fn = hf_generate_fn(run.lm, inputs, new_tokens, pad)
+    stamps = TokenStamps(run.be)
+    call = hf_generate_fn(run.lm, inputs, new_tokens, pad, streamer=stamps)
+
+    def fn() -> torch.Tensor:
+        stamps.start()
+        return call()
+
+    fn.__name__ = call.__name__
     warm = ((hf_generate_fn(run.lm, inputs, warm_tokens, pad), f"{warm_tokens} tokens")
             if 0 < warm_tokens < new_tokens else None)
-    return bench.measure(fn, run.be, protocol, name=name or fn.__name__, warm=warm)
+    return bench.measure(fn, run.be, protocol, name=name or fn.__name__, warm=warm,
+                         steps=(lambda out: stamps.steps(new_tokens)) if new_tokens > 1 else None)
 
 
 @dataclass
