@@ -76,16 +76,21 @@ def allocation_probe(be: devices.Backend, dev: torch.device, nbytes: int = 64 * 
     RSS would not move although the reader is right.
     """
     touched_block(1 << 20).close()  # the code that writes pages resident before the count starts
-    gc.collect()
-    be.synchronize()
-    before = be.memory()
-    key = "allocated" if before["allocated"] is not None else "host_rss"
-    if key == "allocated":
-        block: Any = torch.ones(nbytes // 4, dtype=torch.float32, device=dev)  # every byte set
+    collecting = gc.isenabled()
+    gc.disable()  # no collection between the two reads: it would free what `before` counted
+    try:
         be.synchronize()
-    else:
-        block = touched_block(nbytes)
-    after = be.memory()
+        before = be.memory()
+        key = "allocated" if before["allocated"] is not None else "host_rss"
+        if key == "allocated":
+            block: Any = torch.ones(nbytes // 4, dtype=torch.float32, device=dev)  # every byte
+            be.synchronize()
+        else:
+            block = touched_block(nbytes)
+        after = be.memory()
+    finally:
+        if collecting:
+            gc.enable()
     measured = after[key] - before[key]
     if key == "host_rss":
         block.close()
