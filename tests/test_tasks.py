@@ -197,19 +197,33 @@ def test_a_clip_is_tokenized_once_per_side_and_each_task_charged_its_seconds(
     assert len(calls) == 1 and again.charged == took  # a new clip runs, charged nothing
 
 
-def test_gpa_transcribes_back_the_first_input_per_task_with_random_weights(gpa_runs) -> None:
+def test_gpa_transcribes_back_the_first_input_of_each_language_with_random_weights(
+        gpa_runs) -> None:
     runs, frame = gpa_runs
     assert runs.settings.roundtrip_inputs == 1  # tiny: random weights
-    for task in ("tts-a", "vc"):
+    for task in ("tts-a", "vc"):  # en_fox and zh_weather: the first of their languages
         assert runs.target.get(task, "en_fox").roundtrip is not None
-        assert runs.reference.get(task, "zh_weather").roundtrip is None  # not asked
-        row = frame[(frame["task"] == task) & (frame["input"] == "zh_weather")].iloc[0]
-        assert math.isnan(row["rate target"]) and math.isnan(row["rate reference"])  # not 100 %
-    assert any("round trip" in n and "first 1 input" in n for n in runs.settings.notes)
-    real = SimpleNamespace(model="gpa", profile="real", seed=0)  # what settings reads
-    assert tasks.settings(real).roundtrip_inputs == 0  # real weights: every input
+        assert runs.reference.get(task, "zh_weather").roundtrip is not None
+    names = {c.name for c in tasks.checks(runs, frame)}
+    assert {"tts-a: WER drop target vs reference (points) (round trip: the model's own stt of "
+            "its output)", "vc: CER drop target vs reference (points) (round trip: the model's "
+            "own stt of its output)"} <= names  # both rates stay
+    assert any("round trip" in n and "each language" in n for n in runs.settings.notes)
+    clips = inputs.fixtures("en_fox,en_stella,zh_weather,zh_ai")
+    assert tasks.transcribed_back(clips, runs.settings) == {"en_fox", "zh_weather"}
+    real = tasks.settings(SimpleNamespace(model="gpa", profile="real", seed=0))
+    assert real.roundtrip_inputs == 0 and len(tasks.transcribed_back(clips, real)) == 4
+    assert not tasks.transcribed_back(clips, tasks.Resolved(8, "greedy", True, False, 1, 1))
     with pytest.raises(ConfigError, match="roundtrip_inputs"):
-        tasks.settings(real, roundtrip_inputs=-1)
+        tasks.settings(SimpleNamespace(model="gpa", profile="real", seed=0), roundtrip_inputs=-1)
+
+
+def test_not_transcribed_back_is_no_rate_not_a_full_error() -> None:
+    out = tasks.TaskOutput("tts-a", "en_fox", tokens=[1], roundtrip=None)
+    clip = inputs.fixtures("en_fox")[0]
+    assert tasks._rate(out, clip, "roundtrip") == {"rate": None, "why": "not transcribed back"}
+    out.roundtrip = ""  # transcribed, heard nothing: every word missed
+    assert tasks._rate(out, clip, "roundtrip")["rate"] == 1.0
 
 
 def test_a_side_tokenizes_each_clip_once_and_decodes_each_output_once(

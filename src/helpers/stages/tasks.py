@@ -67,8 +67,9 @@ class Settings:
     audio_ids_only: str = setting("auto", "auto: on for random weights (they rarely emit audio "
                                           "ids), off for real")
     roundtrip: bool = setting(True, "transcribe tts-a / vc outputs with the model's own stt")
-    roundtrip_inputs: int = setting(0, "inputs per task whose output is transcribed back (0: "
-                                       "every input with real weights, 1 with random ones)")
+    roundtrip_inputs: int = setting(0, "inputs per task and language whose output is "
+                                       "transcribed back (0: every input with real weights, 1 "
+                                       "with random ones)")
     seeds: int = setting(0, "seeds per input and side when decoding is release (0: 3 with "
                             "random weights, 5 with real ones)")
     players: int = setting(1, "inputs per task with a speech output shown with players")
@@ -83,7 +84,7 @@ class Resolved:
     audio_ids_only: bool
     roundtrip: bool
     seeds: int = 1  # samples per input and side (decoding=release), the first is seed `seed`
-    roundtrip_inputs: int = 0  # inputs per task transcribed back (0: every one)
+    roundtrip_inputs: int = 0  # inputs per task and language transcribed back (0: every one)
     notes: list[str] = field(default_factory=list)
 
 
@@ -94,8 +95,9 @@ def settings(cfg: RunConfig, max_new_tokens: int = 0, decoding: str = "greedy",
     for random ones; audio_ids_only auto = on for random weights (they would rarely emit an
     audio id, so the audio path would never run), off for real ones; seeds 0 = 3 samples per
     input with random weights, 5 with real ones (decoding=release only); roundtrip_inputs 0 =
-    every input's output transcribed back with real weights, the first input's per task with
-    random ones (the transcript of noise is noise: one proves the path)."""
+    every input's output transcribed back with real weights, the first input's of each
+    language per task with random ones (the transcript of noise is noise: one per language
+    proves the path and keeps both rates, WER and CER)."""
     from helpers.errors import ConfigError
     from helpers.tasks import covo, gpa
 
@@ -132,8 +134,8 @@ def settings(cfg: RunConfig, max_new_tokens: int = 0, decoding: str = "greedy",
                        "weights rarely choose the end token).")
     if roundtrip and trips:
         s.notes.append(f"round trip (the model's own stt of a tts-a / vc output): the first "
-                       f"{trips} input(s) of each task; the others are not transcribed "
-                       "(tasks.roundtrip_inputs=0 with real weights: every input)")
+                       f"{trips} input(s) of each language per task; the others are not "
+                       "transcribed (tasks.roundtrip_inputs=0 with real weights: every input)")
     if only:
         s.notes.append("audio outputs restricted to audio ids (audio_ids_only): tts-a / vc / "
                        "a2ta choose only among the audio tokens and the end token, so the codec "
@@ -174,8 +176,9 @@ def _guard(side: SideTasks, task: str, clip: str, fn: Any) -> list[TaskOutput]:
 def run_gpa(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Resolved) -> None:
     pairs = _pairs(clips)
     jobs = []
-    for i, (clip, voice) in enumerate(pairs):
-        trip = s.roundtrip and (not s.roundtrip_inputs or i < s.roundtrip_inputs)
+    back = transcribed_back(clips, s)
+    for clip, voice in pairs:
+        trip = clip.name in back
         jobs.append(("stt", clip.name, False, lambda c=clip: pipe.stt(c)))
         jobs.append(("tts-a", clip.name, trip,
                      lambda c=clip, v=voice: pipe.tts(spoken(c).text, v, c.name)))
@@ -188,6 +191,20 @@ def run_gpa(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Resolved) -> N
                 except Exception as exc:
                     out.extra["roundtrip_error"] = failure_text(exc)
             side.outputs[out.key] = out
+
+
+def transcribed_back(clips: list[TaskClip], s: Resolved) -> set[str]:
+    """The inputs whose tts-a / vc outputs are transcribed back: every usable one, or the first
+    roundtrip_inputs of each language (the rate is WER for English, CER for Chinese)."""
+    if not s.roundtrip:
+        return set()
+    seen: dict[str, int] = {}
+    chosen = set()
+    for clip in (c for c in clips if c.usable):
+        if not s.roundtrip_inputs or seen.get(clip.language, 0) < s.roundtrip_inputs:
+            chosen.add(clip.name)
+        seen[clip.language] = seen.get(clip.language, 0) + 1
+    return chosen
 
 
 def run_covo(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Resolved) -> None:
