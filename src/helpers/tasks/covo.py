@@ -129,7 +129,7 @@ class Pipeline:
                 audio_out_s=0.0 if wave is None else wave.shape[0] / rate,
                 sampling=self.sampling(i, task).describe(), extra={"round": i + 1, "heard": clip.name}))
             if self.leader is None:
-                outs[-1].steps = out.logits[0, :TRAJECTORY_STEPS]
+                outs[-1].steps = out.logits[0, :TRAJECTORY_STEPS].clone()  # not a view of all N
             else:
                 try:  # a failure here is the comparison's, not the task's: the output stays
                     outs[-1].steps, forced_cache = self.forced(outs[-1].key, embeds,

@@ -183,7 +183,7 @@ class Pipeline:
         if out.clip.startswith(ROUND_TRIP):
             return out  # the model transcribing its own output: not a task compared here
         if self.leader is None:
-            out.steps = decoded.logits[0, :TRAJECTORY_STEPS]
+            out.steps = decoded.logits[0, :TRAJECTORY_STEPS].clone()  # not a view of all N
         elif lead is not None and lead.tokens:
             n = min(len(lead.tokens), TRAJECTORY_STEPS)
             ids = torch.tensor([lead.prompt], dtype=torch.long)  # [1, S]
