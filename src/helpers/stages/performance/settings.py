@@ -115,7 +115,7 @@ class Settings:
             return "preset thorough: fixed repetition counts, nothing skipped"
         return (f"preset quick: each figure stops once its mean's 95% confidence interval is "
                 f"within +/-{self.ci:.0%} (a decode run's mean step over its N - 1 steps, so "
-                f"one run can do; at least {self.min_iters} runs, comparison rows "
+                f"one run can do; at least {self.min_iters} run(s), comparison rows "
                 f"{self.compare_min_iters}, sweep points {self.sweep_min_iters}, audio "
                 f"components {self.rtf_min_iters}; runs added for "
                 f"a stable mean stop once {self.max_seconds:g} s of timed work is reached, "
