@@ -232,3 +232,38 @@ def test_with_ci_the_caps_never_cut_below_the_floor():
     m = bench.measure(lambda: None, be, Protocol(warmup=0, min_iters=3, min_seconds=0,
                                                  max_seconds=2.0, ci=0.05))
     assert m.stats.count == 3 and m.stopped_by == "max_seconds"  # 6 s of work: the floor held
+
+
+def test_stepped_runs_stop_on_the_mean_steps_ci_after_one_run():
+    # one run of 0.5 s whose ten steps agree within 1%: the mean step is stable, one run will do
+    steps = [0.050, 0.0505, 0.0495, 0.050, 0.0501, 0.0499, 0.050, 0.0502, 0.0498, 0.050]
+    m = bench.measure(lambda: "run", ScriptedTimer([0.6, 0.5, 0.5]),
+                      Protocol(warmup=1, min_iters=1, min_seconds=0, ci=0.05),
+                      steps=lambda out: steps)
+    assert m.samples == [0.5] and m.stopped_by == "min_iters+min_seconds+ci"
+    assert m.steps == steps and m.ci == pytest.approx(bench.ci_half_width(steps))
+    assert "mean step +/-" in m.describe() and "over 10 timed steps" in m.describe()
+    back = Measurement.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert back.steps == steps and back.ci == pytest.approx(m.ci)
+
+
+def test_stepped_runs_go_on_while_the_steps_disagree():
+    noisy = itertools.cycle([[0.01, 0.09, 0.02, 0.08], [0.05, 0.05, 0.05, 0.05]])
+    m = bench.measure(lambda: None, ScriptedTimer([0.2] * 8),
+                      Protocol(warmup=0, min_iters=1, min_seconds=0, ci=0.05, max_iters=3),
+                      steps=lambda out: next(noisy))
+    assert m.stats.count == 3 and m.stopped_by == "max_iters" and len(m.steps) == 12
+
+
+def test_a_shorter_warmup_is_what_the_warmup_runs_call_and_is_named():
+    calls: list[str] = []
+    m = bench.measure(lambda: calls.append("run"), ScriptedTimer([0.1, 1.0, 1.0]),
+                      Protocol(warmup=1, min_iters=2, min_seconds=0),
+                      warm=(lambda: calls.append("warm"), "8 tokens"))
+    assert calls == ["warm", "run", "run"] and m.warmup_of == "8 tokens"
+    assert m.first_call_s == 0.1 and m.first_full_call_s is None
+    assert "1 warmup run(s) of 8 tokens kept apart" in m.describe()
+    plain = bench.measure(lambda: None, ScriptedTimer([0.1, 1.0]),
+                          Protocol(warmup=1, min_iters=1, min_seconds=0))
+    assert plain.first_full_call_s == plain.first_call_s == 0.1 and plain.steps is None
+    assert "stability not estimated (one run)" in plain.describe()

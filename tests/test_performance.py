@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from helpers import generate, paths
+from helpers import bench, generate, paths
 from helpers.bench import Measurement, Protocol
 from helpers.config import RunConfig
 from helpers.device.graph import Capture
@@ -74,12 +74,14 @@ def test_settings_accept_notebook_lists():
 
 def test_preset_thorough_restores_the_fixed_counts_and_an_explicit_knob_wins():
     quick, thorough = Settings(), Settings(preset="thorough")
-    assert quick.protocol().ci == 0.05 and quick.protocol().min_iters == 3
+    assert quick.protocol().ci == 0.05 and quick.protocol().min_iters == 1
     p = thorough.protocol()
     assert (p.min_iters, p.min_seconds, p.max_seconds, p.max_warmup, p.ci) == (5, 0.5, 60.0, 10, 0.0)
     assert p.settle == 0.05 and thorough.compare_protocol() == p  # comparison rows as the headline
-    assert quick.protocol().settle == 0 and quick.compare_protocol().min_iters == 2
-    assert thorough.sweep_protocol().min_iters == 3
+    assert quick.protocol().settle == 0 and quick.compare_protocol().min_iters == 1
+    assert thorough.sweep_protocol().min_iters == 3 and thorough.rtf_protocol().min_iters == 2
+    assert (quick.warmup_tokens, thorough.warmup_tokens) == (8, 0)  # thorough: whole runs
+    assert (quick.sleep_min_iters, thorough.sleep_min_iters) == (1, 3)
     assert Settings(preset="thorough", min_iters=7).protocol().min_iters == 7
     assert "preset=thorough" in quick.skipped() and "nothing skipped" in thorough.skipped()
     with pytest.raises(ValueError, match="preset"):
@@ -522,3 +524,50 @@ def test_the_signal_cap_is_used_only_where_no_graph_is_captured():
     from helpers.device.graph import captures_graphs
 
     assert captures_graphs("cuda") and captures_graphs("npu") and not captures_graphs("cpu")
+
+
+def test_quick_decode_timing_warms_up_short_and_reads_stability_from_its_steps(run):
+    p = Protocol(warmup=1, min_iters=1, min_seconds=0.0, ci=0.5, max_seconds=10.0)
+    t = perf.measure_decode(run, 12, p, warm_tokens=4)
+    m = t.run
+    assert m.warmup_of == "4 tokens" and m.first_full_call_s is None and m.first_call_s > 0
+    assert len(m.steps) == 11 * m.stats.count  # every timed run's N - 1 decode steps
+    assert m.ci == pytest.approx(bench.ci_half_width(m.steps))
+    assert t.run.output.shape == (1, 12) and t.prefill.count == m.stats.count
+    whole = perf.measure_decode(run, 12, p.with_(min_iters=1), warm_tokens=0)
+    assert whole.run.warmup_of == "" and whole.run.first_full_call_s == whole.run.first_call_s
+    assert perf.measure_decode(run, 1, p, length=8).run.steps is None  # a prefill: runs decide
+    hf = perf.measure_hf_generate(run, 12, p, warm_tokens=4)  # its steps stamped by a streamer
+    assert hf.warmup_of == "4 tokens" and len(hf.steps) == 11 * hf.stats.count
+    assert all(x > 0 for x in hf.steps) and sum(hf.steps) < sum(hf.samples)
+
+
+def test_timer_probe_takes_three_runs_only_when_the_first_is_off(monkeypatch):
+    from helpers.stages.performance import sections
+
+    monkeypatch.setattr(sections.time, "sleep", lambda s: None)  # the timer is scripted
+    late = sections.timer_probe(_Scripted(0.22), 1)  # 10% late: three runs, their median
+    assert late.stats.count == 3 and sections.sleep_error(late) == pytest.approx(0.1)
+    assert sections.timer_probe(_Scripted(0.2), 1).stats.count == 1
+    assert sections.timer_probe(_Scripted(0.2), 3).stats.count == 3  # thorough: always three
+
+
+class _Scripted:
+    """A backend whose timer reports every run as `seconds` long."""
+
+    timer_protocol = "scripted"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def timer(self):
+        seconds = self.seconds
+
+        class _T:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.seconds = self.host_seconds = seconds
+
+        return _T()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -194,6 +195,71 @@ def test_a_clip_is_tokenized_once_per_side_and_each_task_charged_its_seconds(
     other = inputs.fixtures("zh_weather")[0]
     pipe.bicodec_tokens(other.samples16, again)
     assert len(calls) == 1 and again.charged == took  # a new clip runs, charged nothing
+
+
+def test_gpa_transcribes_back_the_first_input_of_each_language_with_random_weights(
+        gpa_runs) -> None:
+    runs, frame = gpa_runs
+    assert runs.settings.roundtrip_inputs == 1  # tiny: random weights
+    for task in ("tts-a", "vc"):  # en_fox and zh_weather: the first of their languages
+        assert runs.target.get(task, "en_fox").roundtrip is not None
+        assert runs.reference.get(task, "zh_weather").roundtrip is not None
+    names = {c.name for c in tasks.checks(runs, frame)}
+    assert {"tts-a: WER drop target vs reference (points) (round trip: the model's own stt of "
+            "its output)", "vc: CER drop target vs reference (points) (round trip: the model's "
+            "own stt of its output)"} <= names  # both rates stay
+    assert any("round trip" in n and "each language" in n for n in runs.settings.notes)
+    clips = inputs.fixtures("en_fox,en_stella,zh_weather,zh_ai")
+    assert tasks.transcribed_back(clips, runs.settings) == {"en_fox", "zh_weather"}
+    real = tasks.settings(SimpleNamespace(model="gpa", profile="real", seed=0))
+    assert real.roundtrip_inputs == 0 and len(tasks.transcribed_back(clips, real)) == 4
+    assert not tasks.transcribed_back(clips, tasks.Resolved(8, "greedy", True, False, 1, 1))
+    with pytest.raises(ConfigError, match="roundtrip_inputs"):
+        tasks.settings(SimpleNamespace(model="gpa", profile="real", seed=0), roundtrip_inputs=-1)
+
+
+def test_not_transcribed_back_is_no_rate_not_a_full_error() -> None:
+    out = tasks.TaskOutput("tts-a", "en_fox", tokens=[1], roundtrip=None)
+    clip = inputs.fixtures("en_fox")[0]
+    assert tasks._rate(out, clip, "roundtrip") == {"rate": None, "why": "not transcribed back"}
+    out.roundtrip = ""  # transcribed, heard nothing: every word missed
+    assert tasks._rate(out, clip, "roundtrip")["rate"] == 1.0
+
+
+def test_a_side_tokenizes_each_clip_once_and_decodes_each_output_once(
+        model_cache: Path, monkeypatch) -> None:
+    from helpers.models import bicodec
+
+    calls = {"tokenize": 0, "detokenize": 0}
+    for name in calls:
+        method = getattr(bicodec.BiCodecCodec, name)
+
+        def counted(self, *a, _m=method, _n=name):
+            calls[_n] += 1
+            return _m(self, *a)
+
+        monkeypatch.setattr(bicodec.BiCodecCodec, name, counted)
+    cfg = RunConfig.from_params(model="gpa", device="cpu", dtype="float32")
+    clips = inputs.fixtures("en_fox,zh_weather")
+    side = tasks.run_side(cfg, target(cfg).side, clips, tasks.settings(
+        cfg, max_new_tokens=4, roundtrip=False))
+    assert not side.error and len(side.outputs) == 6
+    # the warm-up's piece of en_fox, then each clip once (stt; tts-a and vc reuse them)
+    assert calls["tokenize"] == 1 + len(clips)
+    # one waveform per tts-a / vc output: 4 ids fit one streaming chunk, not decoded again
+    assert calls["detokenize"] == 4
+    out = side.outputs[("vc", "en_fox")]
+    assert out.first_audio_s >= out.first_token_s > 0
+
+
+def test_first_chunk_is_the_whole_output_when_it_fits_in_one() -> None:
+    from helpers.tasks.results import first_chunk_seconds
+
+    decoded: list[int] = []
+    assert first_chunk_seconds(50, 50, 0.25, lambda: decoded.append(1)) == 0.25
+    assert not decoded  # one chunk: its decoding was the whole output's
+    assert first_chunk_seconds(51, 50, 0.25, lambda: decoded.append(1)) >= 0.0
+    assert decoded == [1]  # longer: the first chunk decoded again, timed
 
 
 def test_covo_dialogue_two_rounds(model_cache: Path) -> None:

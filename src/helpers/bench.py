@@ -15,6 +15,10 @@ Protocol (one `measure` call):
      and after, device events where the backend has them), so no queued device work leaks
      from one sample into the next;
   4. raw samples are kept; statistics in float64 (helpers.records.LatencyStats).
+A run made of many equal steps (a decode run of N tokens holds N - 1 decode steps) may hand
+`measure` its per-step seconds: the stable-mean rule then reads the CI of the mean step over
+every timed step, so one long run can be enough. Its warmup may be a shorter run of the same
+work (`warm`), which the result names.
 
 Events inside one run (each decoded token, a task's first audio) are stamped by Clock: the
 host clock read after the backend's synchronize, from a synchronized start.
@@ -180,6 +184,8 @@ class Measurement:
     host_samples: list[float]  # the same runs by perf_counter on the host
     stopped_by: str  # "min_iters+min_seconds" | "max_iters" | "max_seconds"
     settled: bool | None = None  # settle warmup: the last two warmup runs agreed (None: not asked)
+    warmup_of: str = ""  # what a warmup run did when shorter than a timed one ("" = the same)
+    steps: list[float] | None = None  # per-step seconds of every timed run (None: not stepped)
     stats: LatencyStats = field(init=False)
     output: Any = field(default=None, repr=False)  # what the last timed run returned
 
@@ -190,6 +196,11 @@ class Measurement:
     def first_call_s(self) -> float | None:
         return self.warmup_s[0] if self.warmup_s else None
 
+    @property
+    def first_full_call_s(self) -> float | None:
+        """The first call when it did what a timed run does (None after a shorter warmup)."""
+        return None if self.warmup_of else self.first_call_s
+
     def rate(self, units_per_run: float) -> float:
         """Units per second over the timed runs (total units / total time, not a mean of rates)."""
         return units_per_run / self.stats.mean
@@ -198,20 +209,27 @@ class Measurement:
         """The protocol as it actually ran, in one sentence for the report."""
         first = (f"first call {self.first_call_s:.4g} s" if self.warmup_s
                  else "no warmup: the first call is among the samples")
+        of = f" of {self.warmup_of}" if self.warmup_of and self.warmup_s else ""
         settle = ""
-        stable = f", mean +/-{self.ci:.1%} (95% CI)" if math.isfinite(self.ci) else ""
+        stable = ", stability not estimated (one run)"
+        if math.isfinite(self.ci) and self.steps is not None:
+            stable = (f", mean step +/-{self.ci:.1%} (95% CI over {len(self.steps)} timed "
+                      "steps; drift between runs is not in it)")
+        elif math.isfinite(self.ci):
+            stable = f", mean +/-{self.ci:.1%} (95% CI)"
         if self.settled is not None:
             tol = f"{self.protocol.settle:.0%}"
             settle = (f", settled: the last two agreed within {tol}" if self.settled
                       else f", NOT settled within {tol} after {len(self.warmup_s)} runs")
-        return (f"{len(self.warmup_s)} warmup run(s) kept apart ({first}{settle}); "
+        return (f"{len(self.warmup_s)} warmup run(s){of} kept apart ({first}{settle}); "
                 f"{self.stats.count} timed runs, {sum(self.samples):.3g} s of timed work"
                 f"{stable}, stopped by {self.stopped_by}; each run: {self.timer}")
 
     @property
     def ci(self) -> float:
-        """Relative half-width of the mean's 95% confidence interval (ci_half_width)."""
-        return ci_half_width(self.samples)
+        """Relative half-width of the mean's 95% confidence interval (ci_half_width): of the
+        mean step over every timed step where the runs were stepped, else of the mean run."""
+        return ci_half_width(self.steps if self.steps is not None else self.samples)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -220,7 +238,7 @@ class Measurement:
             "stats": self.stats.to_dict(), "samples": self.samples,
             "host_samples": self.host_samples, "stopped_by": self.stopped_by,
             "settled": self.settled, "ci_rel_half_width": _finite(self.ci),
-            "described": self.describe(),
+            "warmup_of": self.warmup_of, "steps": self.steps, "described": self.describe(),
         }
 
     @classmethod
@@ -228,7 +246,8 @@ class Measurement:
         return cls(name=data["name"], protocol=Protocol(**data["protocol"]), timer=data["timer"],
                    warmup_s=list(data["warmup_s"]), samples=list(data["samples"]),
                    host_samples=list(data["host_samples"]), stopped_by=data["stopped_by"],
-                   settled=data.get("settled"))
+                   settled=data.get("settled"), warmup_of=data.get("warmup_of", ""),
+                   steps=data.get("steps"))
 
 
 def timed(be: Backend, fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -239,25 +258,36 @@ def timed(be: Backend, fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 
 def measure(fn: Callable[[], Any], be: Backend, protocol: Protocol | None = None,
-            name: str = "") -> Measurement:
-    """Time fn() by the protocol on backend `be` (a helpers.device.Backend)."""
+            name: str = "", *, warm: tuple[Callable[[], Any], str] | None = None,
+            steps: Callable[[Any], Sequence[float]] | None = None) -> Measurement:
+    """Time fn() by the protocol on backend `be` (a helpers.device.Backend).
+
+    warm: (a shorter run of the same work, what it does): the warmup runs call it in place of
+    fn. steps(output of one run): that run's per-step seconds; the stable-mean rule then reads
+    the mean step's CI over every timed step.
+    """
     protocol = protocol or Protocol()
-    warm, settled_ = warm_up(fn, be, protocol)
+    warm_fn, warmup_of = warm if warm is not None else (fn, "")
+    warmed, settled_ = warm_up(warm_fn, be, protocol)
     samples: list[float] = []
     host: list[float] = []
+    per_step: list[float] | None = [] if steps is not None else None
     out: Any = None
     total = 0.0
     while True:
         out, seconds, host_seconds = timed(be, fn)
         samples.append(seconds)
         host.append(host_seconds)
+        if per_step is not None and steps is not None:
+            per_step.extend(float(x) for x in steps(out))
         total += seconds
-        stop = _stop_reason(protocol, samples, total)
+        stop = _stop_reason(protocol, samples, total, per_step)
         if stop:
             break
     return Measurement(name=name or getattr(fn, "__name__", "run"), protocol=protocol,
-                       timer=be.timer_protocol, warmup_s=warm, samples=samples,
-                       host_samples=host, stopped_by=stop, settled=settled_, output=out)
+                       timer=be.timer_protocol, warmup_s=warmed, samples=samples,
+                       host_samples=host, stopped_by=stop, settled=settled_, output=out,
+                       warmup_of=warmup_of, steps=per_step)
 
 
 def warm_up(fn: Callable[[], Any], be: Backend, protocol: Protocol) -> tuple[list[float], bool | None]:
@@ -280,14 +310,16 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _stop_reason(p: Protocol, samples: Sequence[float], total: float) -> str:
+def _stop_reason(p: Protocol, samples: Sequence[float], total: float,
+                 steps: Sequence[float] | None = None) -> str:
     """Why to stop after these samples ("" = go on). With `ci` the floor (min_iters and
-    min_seconds) always holds: the caps bound only the runs added for a stable mean."""
+    min_seconds) always holds: the caps bound only the runs added for a stable mean, which is
+    the mean step's where the runs are stepped."""
     count = len(samples)
     floor = count >= p.min_iters and total >= p.min_seconds
     if floor and p.ci <= 0:
         return "min_iters+min_seconds"
-    if floor and ci_half_width(samples) <= p.ci:
+    if floor and ci_half_width(steps if steps is not None else samples) <= p.ci:
         return "min_iters+min_seconds+ci"
     if p.ci > 0 and not floor:
         return ""

@@ -48,6 +48,8 @@ from helpers.tasks.results import TaskOutput
 REFERENCE_DTYPE = torch.float32
 TINY_NEW_TOKENS = 24  # random weights never stop on their own: a short, fixed budget
 SEEDS_RANDOM, SEEDS_REAL = 3, 5  # samples per input with decoding=release (knob tasks.seeds)
+RANDOM_ROUNDTRIPS = 1  # inputs per task transcribed back with random weights (their speech is noise)
+WARM_UP_S = 1.0  # the untimed warm-up task hears this much of the first clip
 TASKS = {"gpa": ("stt", "tts-a", "vc"), "covo-audio-chat": ("a2t", "a2ta")}
 TIMING_PROTOCOL = ("helpers.bench.Clock: the host clock from a synchronized start, each event "
                    "stamped after a synchronize; one untimed warm-up task per side first")
@@ -65,6 +67,9 @@ class Settings:
     audio_ids_only: str = setting("auto", "auto: on for random weights (they rarely emit audio "
                                           "ids), off for real")
     roundtrip: bool = setting(True, "transcribe tts-a / vc outputs with the model's own stt")
+    roundtrip_inputs: int = setting(0, "inputs per task and language whose output is "
+                                       "transcribed back (0: every input with real weights, 1 "
+                                       "with random ones)")
     seeds: int = setting(0, "seeds per input and side when decoding is release (0: 3 with "
                             "random weights, 5 with real ones)")
     players: int = setting(1, "inputs per task with a speech output shown with players")
@@ -79,15 +84,20 @@ class Resolved:
     audio_ids_only: bool
     roundtrip: bool
     seeds: int = 1  # samples per input and side (decoding=release), the first is seed `seed`
+    roundtrip_inputs: int = 0  # inputs per task and language transcribed back (0: every one)
     notes: list[str] = field(default_factory=list)
 
 
 def settings(cfg: RunConfig, max_new_tokens: int = 0, decoding: str = "greedy",
-             audio_ids_only: str = "auto", roundtrip: bool = True, seeds: int = 0) -> Resolved:
+             audio_ids_only: str = "auto", roundtrip: bool = True, seeds: int = 0,
+             roundtrip_inputs: int = 0) -> Resolved:
     """max_new_tokens 0 = the release's (gpa 512, covo 2048) for real weights, TINY_NEW_TOKENS
     for random ones; audio_ids_only auto = on for random weights (they would rarely emit an
     audio id, so the audio path would never run), off for real ones; seeds 0 = 3 samples per
-    input with random weights, 5 with real ones (decoding=release only)."""
+    input with random weights, 5 with real ones (decoding=release only); roundtrip_inputs 0 =
+    every input's output transcribed back with real weights, the first input's of each
+    language per task with random ones (the transcript of noise is noise: one per language
+    proves the path and keeps both rates, WER and CER)."""
     from helpers.errors import ConfigError
     from helpers.tasks import covo, gpa
 
@@ -101,13 +111,18 @@ def settings(cfg: RunConfig, max_new_tokens: int = 0, decoding: str = "greedy",
     if seeds < 0:
         raise ConfigError(f"tasks.seeds is {seeds}",
                           "give 0 (3 with random weights, 5 with real ones) or a positive number")
+    if roundtrip_inputs < 0:
+        raise ConfigError(f"tasks.roundtrip_inputs is {roundtrip_inputs}",
+                          "give 0 (every input with real weights, 1 with random ones) or a "
+                          "positive number")
     real = cfg.profile == "real"
     fam = models.get(cfg.model).task_family
     release = gpa.MAX_NEW_TOKENS if fam == "gpa" else covo.MAX_NEW_TOKENS
     n = max_new_tokens or (release if real else TINY_NEW_TOKENS)
     only = audio_ids_only == "on" or (audio_ids_only == "auto" and not real)
     samples = (seeds or (SEEDS_REAL if real else SEEDS_RANDOM)) if decoding == "release" else 1
-    s = Resolved(n, decoding, only, roundtrip, samples)
+    trips = roundtrip_inputs or (0 if real else RANDOM_ROUNDTRIPS)
+    s = Resolved(n, decoding, only, roundtrip, samples, trips)
     if samples > 1:
         s.notes.append(f"decoding=release: every input sampled with {samples} seeds (seed "
                        f"{cfg.seed} to {cfg.seed + samples - 1}) on both sides; the first seed's "
@@ -117,6 +132,10 @@ def settings(cfg: RunConfig, max_new_tokens: int = 0, decoding: str = "greedy",
                        "noise and error rates are meaningless (info rows); device-vs-CPU "
                        f"agreement is still judged. Decoding stops after {n} new ids (random "
                        "weights rarely choose the end token).")
+    if roundtrip and trips:
+        s.notes.append(f"round trip (the model's own stt of a tts-a / vc output): the first "
+                       f"{trips} input(s) of each language per task; the others are not "
+                       "transcribed (tasks.roundtrip_inputs=0 with real weights: every input)")
     if only:
         s.notes.append("audio outputs restricted to audio ids (audio_ids_only): tts-a / vc / "
                        "a2ta choose only among the audio tokens and the end token, so the codec "
@@ -157,19 +176,35 @@ def _guard(side: SideTasks, task: str, clip: str, fn: Any) -> list[TaskOutput]:
 def run_gpa(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Resolved) -> None:
     pairs = _pairs(clips)
     jobs = []
+    back = transcribed_back(clips, s)
     for clip, voice in pairs:
-        jobs.append(("stt", clip.name, lambda c=clip: pipe.stt(c)))
-        jobs.append(("tts-a", clip.name,
+        trip = clip.name in back
+        jobs.append(("stt", clip.name, False, lambda c=clip: pipe.stt(c)))
+        jobs.append(("tts-a", clip.name, trip,
                      lambda c=clip, v=voice: pipe.tts(spoken(c).text, v, c.name)))
-        jobs.append(("vc", clip.name, lambda c=clip, v=voice: pipe.vc(c, v)))
-    for task, name, fn in jobs:
+        jobs.append(("vc", clip.name, trip, lambda c=clip, v=voice: pipe.vc(c, v)))
+    for task, name, trip, fn in jobs:
         for out in _guard(side, task, name, fn):
-            if s.roundtrip and out.wave is not None and out.wave.size and not out.error:
+            if trip and out.wave is not None and out.wave.size and not out.error:
                 try:
                     out.roundtrip = pipe.transcribe(out.wave, f"{task} {name}")
                 except Exception as exc:
                     out.extra["roundtrip_error"] = failure_text(exc)
             side.outputs[out.key] = out
+
+
+def transcribed_back(clips: list[TaskClip], s: Resolved) -> set[str]:
+    """The inputs whose tts-a / vc outputs are transcribed back: every usable one, or the first
+    roundtrip_inputs of each language (the rate is WER for English, CER for Chinese)."""
+    if not s.roundtrip:
+        return set()
+    seen: dict[str, int] = {}
+    chosen = set()
+    for clip in (c for c in clips if c.usable):
+        if not s.roundtrip_inputs or seen.get(clip.language, 0) < s.roundtrip_inputs:
+            chosen.add(clip.name)
+        seen[clip.language] = seen.get(clip.language, 0) + 1
+    return chosen
 
 
 def run_covo(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Resolved) -> None:
@@ -183,9 +218,10 @@ def run_covo(pipe: Any, side: SideTasks, clips: list[TaskClip], s: Resolved) -> 
 
 
 def run_side(cfg: RunConfig, side: Side, clips: list[TaskClip], s: Resolved,
-             leader: SideTasks | None = None) -> SideTasks:
-    """Load the model for `side`, warm up, run every task, free it; with a leader (the
-    reference's outputs) every task is also teacher-forced on the leader's prompt and ids."""
+             leader: SideTasks | None = None, free: bool = True) -> SideTasks:
+    """Load the model for `side`, warm up, run every task, and (free) collect its memory for
+    the side that loads next; with a leader (the reference's outputs) every task is also
+    teacher-forced on the leader's prompt and ids."""
     from helpers.tasks import covo, gpa
 
     res = SideTasks(side)
@@ -200,12 +236,10 @@ def run_side(cfg: RunConfig, side: Side, clips: list[TaskClip], s: Resolved,
                     s.audio_ids_only)
         usable = [c for c in clips if c.usable]
         if usable:  # warm-up: lazy initialisation and first-call costs stay out of the timings
-            warm = Resolved(2, "greedy", s.audio_ids_only, False)
-            pipe.max_new = warm.max_new_tokens
-            (pipe.stt(usable[0]) if fam == "gpa" else pipe.dialogue("a2t", usable[0], None))
+            piece = warm_up_clip(usable[0])  # not a task's input: nothing of it is reused
+            pipe.max_new = 2
+            (pipe.stt(piece) if fam == "gpa" else pipe.dialogue("a2t", piece, None))
             pipe.max_new = s.max_new_tokens
-            if fam == "gpa":  # the warm-up's first-call seconds are no task's to be charged
-                pipe.tokenized.clear()
         pipe.leader = dict(leader.outputs) if leader is not None else None
         run = run_gpa if fam == "gpa" else run_covo
         run(pipe, res, clips, s)
@@ -221,9 +255,16 @@ def run_side(cfg: RunConfig, side: Side, clips: list[TaskClip], s: Resolved,
         res.error = failure_text(exc)
     finally:
         del loaded
-        gc.collect()
-        side.backend.empty_cache()
+        if free:  # a full collection costs a fifth of a second: only where a side loads next
+            gc.collect()
+            side.backend.empty_cache()
     return res
+
+
+def warm_up_clip(clip: TaskClip) -> TaskClip:
+    """The first WARM_UP_S seconds of a clip, as an input of its own (the warm-up task's)."""
+    x = clip.samples16[: int(WARM_UP_S * 16_000)]  # type: ignore[index]
+    return TaskClip(f"warm-up ({clip.name})", clip.path, clip.origin, samples16=x)
 
 
 @dataclass
@@ -272,7 +313,7 @@ def run_all(tgt: Target, audio_dir: str = "", fixtures: str = "", s: Resolved | 
         ref_side = kit.fitted(cfg, reference_side(REFERENCE_DTYPE))
         s.notes.extend(kit.fit_notes(ref_side))
         ref = run_side(cfg, ref_side, clips, s)
-    dev = run_side(cfg, tgt.side, clips, s, leader=ref)
+    dev = run_side(cfg, tgt.side, clips, s, leader=ref, free=False)  # the last side
     if store is not None:
         store.weights = ref.weights
         for side in (ref, dev):
@@ -343,6 +384,8 @@ def _rate(out: TaskOutput | None, clip: TaskClip | None, which: str) -> dict[str
         return {"rate": None, "why": "no transcript" if clip is not None and not clip.text
                 else "no output"}
     hyp = out.text if which == "text" else out.roundtrip
+    if hyp is None:
+        return {"rate": None, "why": "not transcribed back"}
     return metrics.error_rate(clip.text, hyp, clip.language)
 
 
@@ -652,6 +695,7 @@ def results_section(runs: TaskRuns, frame: pd.DataFrame) -> Section:
                              "decoding": runs.settings.decoding,
                              "audio_ids_only": runs.settings.audio_ids_only,
                              "roundtrip": runs.settings.roundtrip,
+                             "roundtrip_inputs": runs.settings.roundtrip_inputs,
                              "seeds": runs.settings.seeds},
                 "normalization": metrics.NORMALIZATION, "timing_protocol": TIMING_PROTOCOL,
                 "inputs": inputs_table(runs).to_dict("records"), "rows": records,

@@ -31,7 +31,7 @@ from helpers.models import covo_frontend as frontend
 from helpers.models import covo_model as cm
 from helpers.models.base import LoadedModel
 from helpers.tasks.inputs import TaskClip
-from helpers.tasks.results import TRAJECTORY_STEPS, TaskOutput
+from helpers.tasks.results import TRAJECTORY_STEPS, TaskOutput, first_chunk_seconds
 
 SOURCE = "Tencent/Covo-Audio example.py"
 TASKS = ("a2t", "a2ta")
@@ -109,15 +109,15 @@ class Pipeline:
             cache = out.cache
             text_ids, audio_ids = self.split(out.tokens)
             wave, first_audio = None, math.nan
+            t_ids = clock.stamp()
             if task == "a2ta" and audio_ids and self.vocoder is not None:
                 wave = self.vocode(audio_ids)
             total = clock.stamp()
             if wave is not None:  # the first 1 s of audio tokens, then its vocoding
-                chunk = Clock(self.be)
-                chunk.start()
-                self.vocode(audio_ids[:STREAM_CHUNK])
                 first_audio = (t_prompt + out.time_at(self.chunk_end(out.tokens, min(
-                    STREAM_CHUNK, len(audio_ids)))) + chunk.stamp())
+                    STREAM_CHUNK, len(audio_ids)))) + first_chunk_seconds(
+                    len(audio_ids), STREAM_CHUNK, total - t_ids,
+                    lambda ids=audio_ids: self.vocode(ids[:STREAM_CHUNK]), self.be))
             rate = self.vocoder.config.sample_rate if self.vocoder is not None else 0
             outs.append(TaskOutput(
                 task, f"{clip.name} (round {i + 1})",
@@ -129,7 +129,7 @@ class Pipeline:
                 audio_out_s=0.0 if wave is None else wave.shape[0] / rate,
                 sampling=self.sampling(i, task).describe(), extra={"round": i + 1, "heard": clip.name}))
             if self.leader is None:
-                outs[-1].steps = out.logits[0, :TRAJECTORY_STEPS]
+                outs[-1].steps = out.logits[0, :TRAJECTORY_STEPS].clone()  # not a view of all N
             else:
                 try:  # a failure here is the comparison's, not the task's: the output stays
                     outs[-1].steps, forced_cache = self.forced(outs[-1].key, embeds,

@@ -38,7 +38,7 @@ from helpers.models import audio_components as ac
 from helpers.models import gpa as recipe
 from helpers.models.base import LoadedModel
 from helpers.tasks.inputs import TaskClip
-from helpers.tasks.results import TRAJECTORY_STEPS, TaskOutput
+from helpers.tasks.results import TRAJECTORY_STEPS, TaskOutput, first_chunk_seconds
 
 SOURCE = "AutoArk/GPA scripts/inference/gpa_inference.py"
 RATE = 16_000  # BiCodec writes 16 kHz (gpa_inference.py: sf.write(..., 16000))
@@ -183,7 +183,7 @@ class Pipeline:
         if out.clip.startswith(ROUND_TRIP):
             return out  # the model transcribing its own output: not a task compared here
         if self.leader is None:
-            out.steps = decoded.logits[0, :TRAJECTORY_STEPS]
+            out.steps = decoded.logits[0, :TRAJECTORY_STEPS].clone()  # not a view of all N
         elif lead is not None and lead.tokens:
             n = min(len(lead.tokens), TRAJECTORY_STEPS)
             ids = torch.tensor([lead.prompt], dtype=torch.long)  # [1, S]
@@ -218,16 +218,16 @@ class Pipeline:
                clock: TaskClock, **fields: Any) -> TaskOutput:
         t_prompt = clock.stamp()
         out = self.generate(prompt, task)
+        t_ids = clock.stamp()
         semantic = self.semantic_of(out.tokens)
         wave = self.waveform(semantic, glob) if semantic else np.zeros(0, np.float32)
         total = clock.stamp()
         first_audio = math.nan
         if semantic:  # the streaming server's first chunk: 1 s of tokens, then its decoding
             n = self.chunk_end(out.tokens, min(STREAM_CHUNK, len(semantic)))
-            chunk = Clock(self.be)
-            chunk.start()
-            self.waveform(semantic[:STREAM_CHUNK], glob)
-            first_audio = t_prompt + out.time_at(n) + chunk.stamp()
+            first_audio = t_prompt + out.time_at(n) + first_chunk_seconds(
+                len(semantic), STREAM_CHUNK, total - t_ids,
+                lambda: self.waveform(semantic[:STREAM_CHUNK], glob), self.be)
         return self.steps(TaskOutput(
             task, clip.name, prompt=prompt, tokens=out.tokens, text=self.text_of(out.tokens),
             stopped=out.stopped, wave=wave, rate=RATE, semantic=semantic,

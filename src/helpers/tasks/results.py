@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from helpers import bench
+from helpers.device import Backend
 
 TRAJECTORY_STEPS = 64  # steps per output whose logits are kept for teacher-forced parity
 
@@ -39,7 +41,7 @@ class TaskOutput:
     audio_out_s: float = 0.0
     sampling: str = ""
     voice: str = ""  # the reference clip of tts-a / vc
-    roundtrip: str = ""  # the model's own transcript of its output
+    roundtrip: str | None = None  # the model's own transcript of its output (None: not asked)
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     # [N, V] host logits of the generated steps (at most TRAJECTORY_STEPS): the reference's own,
@@ -92,3 +94,18 @@ class TaskOutput:
                 "audio_in_s": self.audio_in_s, "audio_out_s": self.audio_out_s,
                 "rtf": self.rtf, "sampling": self.sampling, "voice": self.voice,
                 "roundtrip": self.roundtrip, "error": self.error}
+
+
+def first_chunk_seconds(count: int, chunk: int, whole_s: float, decode_chunk: Callable[[], Any],
+                        be: Backend | None = None) -> float:
+    """Seconds a streaming server takes to turn its first `chunk` audio ids into sound.
+
+    With `count` ids in all, an output of one chunk or less was that chunk: its decoding
+    (`whole_s`) is not done twice. A longer one decodes its first chunk again, timed here.
+    """
+    if count <= chunk:
+        return whole_s
+    clock = bench.Clock(be)
+    clock.start()
+    decode_chunk()
+    return clock.stamp()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from helpers import bench, generate
@@ -89,11 +90,46 @@ def hf_generate_fn(lm: torch.nn.Module, inputs: dict[str, torch.Tensor], new_tok
     return run
 
 
+class TokenStamps:
+    """A streamer for HF generate (its put / end protocol): the run's clock stamps every put,
+    the prompt's and then each new token's, so a timed run yields its decode steps."""
+
+    def __init__(self, be: devices.Backend) -> None:
+        self.clock, self.times = Clock(be), []
+
+    def start(self) -> None:
+        self.times = []
+        self.clock.start()
+
+    def put(self, value: Any) -> None:
+        self.times.append(self.clock.stamp())
+
+    def end(self) -> None:
+        pass
+
+    def steps(self, new_tokens: int) -> list[float]:
+        """The seconds of the N - 1 steps between the N new tokens' stamps."""
+        return np.diff(np.asarray(self.times[-new_tokens:], dtype=np.float64)).tolist()
+
+
 def measure_hf_generate(run: Run, new_tokens: int, protocol: Protocol, name: str = "",
-                        ) -> Measurement:
-    """HF generate of exactly new_tokens tokens at batch 1, by the protocol."""
-    fn = hf_generate_fn(run.lm, lm_inputs(run), new_tokens, generate.pad_id(run.loaded.tokenizer))
-    return bench.measure(fn, run.be, protocol, name=name or fn.__name__)
+                        warm_tokens: int = 0) -> Measurement:
+    """HF generate of exactly new_tokens tokens at batch 1, by the protocol, each timed run's
+    decode steps stamped (TokenStamps); warm_tokens in 1..N-1 makes each warmup run that many
+    tokens (0: N)."""
+    inputs, pad = lm_inputs(run), generate.pad_id(run.loaded.tokenizer)
+    stamps = TokenStamps(run.be)
+    call = hf_generate_fn(run.lm, inputs, new_tokens, pad, streamer=stamps)
+
+    def fn() -> torch.Tensor:
+        stamps.start()
+        return call()
+
+    fn.__name__ = call.__name__
+    warm = ((hf_generate_fn(run.lm, inputs, warm_tokens, pad), f"{warm_tokens} tokens")
+            if 0 < warm_tokens < new_tokens else None)
+    return bench.measure(fn, run.be, protocol, name=name or fn.__name__, warm=warm,
+                         steps=(lambda out: stamps.steps(new_tokens)) if new_tokens > 1 else None)
 
 
 @dataclass
@@ -128,21 +164,34 @@ class DecodeTiming:
 
 def measure_decode(run: Run, new_tokens: int, protocol: Protocol, batch: int = 1,
                    length: int | None = None, static: bool = False,
-                   name: str = "") -> DecodeTiming:
+                   name: str = "", warm_tokens: int = 0) -> DecodeTiming:
     """The project's decode loop, greedy, exactly new_tokens tokens (end tokens blocked),
-    over a dynamic KV cache or a static one (allocated once, rewound every run)."""
+    over a dynamic KV cache or a static one (allocated once, rewound every run).
+
+    Each timed run hands the protocol its N - 1 decode steps (the stable-mean rule reads the
+    mean step's CI); warm_tokens in 1..N-1 makes each warmup run that many tokens (0: N).
+    """
     ids = lm_inputs(run, batch, length)["input_ids"]  # [B, S]
     s = generate.exactly(generate.eos_ids(run.lm, run.loaded.tokenizer))
     cache = generate.static_cache(run.lm, ids.shape[1] + new_tokens) if static else None
     phases: list[tuple[float, float]] = []
 
-    def once() -> torch.Tensor:
-        d = generate.decode(run.lm, {"input_ids": ids}, new_tokens, s, clock=Clock(run.be),
-                            cache=cache)
+    def once(n: int = new_tokens) -> generate.Decoded:
+        d = generate.decode(run.lm, {"input_ids": ids}, n, s, clock=Clock(run.be), cache=cache)
         phases.append((d.prefill_s, d.decode_s))
-        return d.ids  # [B, N]
+        return d
 
-    m = bench.measure(once, run.be, protocol, name=name or f"decode_{new_tokens}")
+    short = 0 < warm_tokens < new_tokens
+    warm = (lambda: once(warm_tokens), f"{warm_tokens} tokens") if short else None
+    stepped = new_tokens > 1  # a prefill alone (N = 1) has no step: its runs decide
+    m = bench.measure(once, run.be, protocol, name=name or f"decode_{new_tokens}", warm=warm,
+                      steps=_steps if stepped else None)
+    m.output = m.output.ids  # [B, N]
     timed = phases[-m.stats.count:]  # the warmup runs came first
     return DecodeTiming(m, bench.stats([p for p, _ in timed]), bench.stats([d for _, d in timed]),
                         new_tokens, batch, ids.shape[1])
+
+
+def _steps(d: generate.Decoded) -> list[float]:
+    """The seconds of each decode step of one run (N - 1 of them)."""
+    return np.diff(np.asarray(d.times, dtype=np.float64)).tolist()

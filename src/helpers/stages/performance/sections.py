@@ -34,6 +34,9 @@ from helpers.stages.performance.settings import (
     GPA_REPORT,
     MATMUL_RUN_S,
     MIB,
+    SLEEP_RETRY,
+    SLEEP_S,
+    SLEEP_TOL,
     WHISPER_FRAMES_PER_S,
     WHISPER_POSITIONS_PER_S,
 )
@@ -41,10 +44,26 @@ from helpers.stages.performance.settings import (
 # ---- sanity -----------------------------------------------------------------------------
 
 
-def sleep_probe(be: devices.Backend, seconds: float = 0.2) -> Measurement:
-    """Measure time.sleep(seconds) with the backend's timer (events bracket idle device time)."""
+def sleep_probe(be: devices.Backend, seconds: float = SLEEP_S, runs: int = SLEEP_RETRY,
+                ) -> Measurement:
+    """Measure time.sleep(seconds) `runs` times with the backend's timer (events bracket idle
+    device time)."""
     return bench.measure(lambda: time.sleep(seconds), be,
-                         Protocol(warmup=0, min_iters=3, min_seconds=0), name=f"sleep_{seconds}")
+                         Protocol(warmup=0, min_iters=runs, min_seconds=0), name=f"sleep_{seconds}")
+
+
+def sleep_error(m: Measurement, seconds: float = SLEEP_S) -> float:
+    """Relative error of the median run (one late wake-up on a busy host is not the timer)."""
+    return abs(m.stats.p50 - seconds) / seconds
+
+
+def timer_probe(be: devices.Backend, runs: int) -> Measurement:
+    """The sleep probe, `runs` times; SLEEP_RETRY runs (their median) when those were off by
+    more than SLEEP_TOL: a sleep never returns early, a late one may be the host's doing."""
+    m = sleep_probe(be, runs=runs)
+    if runs < SLEEP_RETRY and sleep_error(m) > SLEEP_TOL:
+        m = sleep_probe(be, runs=SLEEP_RETRY)
+    return m
 
 
 def allocation_probe(be: devices.Backend, dev: torch.device, nbytes: int = 64 * MIB) -> dict[str, Any]:
@@ -57,16 +76,21 @@ def allocation_probe(be: devices.Backend, dev: torch.device, nbytes: int = 64 * 
     RSS would not move although the reader is right.
     """
     touched_block(1 << 20).close()  # the code that writes pages resident before the count starts
-    gc.collect()
-    be.synchronize()
-    before = be.memory()
-    key = "allocated" if before["allocated"] is not None else "host_rss"
-    if key == "allocated":
-        block: Any = torch.ones(nbytes // 4, dtype=torch.float32, device=dev)  # every byte set
+    collecting = gc.isenabled()
+    gc.disable()  # no collection between the two reads: it would free what `before` counted
+    try:
         be.synchronize()
-    else:
-        block = touched_block(nbytes)
-    after = be.memory()
+        before = be.memory()
+        key = "allocated" if before["allocated"] is not None else "host_rss"
+        if key == "allocated":
+            block: Any = torch.ones(nbytes // 4, dtype=torch.float32, device=dev)  # every byte
+            be.synchronize()
+        else:
+            block = touched_block(nbytes)
+        after = be.memory()
+    finally:
+        if collecting:
+            gc.enable()
     measured = after[key] - before[key]
     if key == "host_rss":
         block.close()
@@ -88,11 +112,11 @@ def memory_check(alloc: dict[str, Any]) -> Check:
 
 def sanity(run: Run) -> Section:
     """Physical sanity of the stage's own instruments, on the device under test."""
-    m = sleep_probe(run.be)
+    m = timer_probe(run.be, run.settings.sleep_min_iters)
     alloc = allocation_probe(run.be, run.sel.device)
-    sleep_err = abs(m.stats.p50 - 0.2) / 0.2  # median: one late wake-up on a busy host is not the timer
+    sleep_err = sleep_error(m)
     checks = [
-        Check.judge("timer: 0.2 s sleep measured within 5%", round(sleep_err, 5), "<=", 0.05,
+        Check.judge("timer: 0.2 s sleep measured within 5%", round(sleep_err, 5), "<=", SLEEP_TOL,
                     "physical sanity of the timer (optimum-benchmark checks a 1 s sleep at ±10%)",
                     detail=f"median {m.stats.p50:.5f} s (mean {m.stats.mean:.5f} s) over "
                            f"{m.stats.count} runs; {m.timer}"),
@@ -124,8 +148,10 @@ def latency(run: Run) -> Section:
     mem = run.be.memory()
     mem_rows = run.be.memory_rows()
     compare = s.compare_protocol()
-    static = measure_decode(run, n, compare, static=True, name=f"decode_{n}_static_cache")
-    hf = measure_hf_generate(run, n, compare, name=f"hf_generate_{n}")
+    warm = s.warmup_tokens
+    static = measure_decode(run, n, compare, static=True, name=f"decode_{n}_static_cache",
+                            warm_tokens=warm)
+    hf = measure_hf_generate(run, n, compare, name=f"hf_generate_{n}", warm_tokens=warm)
     rates = loop.rates()
     rates["static_decode_tokens_per_s"] = static.rates()["decode_tokens_per_s"]
     rates["hf_generate_tokens_per_s"] = hf.rate(n)
@@ -139,7 +165,7 @@ def latency(run: Run) -> Section:
                        loop.run.first_call_s),
             _stats_row(f"decode: {n - 1} steps (decode loop, static cache)", static.decode),
             _stats_row(f"latency, {n} new tokens (HF generate, dynamic cache; comparison)",
-                       hf.stats, hf.first_call_s)]
+                       hf.stats, hf.first_full_call_s)]
     metrics = {"new_tokens": n, "batch": 1, **rates, "memory": mem, "memory_devices": mem_rows,
                "prompt_tokens": loop.prompt_tokens, "prefill": loop.prefill.to_dict(),
                "decode": loop.decode.to_dict(), "e2e": loop.run.to_dict(),
@@ -434,7 +460,8 @@ def batch_sweep(run: Run) -> Section:
     rows, raw = [], []
     for b in s.sweep_batches:
         try:
-            t = measure_decode(run, s.sweep_new_tokens, p, batch=b, name=f"decode_b{b}")
+            t = measure_decode(run, s.sweep_new_tokens, p, batch=b, name=f"decode_b{b}",
+                               warm_tokens=s.warmup_tokens)
         except Exception as exc:
             rows.append({"batch": b, **failure_row(f"batch {b}", exc)})
             continue
