@@ -201,6 +201,7 @@ def test_kl_masked_tokens_and_nan() -> None:
     assert parity.kl_divergence(masked, masked) == 0.0
     assert parity.kl_divergence(np.array([[1.0, 2.0, 3.0]]), masked) == math.inf
     assert math.isnan(parity.kl_divergence(masked, np.array([[1.0, np.nan, 3.0]])))
+    assert math.isnan(parity.kl_divergence(np.array([[1.0, np.inf, 3.0]]), masked))  # +Inf
 
 
 # ---- tolerances, error ratios, thresholds file -------------------------------------------

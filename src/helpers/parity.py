@@ -366,21 +366,19 @@ def topk_agreement(target_logits: Any, ref_logits: Any, k: int = 5) -> tuple[flo
 
 def kl_divergence(ref_logits: Any, target_logits: Any) -> float:
     """Mean KL(reference || target) in nats over the rows of the last axis; >= 0, or NaN
-    when a NaN (or +Inf) on either side leaves it undefined."""
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+    when a NaN (or +Inf) on either side leaves it undefined. Float64, in torch's threads."""
+    import torch
 
     parts = []
     for r, t in _row_blocks(ref_logits, target_logits):
-        if np.isnan(r).any() or np.isnan(t).any():
+        r, t = torch.from_numpy(r), torch.from_numpy(t)
+        if any(bool((x.isnan() | x.isposinf()).any()) for x in (r, t)):
             return float("nan")
-        lr, lt = log_softmax(r), log_softmax(t)
-        p = np.exp(lr)
+        lr, lt = torch.log_softmax(r, -1), torch.log_softmax(t, -1)
+        p = lr.exp()
         # tokens the reference gives no mass (masked to -inf) add nothing, whatever the target says
-        with np.errstate(invalid="ignore"):
-            parts.append(np.where(p > 0.0, p * (lr - lt), 0.0).sum(-1))
-    mean = float(np.concatenate(parts).mean()) if parts else float("nan")
+        parts.append(torch.where(p > 0.0, p * (lr - lt), 0.0).sum(-1))
+    mean = float(torch.cat(parts).mean()) if parts else float("nan")
     return mean if math.isnan(mean) else max(0.0, mean)
 
 
