@@ -132,6 +132,30 @@ def test_a_reused_reference_gives_the_same_verdicts_faster(parity_runs: dict) ->
         "reference", "target", "golden", "baseline"}
 
 
+def test_a_golden_that_did_not_fit_joins_the_cache_when_computed(monkeypatch, tmp_path: Path,
+                                                                   model_cache: Path) -> None:
+    """golden auto: a first run where float64 did not fit caches no golden; the next run
+    reuses the reference, computes the golden and adds it to the cache entry; a third run
+    reuses all three CPU sides."""
+    from helpers.stages.accuracy_parity import sides
+
+    cfg = RunConfig.from_params(model="gpa")
+    decide = sides.golden_decision
+    monkeypatch.setattr(sides, "golden_decision", lambda mode, n: (False, "no room (planted)"))
+    monkeypatch.setenv(outputs.CACHE_ENV, str(tmp_path / "cache"))
+    runs = []
+    for i in range(3):
+        store = accuracy.stage_store(cfg, _plan(cfg), tmp_path / f"run{i}")
+        runs.append((store, accuracy.run_all(cfg, _plan(cfg), store)))
+        monkeypatch.setattr(sides, "golden_decision", decide)  # room from the second on
+    (first, r1), (second, r2), (third, r3) = runs
+    assert first.source is None and r1.golden is None
+    assert second.source is not None and second.reused("golden") is None and r2.golden
+    assert set(saved.open_run(first.cache).roles(saved.PARITY)) == {
+        "reference", "golden", "baseline"}
+    assert third.reused("golden") is not None and r3.golden_note.endswith("reused with the reference")
+
+
 @pytest.mark.parametrize(("change", "part"), [
     ({"seed": 1}, "weights source"),  # other random weights
     ({"knobs": {"languages": "zh"}}, "inputs"),

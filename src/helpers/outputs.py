@@ -469,11 +469,16 @@ class Store:
 
     def fill_cache(self, sides: list[Any]) -> None:
         """Write the CPU sides computed here to the cache, whole or not at all; nothing when
-        they were reused, not cached, or one of them failed (a failure is not kept)."""
-        if self.source is not None or self.cache is None or any(_failed(s) for s in sides):
+        not cached or one of them failed (a failure is not kept). Reused from the cache, the
+        sides its entry lacks (a float64 golden that did not fit in memory when it was filled)
+        join that entry, so a later run reuses them too."""
+        if self.cache is None or any(_failed(s) for s in sides):
             return
         if any(s.side.role not in CPU_ROLES for s in sides):
             raise ValueError("only the CPU sides are cached, never the target")
+        if self.source is not None:
+            self._complete_cache(sides)
+            return
         self.cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.cache.parent, prefix=f".{self.cache.name}."))
         os.chmod(tmp, 0o755)
@@ -488,6 +493,16 @@ class Store:
             import shutil
 
             shutil.rmtree(old, ignore_errors=True)
+
+
+    def _complete_cache(self, sides: list[Any]) -> None:
+        if self.source is None or self.source.folder.resolve() != self.cache.resolve():
+            return  # reused from a run folder (REFERENCE=...): the cache is not this one's
+        have = set(self.source.roles(self.stage))
+        for s in sides:
+            if s.side.role not in have:
+                link_side(self.folder, self.cache, self.stage, s.side.role, self.hashes,
+                          self.run, self.parts)
 
 
 def _failed(side: Any) -> bool:
