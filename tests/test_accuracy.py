@@ -41,6 +41,7 @@ def test_plan_on_a_cpu_only_machine_compares_bfloat16_with_float32() -> None:
     ({"golden": "maybe"}, "golden 'maybe' is not valid; use auto"),
     ({"new_tokens": -1}, "new_tokens must be an integer >= 0"),
     ({"languages": "en,fr"}, "unknown ['fr']"),
+    ({"decode_batch": -1}, "decode_batch must be an integer >= 0"),
 ])
 def test_plan_rejects_bad_knobs_with_a_fix(knobs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -501,8 +501,11 @@ class Store:
         have = set(self.source.roles(self.stage))
         for s in sides:
             if s.side.role not in have:
-                link_side(self.folder, self.cache, self.stage, s.side.role, self.hashes,
-                          self.run, self.parts)
+                try:  # best effort: the run's own outputs hold the side whatever happens here
+                    link_side(self.folder, self.cache, self.stage, s.side.role, self.hashes,
+                              self.run, self.parts)
+                except OSError:
+                    return  # a cache this run cannot write (read-only, full): left as it was
 
 
 def _failed(side: Any) -> bool:
