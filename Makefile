@@ -4,10 +4,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+TEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 # Command-line variables except this Makefile's own; the CLI rejects unknown names.
-PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=% GPU_CHECK_ARGS=% FAULT_ARGS=% STACK_% PROFILE_RUN=%,$(MAKEOVERRIDES))
+PARAMS := $(filter-out PYTHON=% VENV=% TORCH_SPEC=% TEST_WORKERS=% GPU_CHECK_ARGS=% FAULT_ARGS=% STACK_% PROFILE_RUN=%,$(MAKEOVERRIDES))
 # The lowest tested stack (helpers.compat.TESTED): the Ascend reports' torch and transformers.
 # torch 2.9.0 is the registry's CUDA build (it runs on a CPU): 3.8 GB of wheels, kept in
 # STACK_CACHE between runs, and a 7.8 GB venv, kept there too.
@@ -48,8 +49,10 @@ fit: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests notebooks scripts
 
+# Two workers (pytest-xdist), each given whole test modules, longest first (tests/conftest.py)
+# and its share of the cores; TEST_WORKERS=0 runs the suite in one process.
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # The inner loop: unit tests without model loads, notebooks, worker processes or end-to-end
 # runs (tests/conftest.py marks those slow); well under a minute.
