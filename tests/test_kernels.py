@@ -24,8 +24,13 @@ TCP_WARNING = "without encryption"
 
 
 def _kernel_children() -> list[psutil.Process]:
+    """Kernels (and their launchers) still running under this process; the fork server the
+    process keeps between runs (forkserver.kept) is no kernel."""
     found = []
+    server = forkserver.running_kept()
     for p in psutil.Process().children(recursive=True):
+        if server is not None and p.pid == server.process.pid:
+            continue
         try:
             if any("ipykernel" in part for part in p.cmdline()):
                 found.append(p)
@@ -42,7 +47,8 @@ import json, os, sys
 from pathlib import Path
 warm = [m for m in {kernels.WARMUP_MODULES!r} if m in sys.modules]
 record = {{"stage": {name!r}, "status": "passed", "seconds": 0.0, "title": {name!r},
-          "metrics": {{"pid": os.getpid(), "cwd": os.getcwd(), "warm": warm}}}}
+          "metrics": {{"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(),
+                      "warm": warm}}}}
 Path(run_dir, {out!r}).write_text(json.dumps(record))
 """
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {
@@ -108,6 +114,29 @@ def test_pipeline_prestarts_a_fresh_kernel_per_notebook_and_leaves_none(tmp_path
     assert "\r" not in captured.out  # not a terminal: start and end lines only
     assert "[3/3] second ..." in captured.out
     assert "[2/3] broken: error in" in captured.out and "with kernel start" in captured.out
+
+
+def test_runs_in_one_process_fork_their_kernels_from_the_server_it_keeps(tmp_path, monkeypatch):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    nbformat.write(_recorder("first", "results/first.json"), nbs / "01_first.ipynb")
+
+    def parent_of_the_kernel(out: str) -> int:
+        run = run_pipeline(RunConfig.from_params(out=str(tmp_path / out)), notebooks_dir=nbs,
+                           figures_dir=None, pdf=False)
+        assert run.results["first"].status == "passed"
+        return run.results["first"].metrics["ppid"]
+
+    first = parent_of_the_kernel("a")
+    server = forkserver.running_kept()
+    assert server is not None and first == server.process.pid
+    assert parent_of_the_kernel("b") == first  # the imports made once, forked from again
+    assert _kernel_children() == [] and server.process.poll() is None
+    # the helpers' sources changed (or PYTHONPATH, the flags): a new server replaces it
+    monkeypatch.setattr(forkserver, "_origin", lambda flags: ("changed",))
+    third = parent_of_the_kernel("c")
+    assert third != first and third == forkserver.running_kept().process.pid
+    assert server.process.wait(timeout=10) is not None  # the old one was stopped
 
 
 def test_take_hands_over_the_prestarted_kernel_only_for_its_folder(tmp_path, capfd):

@@ -294,7 +294,7 @@ class KernelPool:
     """
 
     def __init__(self, warmup: Sequence[str] | None = None, preload: Sequence[str] = (),
-                 early: Sequence[str] = ()) -> None:
+                 early: Sequence[str] = (), keep_server: bool = False) -> None:
         self.warmup = tuple(WARMUP_MODULES if warmup is None else warmup)
         base = Path(tempfile.gettempdir())
         if len(str(base)) > _MAX_PREFIX - 30:
@@ -305,9 +305,13 @@ class KernelPool:
         self._taken: list[StageKernelManager] = []
         self._closed = False
         # with `preload` (and `early`): prestarted kernels are forked by a server that made
-        # these imports (prestart(early=True): the early ones), started here
-        self.server = (forkserver.Server(self._dir / "fork", preload, _python_flags(), early)
-                       if preload or early else None)
+        # these imports (prestart(early=True): the early ones): the process's kept one
+        # (forkserver.kept, left running when the pool closes) with `keep_server`, else one
+        # started here for this pool alone
+        self._own_server = not keep_server
+        self.server = (None if not (preload or early)
+                       else forkserver.kept(preload, _python_flags(), early) if keep_server
+                       else forkserver.Server(self._dir / "fork", preload, _python_flags(), early))
 
     def _prefix(self) -> Path:
         self._count += 1
@@ -356,7 +360,7 @@ class KernelPool:
         try:
             if self._pending is not None:
                 self._pending.dropped.set()  # no kernel is started from here on
-            if self.server is not None and not self._taken:
+            if self.server is not None and self._own_server and not self._taken:
                 # closed before the first notebook ran (bad input, an interrupt): a kernel
                 # still waiting for the server's imports gets no answer
                 self.server.close()
@@ -365,7 +369,7 @@ class KernelPool:
             for km in self._taken:  # normally shut down already by whoever took it
                 shutdown(km, now=True)  # waits for a shutdown under way
             self._taken.clear()
-            if self.server is not None:
+            if self.server is not None and self._own_server:
                 self.server.close()
             shutil.rmtree(self._dir, ignore_errors=True)
 

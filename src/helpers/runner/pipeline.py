@@ -324,9 +324,10 @@ def run_pipeline(cfg: RunConfig, notebooks_dir: Path = paths.NOTEBOOKS,
 
 def _kernel_pool(notebooks: list[Path]) -> kernels.KernelPool:
     """The run's kernels: a fork server that imports what the notebooks need (the first one's
-    needs first), and the first notebook's kernel, forked once those are made."""
+    needs first), and the first notebook's kernel, forked once those are made. The server is
+    the process's kept one (forkserver.kept): a later run in this process forks from it."""
     early, rest = kernels.preload_for(notebooks)
-    pool = kernels.KernelPool(preload=rest, early=early)
+    pool = kernels.KernelPool(preload=rest, early=early, keep_server=True)
     if notebooks:
         pool.prestart(notebooks[0].parent, warmup=(), early=True)
     return pool
