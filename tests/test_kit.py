@@ -116,3 +116,51 @@ def test_finish_records_the_stage_cost_of_each_timed_part(tmp_path):
     assert res.profile["process_cpu_s"] >= res.profile["cpu_s"] >= 0
     written = json.loads((tmp_path / "results" / "environment.json").read_text())
     assert written["profile"]["parts"][1]["part"] == "a load"
+
+
+def _drawn_twice(stage: kit.Stage, data: tuple) -> int:
+    """How many times save_drawn drew `data` when asked twice."""
+    from helpers import plots
+
+    calls = []
+
+    def draw(frame, title):  # noqa: ANN001, ANN202
+        calls.append(title)
+        fig, ax = plots.figure(width=3, height=2)
+        ax.plot(frame["x"], frame["y"])
+        ax.set_title(title)
+        return fig
+
+    paths = [stage.save_drawn("curve", draw, *data) for _ in range(2)]
+    assert paths[0] == paths[1] and paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return len(calls)
+
+
+def test_a_figure_is_drawn_once_for_equal_data_and_again_when_a_value_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pandas as pd
+
+    from helpers import players
+
+    monkeypatch.setenv(players.FIGURE_CACHE_ENV, str(tmp_path / "figures"))
+    stage = kit.Stage("demo", str(tmp_path / "run"))
+    frame = pd.DataFrame({"x": [0, 1, 2], "y": [0.5, 0.25, 0.125]})
+    assert _drawn_twice(stage, (frame, "a title")) == 1  # the second came from the cache
+    assert stage.figures == ["demo-curve.png", "demo-curve.png"]
+    changed = frame.assign(y=[0.5, 0.25, 0.126])
+    assert _drawn_twice(stage, (changed, "a title")) == 1  # a value changed: drawn again
+    assert _drawn_twice(stage, (frame.set_index(pd.Index([5, 6, 7])), "a title")) == 1
+    assert _drawn_twice(stage, (frame, "another title")) == 1
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 4
+
+
+def test_a_figure_key_holds_contents_never_an_objects_repr() -> None:
+    import numpy as np
+
+    what, arrays = kit.figure_key(([1, 2.5, "a"], {"k": None}, np.float32(1.5),
+                                   torch.tensor([1.0, 2.0]), np.arange(3)))
+    assert len(arrays) == 2 and arrays[0].dtype == np.float64
+    assert kit.figure_key((np.float32(1.5),))[0] != kit.figure_key((np.float64(1.5),))[0]
+    for bad in (object(), np.array([object()], dtype=object), kit.Side):
+        with pytest.raises(TypeError, match="cannot be keyed"):
+            kit.figure_key((bad,))

@@ -119,6 +119,12 @@ def problems(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame(bad)
 
 
+def heatmap_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What heatmap draws of each row: its operator, dtype and status (timings and errors
+    left out, so that equal statuses make one figure in the figure cache)."""
+    return [{k: r[k] for k in ("op", "dtype", "status")} for r in rows]
+
+
 def heatmap(rows: list[dict[str, Any]], title: str) -> Any:
     """Status by operator (rows) and dtype (columns), in the report's status colors."""
     import matplotlib.pyplot as plt

@@ -197,6 +197,37 @@ class Stage:
             _show_png(fig, path)
         return path
 
+    def save_drawn(self, name: str, draw: Callable[..., Any], *data: Any,
+                   show: bool = False) -> Path:
+        """save_figure(draw(*data), name, show), drawn once for equal data: the PNG is kept in
+        the figure cache (helpers.players.cached_png), keyed by the data's content (tables,
+        arrays, tensors, plain values; figure_key), the figure language and the drawing code
+        (helpers.plots, and the file that defines `draw`), so a rerun whose numbers did not
+        change shows the same figure without drawing it."""
+        import inspect
+        import io
+
+        from helpers import players, plots
+
+        what, arrays = figure_key(data)
+
+        def render() -> bytes:
+            import matplotlib.pyplot as plt
+
+            fig = draw(*data)
+            plots.translate(fig)
+            out = io.BytesIO()
+            plots.save_png(fig, out, SAVED_DPI)
+            plt.close(fig)
+            return out.getvalue()
+
+        png = players.cached_png((name, draw.__module__, draw.__qualname__, SAVED_DPI, what),
+                                 arrays, render, drawn_by=[inspect.getsourcefile(draw) or ""])
+        path = self.save_png(png, name)
+        if show:
+            _display_png(png)
+        return path
+
     def save_png(self, png: bytes, name: str) -> Path:
         """Save PNG bytes drawn already (as save_figure draws them) as a companion PNG."""
         path = self._figure_path(name)
@@ -238,16 +269,57 @@ def _show_png(fig: Any, path: Path) -> None:
     """Display the saved PNG at the size the inline backend would draw the figure (its dpi,
     not the file's), and close the figure; outside a kernel the figure is only closed."""
     import matplotlib.pyplot as plt
-    from IPython import get_ipython
-    from IPython.display import Image, display
 
     dpi = fig.dpi
     plt.close(fig)
+    _display_png(path.read_bytes(), dpi)
+
+
+def _display_png(data: bytes, dpi: float | None = None) -> None:
+    """Display PNG bytes saved at SAVED_DPI at the size the inline backend draws a figure of
+    `dpi` (default: a new figure's); nothing outside a kernel."""
+    import matplotlib as mpl
+    from IPython import get_ipython
+    from IPython.display import Image, display
+
     if get_ipython() is None:
         return
-    data = path.read_bytes()
+    dpi = dpi or mpl.rcParams["figure.dpi"]
     width = int.from_bytes(data[16:20], "big")  # the IHDR chunk's width, first in every PNG
     display(Image(data=data, format="png", width=round(width * dpi / SAVED_DPI)))
+
+
+def figure_key(data: Any) -> tuple[Any, list[Any]]:
+    """What a figure drawn from `data` is keyed by in the figure cache: a description of its
+    plain values and structure, and the arrays whose contents it holds (tables hashed row by
+    row, index and columns included; tensors as float64 arrays). Anything else is refused: a
+    key must never be a repr that could leave out what the figure shows."""
+    import numpy as np
+
+    arrays: list[Any] = []
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, np.generic) and not isinstance(x, np.object_):  # np.float64 too
+            return [str(x.dtype), x.item()]
+        if x is None or isinstance(x, (str, bool, int, float)):
+            return x
+        if isinstance(x, (list, tuple)):
+            return [type(x).__name__, *(walk(v) for v in x)]
+        if isinstance(x, dict):
+            return ["dict", *((walk(k), walk(v)) for k, v in x.items())]
+        if isinstance(x, pd.DataFrame):
+            arrays.append(pd.util.hash_pandas_object(x, index=True).to_numpy())
+            return ["frame", [str(c) for c in x.columns], [str(t) for t in x.dtypes]]
+        if isinstance(x, torch.Tensor):
+            arrays.append(x.detach().to("cpu", torch.float64).numpy())
+            return ["tensor", str(x.dtype)]
+        if isinstance(x, np.ndarray) and x.dtype != object:  # an object array's bytes are pointers
+            arrays.append(x)
+            return ["array"]
+        raise TypeError(f"a figure cannot be keyed by a {type(x).__name__}: give its tables, "
+                        "arrays or plain values")
+
+    return walk(data), arrays
 
 
 def _lab_manifest(folder: Path, result: StageResult, cfg: RunConfig | None) -> None:

@@ -33,6 +33,7 @@ from helpers.probes.report import (
     coverage_counts,
     frame,
     heatmap,
+    heatmap_rows,
     known_issues,
     problems,
     rules_frame,
@@ -47,7 +48,7 @@ from helpers.stages.kit import Target
 __all__ = [
     "COLUMNS", "CSV_COLUMNS", "RULES", "STATUSES", "Probe", "ProbeRun", "Worker",
     "WorkerStartError", "catalog", "isolate", "report", "coverage", "coverage_counts", "frame", "heatmap",
-    "known_issues", "problems", "rules_frame", "run", "run_catalog", "run_model",
+    "heatmap_rows", "known_issues", "problems", "rules_frame", "run", "run_catalog", "run_model",
     "status_counts", "summary", "write_csv",
 ]
 
