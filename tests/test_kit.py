@@ -152,6 +152,9 @@ def test_a_figure_is_drawn_once_for_equal_data_and_again_when_a_value_changes(
     assert _drawn_twice(stage, (frame.set_index(pd.Index([5, 6, 7])), "a title")) == 1
     assert _drawn_twice(stage, (frame, "another title")) == 1
     assert len(list((tmp_path / "figures").glob("*.png"))) == 4
+    # a table cell no key can hold: drawn each time, nothing cached
+    assert _drawn_twice(stage, (frame.assign(note=[[0], [1], [2]]), "a title")) == 2
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 4
 
 
 def test_a_figure_key_holds_contents_never_an_objects_repr() -> None:

@@ -209,8 +209,6 @@ class Stage:
 
         from helpers import players, plots
 
-        what, arrays = figure_key(data)
-
         def render() -> bytes:
             import matplotlib.pyplot as plt
 
@@ -221,8 +219,14 @@ class Stage:
             plt.close(fig)
             return out.getvalue()
 
-        png = players.cached_png((name, draw.__module__, draw.__qualname__, SAVED_DPI, what),
-                                 arrays, render, drawn_by=[inspect.getsourcefile(draw) or ""])
+        try:
+            what, arrays = figure_key(data)
+        except TypeError:  # a value no key can hold (a table cell that cannot be hashed)
+            png = render()  # drawn every time, never a figure of other data
+        else:
+            png = players.cached_png((name, draw.__module__, draw.__qualname__, SAVED_DPI,
+                                      what), arrays, render,
+                                     drawn_by=[inspect.getsourcefile(draw) or ""])
         path = self.save_png(png, name)
         if show:
             _display_png(png)
