@@ -226,14 +226,16 @@ class _Sums:
         self.err_sum += float(err.sum())
         self.err2 += float(d @ d)
         self.rel_sum += float(rel.sum())
-        self.err_max = max(self.err_max, float(err.max()))
+        block_max = float(err.max())
+        self.err_max = max(self.err_max, block_max)
         self.rel_max = max(self.rel_max, float(rel.max()))
-        self.t_max = max(self.t_max, float(t.abs().max()))
+        # max |t| in one pass, no |t| temporary (exact, as t.abs().max())
+        self.t_max = max(self.t_max, float(torch.linalg.vector_norm(t, math.inf)))
         self.r_max = max(self.r_max, float(mag.max()))
         self.dot += float(t @ r)
         self.tt += tt
         self.rr += rr
-        self.equal = self.equal and torch.equal(t, r)
+        self.equal = self.equal and block_max == 0.0  # finite t and r equal where t - r is 0
 
     def result(self, n: int, tol: Tolerance, scaled: Any) -> Comparison:
         """The comparison; `scaled` computes (cosine, relative L2) on max-scaled values, for
