@@ -130,7 +130,7 @@ def kept(modules: Sequence[str], python_flags: Sequence[str],
             if was == origin and server.process.poll() is None:  # grows: keep what it made
                 modules = [*modules, *(m for m in server.modules - wanted)]
             _close_kept()
-        folder = Path(tempfile.mkdtemp(prefix="fork-server-", dir=_socket_base()))
+        folder = Path(tempfile.mkdtemp(prefix="fork-server-", dir=socket_base()))
         server = Server(folder / "fork", modules, python_flags, early)
         _kept = (server, origin, folder)
         return server
@@ -163,11 +163,16 @@ def _origin(python_flags: Sequence[str]) -> tuple[Any, ...]:
             len(stamps), max(stamps, default=0))
 
 
-def _socket_base() -> Path:
-    """Where the server's socket folder goes: unix socket paths are limited to about 107
-    bytes, so a long temporary folder is replaced by /tmp."""
+# Unix socket paths are limited to about 107 bytes: a socket folder's base path keeps within
+# 50, leaving room for the folder's own name and the socket names in it.
+SOCKET_BASE_MAX = 50
+
+
+def socket_base() -> Path:
+    """Where the folders of unix sockets go (the fork server's, the kernels' IPC ones): the
+    temporary folder, or /tmp where its path is longer than SOCKET_BASE_MAX."""
     base = Path(tempfile.gettempdir())
-    return Path("/tmp") if len(str(base)) > 50 else base
+    return Path("/tmp") if len(str(base)) > SOCKET_BASE_MAX else base
 
 
 def imported(sock: Path) -> Path:

@@ -52,8 +52,6 @@ def __helpers_warmup(names):
 __helpers_warmup({names!r})
 del __helpers_warmup
 """
-# Unix socket paths are limited to about 107 bytes: keep the folder short.
-_MAX_PREFIX = 80
 
 
 class StageKernelManager(KernelManager):
@@ -296,10 +294,8 @@ class KernelPool:
     def __init__(self, warmup: Sequence[str] | None = None, preload: Sequence[str] = (),
                  early: Sequence[str] = (), keep_server: bool = False) -> None:
         self.warmup = tuple(WARMUP_MODULES if warmup is None else warmup)
-        base = Path(tempfile.gettempdir())
-        if len(str(base)) > _MAX_PREFIX - 30:
-            base = Path("/tmp")
-        self._dir = Path(tempfile.mkdtemp(prefix="stage-kernels-", dir=base))  # mode 0700
+        self._dir = Path(tempfile.mkdtemp(prefix="stage-kernels-",  # mode 0700
+                                          dir=forkserver.socket_base()))
         self._count = 0
         self._pending: _Pending | None = None
         self._taken: list[StageKernelManager] = []
