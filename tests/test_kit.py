@@ -162,7 +162,13 @@ def test_a_figure_key_holds_contents_never_an_objects_repr() -> None:
 
     what, arrays = kit.figure_key(([1, 2.5, "a"], {"k": None}, np.float32(1.5),
                                    torch.tensor([1.0, 2.0]), np.arange(3)))
-    assert len(arrays) == 2 and arrays[0].dtype == np.float64
+    assert len(arrays) == 2 and arrays[0].tobytes() == torch.tensor([1.0, 2.0]).numpy().tobytes()
+    # tensors keyed exactly: integers past float64's 2^53, bfloat16, the shape
+    big = torch.tensor([2**53])  # 2^53 + 1 is 2^53 again in float64
+    assert kit.figure_key((big,))[1][0].tobytes() != kit.figure_key((big + 1,))[1][0].tobytes()
+    assert kit.figure_key((torch.ones(2, dtype=torch.bfloat16),))[0] != kit.figure_key(
+        (torch.ones(2),))[0]
+    assert kit.figure_key((torch.ones(2, 3),))[0] != kit.figure_key((torch.ones(3, 2),))[0]
     assert kit.figure_key((np.float32(1.5),))[0] != kit.figure_key((np.float64(1.5),))[0]
     for bad in (object(), np.array([object()], dtype=object), kit.Side):
         with pytest.raises(TypeError, match="cannot be keyed"):

@@ -296,8 +296,8 @@ def _display_png(data: bytes, dpi: float | None = None) -> None:
 def figure_key(data: Any) -> tuple[Any, list[Any]]:
     """What a figure drawn from `data` is keyed by in the figure cache: a description of its
     plain values and structure, and the arrays whose contents it holds (tables hashed row by
-    row, index and columns included; tensors as float64 arrays). Anything else is refused: a
-    key must never be a repr that could leave out what the figure shows."""
+    row, index and columns included; tensors by their bytes, dtype and shape). Anything else
+    is refused: a key must never be a repr that could leave out what the figure shows."""
     import numpy as np
 
     arrays: list[Any] = []
@@ -314,9 +314,9 @@ def figure_key(data: Any) -> tuple[Any, list[Any]]:
         if isinstance(x, pd.DataFrame):
             arrays.append(pd.util.hash_pandas_object(x, index=True).to_numpy())
             return ["frame", [str(c) for c in x.columns], [str(t) for t in x.dtypes]]
-        if isinstance(x, torch.Tensor):
-            arrays.append(x.detach().to("cpu", torch.float64).numpy())
-            return ["tensor", str(x.dtype)]
+        if isinstance(x, torch.Tensor):  # its bytes, exact in any dtype (bfloat16 included)
+            arrays.append(x.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy())
+            return ["tensor", str(x.dtype), list(x.shape)]
         if isinstance(x, np.ndarray) and x.dtype != object:  # an object array's bytes are pointers
             arrays.append(x)
             return ["array"]
