@@ -76,8 +76,18 @@ fi
 "$PY" -W ignore -c "import torch" || { say "torch did not install ($TORCH_SPEC); set TORCH_SPEC"; exit 1; }
 "$PY" -c "import helpers.runner.pipeline, papermill, nbconvert, transformers" \
   || { say "the package did not install; see the pip output above"; exit 1; }
+# librosa (the tests' independent mel oracle) compiles its numba kernels the first time its
+# spectrum and util modules load, 13-16 s on 2 cores, and caches them beside its sources in this
+# venv: compiled here, once per venv, as pip compiles bytecode, not by the first `make test`.
+numba_pid=""
+if "$PY" -c "import librosa" 2>/dev/null; then
+  "$PY" -W ignore -c "import numpy, librosa; librosa.feature.melspectrogram(y=numpy.zeros(4096, 'float32'), sr=16000)" \
+    >/dev/null 2>&1 &
+  numba_pid=$!
+fi
 # The report's notebooks run in the kernel of this environment's Python.
 "$PY" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (report)" >/dev/null
+[ -z "$numba_pid" ] || wait "$numba_pid" || say "librosa's numba kernels did not compile here: the first test that uses librosa compiles them"
 
 if [ -n "$apt_pid" ]; then
   wait "$apt_pid" || true
