@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -137,6 +138,36 @@ def test_runs_in_one_process_fork_their_kernels_from_the_server_it_keeps(tmp_pat
     third = parent_of_the_kernel("c")
     assert third != first and third == forkserver.running_kept().process.pid
     assert server.process.wait(timeout=10) is not None  # the old one was stopped
+
+
+def _exit_with_whether_imported(name: str) -> None:
+    """Run in a process the fork server forked: exit 0 when `name` was imported there, 3 if not."""
+    os._exit(0 if name in sys.modules else 3)
+
+
+def test_a_kept_server_asked_for_modules_it_lacks_imports_them_instead_of_being_replaced():
+    flags = kernels._python_flags()
+    server = forkserver.kept(["colorsys"], flags)
+    sock = server.wait_ready()
+    assert sock is not None
+    pid, more = server.process.pid, "helpers.compare.cli"  # no stage imports the comparison
+
+    def imported_in_a_fork() -> bool:
+        child = forkserver.Forked(sock, f"{__name__}:_exit_with_whether_imported", [more], [])
+        child.join(timeout=60)
+        assert child.exitcode in (0, 3), child.exitcode
+        return child.exitcode == 0
+
+    assert not imported_in_a_fork()
+    # a later run needs more: one module that imports and one that fails (its notebook shows
+    # why); the standard library's are left to the kernel
+    grown = forkserver.kept(["colorsys", more, "helpers.no_such_module"], flags)
+    assert grown is server and server.process.pid == pid
+    assert server.wait_ready(needs=[more, "helpers.no_such_module"], timeout=60) == sock
+    assert {more, "helpers.no_such_module"} <= set(
+        forkserver.imported(sock).read_text().splitlines())
+    assert imported_in_a_fork()  # forked after the import: the module is there
+    assert server.process.poll() is None
 
 
 def test_take_hands_over_the_prestarted_kernel_only_for_its_folder(tmp_path, capfd):

@@ -24,12 +24,15 @@ the requester's connection drops (the launcher was killed) it kills the process.
 forks from its only thread, and has made no parallel torch call (no OpenMP pool exists yet).
 It exits when its parent (the runner) is gone; its kernels then see themselves orphaned and
 exit too. The pipeline's server is kept for the process's later runs (`kept`): the imports are
-made once per process, and a server is replaced when what it was started from changed.
+made once per process; a run that needs a module the server did not import asks it to import
+that too (a request answered at once, the import made between forks), and a server is replaced
+only when what it was started from changed.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import importlib
 import json
@@ -48,7 +51,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from helpers.runner import fork_launch
 from helpers.runner.fork_launch import recv_exact
@@ -87,6 +90,19 @@ class Server:
                 return None
         return None
 
+    def grow(self, modules: Sequence[str]) -> bool:
+        """Ask the running server to import `modules` too; False when it cannot be reached.
+
+        It answers at once and imports them one by one between the forks it makes, naming
+        each in its imported file when made, so wait_ready(needs=...) waits for them."""
+        try:
+            conn, _ = fork_launch.request(str(self.sock), {"import": list(modules)}, [])
+        except OSError:  # fork_launch.Unanswered is a ConnectionError
+            return False
+        conn.close()
+        self.modules |= set(modules)
+        return True
+
     def close(self) -> None:
         """Stop the server (its kernels, orphaned, exit on their own)."""
         if self.process.poll() is None:
@@ -111,12 +127,13 @@ def kept(modules: Sequence[str], python_flags: Sequence[str],
     """A fork server of this process that makes (or made) `early` then `modules`, kept running
     for later runs of this process (closed when it ends).
 
-    The one kept is used again when it runs, imports every module asked for (the standard
-    library's aside: a kernel imports those itself in no time), and was started from what a
-    new one would be (the interpreter and its flags, PYTHONPATH, the helpers
-    package's source files unchanged); otherwise a new one replaces it, making what both were
-    asked for. A kernel it forks takes its run's own working directory and environment; what a
-    module reads from the environment while it is imported is as it was for the first run."""
+    The one kept is used again when it runs and was started from what a new one would be
+    (the interpreter and its flags, PYTHONPATH, the helpers package's source files unchanged);
+    a module asked for that it did not import (the standard library's aside: a kernel imports
+    those itself in no time) it is asked to import too (Server.grow). Otherwise a new one
+    replaces it, making what both were asked for. A kernel it forks takes its run's own working
+    directory and environment; what a module reads from the environment while it is imported
+    is as it was when the server imported it."""
     global _kept
     origin = _origin(python_flags)
     wanted = {*early, *modules}
@@ -125,7 +142,8 @@ def kept(modules: Sequence[str], python_flags: Sequence[str],
             server, was, folder = _kept
             missing = {m for m in wanted - server.modules
                        if m.partition(".")[0] not in sys.stdlib_module_names}
-            if server.process.poll() is None and was == origin and not missing:
+            if server.process.poll() is None and was == origin and (
+                    not missing or server.grow(sorted(missing))):
                 return server
             if was == origin and server.process.poll() is None:  # grows: keep what it made
                 modules = [*modules, *(m for m in server.modules - wanted)]
@@ -309,7 +327,9 @@ def _import(name: str) -> None:
 class _Loop:
     """The listening socket and the kernels forked from it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, done: TextIO) -> None:
+        self.done = done  # the imported file: a module's name once its import is made
+        self.pending: list[str] = []  # modules a requester asked for, imported between turns
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path + ".tmp")
         os.replace(path + ".tmp", path)  # the socket appears once it listens
@@ -323,11 +343,16 @@ class _Loop:
         self.sel.register(self.wake[0], selectors.EVENT_READ, "wake")
         self.kernels: dict[int, socket.socket] = {}
 
+    def imports(self, name: str) -> None:
+        _import(name)
+        self.done.write(name + "\n")
+
     def turn(self, timeout: float) -> None:
-        """Fork the kernels asked for, reap those that ended; wait at most `timeout` s."""
-        for key, _ in self.sel.select(timeout):
+        """Fork the kernels asked for, reap those that ended, make one import asked for; wait
+        at most `timeout` s (none while imports are pending)."""
+        for key, _ in self.sel.select(0 if self.pending else timeout):
             if key.fileobj is self.listener:
-                _fork(self.listener, self.sel, self.kernels, self.wake)
+                self.pending += _fork(self.listener, self.sel, self.kernels, self.wake)
             elif key.data == "wake":
                 os.read(self.wake[0], 512)
             else:  # a launcher's connection ended: it was killed, so is its kernel
@@ -336,6 +361,8 @@ class _Loop:
                 if pid in self.kernels:
                     _kill(pid)
         _reap(self.sel, self.kernels)
+        if self.pending:
+            self.imports(self.pending.pop(0))
 
 
 def serve(path: str, early: list[str], modules: list[str]) -> None:
@@ -343,27 +370,34 @@ def serve(path: str, early: list[str], modules: list[str]) -> None:
     # the console that it is missing; it then uses its console bar, as it does without ipykernel
     warnings.filterwarnings("ignore", message="IProgress not found")
     parent = os.getppid()
-    loop = _Loop(path)  # listening at once: a request waits until the early imports are made
     with imported(Path(path)).open("w", encoding="utf-8", buffering=1) as done:
+        loop = _Loop(path, done)  # listening at once: a request waits for the early imports
         for name in early:
-            _import(name)
-            done.write(name + "\n")
+            loop.imports(name)
         for name in modules:  # a kernel asked for meanwhile is forked between two imports
             loop.turn(0)
-            _import(name)
-            done.write(name + "\n")
-    while os.getppid() == parent:
-        loop.turn(POLL_S)
+            loop.imports(name)
+        while os.getppid() == parent:
+            loop.turn(POLL_S)
 
 
 def _fork(listener: socket.socket, sel: selectors.BaseSelector,
-          kernels: dict[int, socket.socket], wake: tuple[int, int]) -> None:
+          kernels: dict[int, socket.socket], wake: tuple[int, int]) -> list[str]:
+    """Fork the process a request asks for; a request to import more (Server.grow) is
+    answered at once and its modules returned, to be imported between later turns."""
     conn, _ = listener.accept()
     try:
         request, fds = _read_request(conn)
     except (OSError, ValueError):
         conn.close()
-        return
+        return []
+    if "import" in request:
+        for fd in fds:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            conn.sendall(struct.pack("!q", 0))
+        conn.close()
+        return [str(name) for name in request["import"]]
     pid = os.fork()
     if pid == 0:
         signal.set_wakeup_fd(-1)
@@ -378,6 +412,7 @@ def _fork(listener: socket.socket, sel: selectors.BaseSelector,
         _kill(pid)
     kernels[pid] = conn
     sel.register(conn, selectors.EVENT_READ, pid)
+    return []
 
 
 def _kill(pid: int) -> None:
