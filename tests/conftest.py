@@ -114,14 +114,16 @@ SLOW_MODULES = {"test_notebooks", "test_report_e2e", "test_kernels", "test_pipel
                 "test_audio_components", "test_fixture_components", "test_capabilities"}
 
 
-# The modules that take longest, longest first (CPU seconds of each on a 2-core host, measured
-# whole): `make test` hands whole modules to its workers in collection order (--dist loadfile
-# --no-loadscope-reorder), so a long module started last would leave one worker running alone.
-# The first one reads the default run, which its worker then makes (see default_run).
-LONGEST_FIRST = ("test_accuracy", "test_compare", "test_verdicts", "test_memory_budget",
-                 "test_bad_input", "test_performance", "test_models", "test_saved", "test_probes",
-                 "test_notebooks", "test_pipeline", "test_tasks", "test_model_loading_stage",
-                 "test_capabilities", "test_gpu_check", "test_kernels")
+# The modules that take longest, longest first (wall seconds of each on a worker of a 2-core
+# host, measured whole): `make test` hands whole modules to its workers in collection order
+# (--dist loadfile --no-loadscope-reorder), so a long module started last would leave one
+# worker running alone. The first one reads the default run, which its worker then makes (see
+# default_run).
+LONGEST_FIRST = ("test_accuracy", "test_compare", "test_memory_budget", "test_verdicts",
+                 "test_bad_input", "test_performance", "test_kernels", "test_probes",
+                 "test_models", "test_saved", "test_notebooks", "test_model_loading_stage",
+                 "test_report_e2e", "test_pipeline", "test_gpu_check", "test_capabilities",
+                 "test_tasks", "test_audio_components")
 
 
 def pytest_configure(config: pytest.Config) -> None:
