@@ -331,7 +331,9 @@ def test_full_shape_random_weights_do_not_depend_on_the_dtype(monkeypatch) -> No
     from helpers import models
     from helpers.models import gpa, weights
 
-    monkeypatch.setattr(gpa, "FULL", {**gpa.FULL, "num_hidden_layers": 1})  # real widths
+    # the real widths; one layer and a short vocabulary (the embedding's init and cast are the
+    # same at any length: at 180,445 rows the three copies were 5 s of random numbers)
+    monkeypatch.setattr(gpa, "FULL", {**gpa.FULL, "num_hidden_layers": 1, "vocab_size": 8192})
     recipe = models.get("gpa")
     config = recipe.configs("full-shape")["lm"]
     lms = {dt: weights.materialize(weights.skeleton(recipe.loader("lm"), config, dt),

@@ -265,15 +265,11 @@ def test_config_errors_keep_their_fix() -> None:
 def test_the_tasks_stage_skips_a_recipe_without_speech_tasks(tmp_path):
     """MODEL=hf (any causal LM) has no speech tasks: stage 6 is skipped with the reason, not
     a raised stage (which would exit 2 for every hf report)."""
-    import papermill
-
     folder = _gpt2_folder(tmp_path / "gpt2", pad=False)
-    run_dir = tmp_path / "run"
-    papermill.execute_notebook(
-        str(paths.NOTEBOOKS / "06_tasks.ipynb"), str(tmp_path / "06.ipynb"),
-        kernel_name="python3", progress_bar=False, cwd=str(paths.NOTEBOOKS),
-        parameters={"run_dir": str(run_dir), "model": "hf", "model_dir": str(folder),
-                    "dtype": "float32"})
-    res = read_json(run_dir / "results" / "tasks.json")
+    cfg = RunConfig.from_strings({"MODEL": "hf", "MODEL_DIR": str(folder), "DTYPE": "float32",
+                                  "DEVICE": "cpu", "STAGES": "tasks", "OUT": str(tmp_path)})
+    run = run_pipeline(cfg, figures_dir=None, pdf=False)
+    assert run.exit_code == 0 and run.results["tasks"].status == "skipped"
+    res = read_json(run.run_dir / "results" / "tasks.json")
     assert res["status"] == "skipped" and res["checks"] == []
     assert "has no speech tasks" in res["metrics"]["skipped_reason"]

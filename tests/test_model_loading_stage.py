@@ -1,4 +1,6 @@
-"""Stage 2 notebook, executed with papermill: its results record, and a bad MODEL_DIR."""
+"""Stage 2: its results record from a report run of that stage alone (a kernel forked from the
+run's fork server, as in every report), and a bad MODEL_DIR in the notebook run on its own
+with papermill."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from helpers import models, paths
+from helpers.config import RunConfig
 from helpers.records import read_result
+from helpers.runner.pipeline import run_pipeline
 
 NOTEBOOK = paths.NOTEBOOKS / "02_model_loading.ipynb"
 
@@ -25,8 +29,12 @@ def _execute(tmp_path: Path, **params: object) -> Path:
 
 def test_stage_records_covo_load_with_device_map(tmp_path: Path, model_cache: Path) -> None:
     # the kernel inherits the session's model cache (tests/conftest.py): one tiny Covo build
-    run_dir = _execute(tmp_path, model="covo-audio-chat", device="cpu", dtype="float32",
-                       device_map="auto")
+    cfg = RunConfig.from_strings({"MODEL": "covo-audio-chat", "DEVICE": "cpu", "DTYPE": "float32",
+                                  "DEVICE_MAP": "auto", "STAGES": "model_loading",
+                                  "OUT": str(tmp_path)})
+    run = run_pipeline(cfg, figures_dir=None, pdf=False)
+    run_dir = run.run_dir
+    assert run.exit_code == 0, run.results["model_loading"].error
     res = read_result(run_dir / "results" / "model_loading.json")
     assert res.status == "passed" and res.title == "Model loading"
     m = res.metrics
