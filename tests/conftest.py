@@ -42,6 +42,24 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ[cache.ENV] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def figure_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's own figure cache (helpers.players, HELPERS_FIGURE_CACHE), shared by the
+    workers: each figure a test's run shows is drawn in the session, once. The clone's
+    .cache/figures, warm from earlier runs, would let a test skip the drawing code, and make
+    the suite's time depend on what ran before it."""
+    from helpers import players
+
+    root = _shared_dir(tmp_path_factory, "figure-cache")
+    old = os.environ.get(players.FIGURE_CACHE_ENV)
+    os.environ[players.FIGURE_CACHE_ENV] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop(players.FIGURE_CACHE_ENV, None)
+    else:
+        os.environ[players.FIGURE_CACHE_ENV] = old
+
+
 @contextmanager
 def reference_cache_at(root: Path) -> Iterator[Path]:
     """HELPERS_REFERENCE_CACHE (helpers.outputs) set to `root` while the block runs; kernels

@@ -108,9 +108,17 @@ def _keep(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-    kept = sorted(path.parent.glob("*.png"), key=lambda p: p.stat().st_mtime)
-    for old in kept[:-KEPT_PNGS]:
+    kept = sorted((t, p) for p in path.parent.glob("*.png") if (t := _mtime(p)) is not None)
+    for _, old in kept[:-KEPT_PNGS]:
         old.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float | None:
+    """A file's mtime; None when another process removed it meanwhile."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 @functools.cache
