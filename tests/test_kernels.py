@@ -170,6 +170,25 @@ def test_a_kept_server_asked_for_modules_it_lacks_imports_them_instead_of_being_
     assert server.process.poll() is None
 
 
+def test_a_notebook_run_outside_a_report_forks_from_the_server_this_process_keeps(
+        tmp_path, monkeypatch):
+    """pipeline.execute_notebook without a kernel (a comparison's notebook): forked by the
+    kept server when it is current, started on its own when it is not."""
+    server = forkserver.kept(["colorsys"], kernels._python_flags())
+    path = tmp_path / "recorder.ipynb"
+    nbformat.write(_recorder("alone", "alone.json"), path)
+
+    def parent_of_its_kernel() -> int:
+        assert pipeline.execute_notebook(path, tmp_path / "out.ipynb",
+                                         {"run_dir": str(tmp_path)}, tmp_path) is None
+        return json.loads((tmp_path / "alone.json").read_text())["metrics"]["ppid"]
+
+    assert parent_of_its_kernel() == server.process.pid
+    monkeypatch.setattr(forkserver, "_origin", lambda flags: ("changed",))
+    assert parent_of_its_kernel() == os.getpid()  # a stale server is not used
+    assert _kernel_children() == []
+
+
 def test_take_hands_over_the_prestarted_kernel_only_for_its_folder(tmp_path, capfd):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()

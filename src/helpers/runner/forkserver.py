@@ -159,6 +159,18 @@ def running_kept() -> Server | None:
     return _kept[0] if _kept is not None else None
 
 
+def kept_if_current(python_flags: Sequence[str]) -> Server | None:
+    """The server this process keeps when it runs and was started from what a new one would
+    be (see kept), else None: a notebook run outside a report (a comparison) forks its kernel
+    from it, and no server is started for that one notebook."""
+    with _kept_lock:
+        if _kept is None:
+            return None
+        server, was, _ = _kept
+        alive = server.process.poll() is None
+        return server if alive and was == _origin(python_flags) else None
+
+
 def _close_kept() -> None:
     global _kept
     if _kept is not None:

@@ -41,6 +41,7 @@ WARMUP_MODULES: tuple[str, ...] = ("helpers.plots", "helpers.stages.kit", "trans
 MODEL_MACHINERY: tuple[str, ...] = ("transformers.modeling_utils",)
 STARTUP_TIMEOUT = 60.0  # seconds for a started kernel to answer
 WARMUP_TIMEOUT = 300.0  # seconds for the warm-up imports; past that the notebook waits for them
+TAKE_SERVER_WAIT = 5.0  # seconds take() waits for a fork server's socket before starting alone
 _WARMUP_CODE = """\
 def __helpers_warmup(names):
     import importlib
@@ -285,7 +286,8 @@ class KernelPool:
 
     `prestart(cwd)` starts the next notebook's kernel (and its warm-up) in a background thread;
     `take(cwd)` returns it once ready, or starts one now (without warm-up) when none was
-    prestarted for `cwd` or it died. A kernel taken is the caller's to shut down (`shutdown`)
+    prestarted for `cwd` or it died: forked by the pool's fork server, or by the one this
+    process keeps when it is current (forkserver.kept_if_current), else on its own. A kernel taken is the caller's to shut down (`shutdown`)
     once its notebook finished; `close()` shuts down the one prestarted and never taken, and
     any taken one still running. Use it as a context manager so that no kernel outlives the
     run, KeyboardInterrupt included.
@@ -337,7 +339,11 @@ class KernelPool:
                 self._taken.append(km)
                 return km
             shutdown(km, now=True)
-        km = start_kernel(cwd, self._prefix(), warmup=())
+        # none prestarted for cwd: forked by the pool's server, else by the one this process
+        # keeps (current), else started on its own
+        server = self.server or forkserver.kept_if_current(_python_flags())
+        sock = server.wait_ready(timeout=TAKE_SERVER_WAIT) if server is not None else None
+        km = start_kernel(cwd, self._prefix(), warmup=(), fork_socket=sock)
         self._taken.append(km)
         return km
 
