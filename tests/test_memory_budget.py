@@ -6,10 +6,12 @@ after heavy allocations and fail when the reader is wrong."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,12 +22,41 @@ from helpers.config import RunConfig
 from helpers.device import memory
 from helpers.errors import ConfigError, MemoryBudgetError
 from helpers.models import footprint
+from helpers.runner import forkserver, kernels
 from helpers.stages import kit
 from helpers.stages.performance.sections import allocation_probe, memory_check
 from helpers.stages.performance.settings import MIB
 
 GIB = 2**30
 GPA, COVO = models.get("gpa"), models.get("covo-audio-chat")
+
+
+def in_a_forked_process(tmp_path: Path, fn: Callable[..., None], *args: Any) -> dict:
+    """fn(out, *args) run in a process forked by this process's fork server (the one its
+    report runs keep, made or grown here: torch and the stages' modules imported, nothing run),
+    as each stage kernel of a report is; what fn wrote to `out` as JSON, or its traceback."""
+    server = forkserver.kept(FORKED_IMPORTS, kernels._python_flags())
+    sock = server.wait_ready(needs=FORKED_IMPORTS)
+    assert sock is not None, "the fork server did not start"
+    out = tmp_path / f"{fn.__name__}.json"
+    child = forkserver.Forked(sock, f"{__name__}:_forked_call",
+                              [str(out), fn.__name__, *args], [])
+    child.join(timeout=1500)
+    assert child.exitcode == 0, out.read_text() if out.is_file() else child.exitcode
+    return json.loads(out.read_text())
+
+
+FORKED_IMPORTS = ["torch", "helpers.stages.kit"]
+
+
+def _forked_call(out: str, name: str, *args: Any) -> None:
+    try:
+        globals()[name](out, *args)
+    except BaseException:
+        import traceback
+
+        Path(out).write_text(traceback.format_exc())
+        raise
 
 
 @pytest.fixture
@@ -168,39 +199,39 @@ def test_reference_fit_must_be_one_of_the_ways() -> None:
         RunConfig.from_strings({"REFERENCE_FIT": "swap"})
 
 
-@pytest.mark.slow  # a fresh Python process that imports torch
-def test_an_address_space_limit_stops_a_load_before_it_starts() -> None:
-    """A real kernel limit (RLIMIT_AS, as prlimit --as sets it) in a fresh process: the load is
-    refused by the estimate, not failed half-way by the allocator."""
-    code = textwrap.dedent("""
-        import resource, psutil, torch
-        from helpers.config import RunConfig
-        from helpers.errors import MemoryBudgetError
-        from helpers.stages import kit
-        cfg = RunConfig.from_params(model="gpa", profile="full-shape")
-        kit.estimate(cfg, kit.reference_side())  # configs read before the limit
-        vms = psutil.Process().memory_info().vms
-        resource.setrlimit(resource.RLIMIT_AS, (vms + 512 * 2**20, resource.RLIM_INFINITY))
-        try:
-            kit.load(cfg, kit.reference_side())
-        except MemoryBudgetError as exc:
-            print("REFUSED", exc)
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert "REFUSED" in out.stdout, out.stderr[-2000:]
-    assert "RLIMIT_AS" in out.stdout
+def _limited_load(out: str) -> None:
+    """In a process of its own: RLIMIT_AS (as prlimit --as sets it) at 512 MiB above what the
+    process maps, then the full-shape reference's load."""
+    import resource
+
+    import psutil
+
+    cfg = RunConfig.from_params(model="gpa", profile="full-shape")
+    kit.estimate(cfg, kit.reference_side())  # configs read before the limit
+    vms = psutil.Process().memory_info().vms
+    resource.setrlimit(resource.RLIMIT_AS, (vms + 512 * 2**20, resource.RLIM_INFINITY))
+    try:
+        kit.load(cfg, kit.reference_side())
+        said = "LOADED"
+    except MemoryBudgetError as exc:
+        said = f"REFUSED {exc}"
+    Path(out).write_text(json.dumps({"said": said}))
+
+
+@pytest.mark.slow  # a process of its own, forked from the fork server (imports made)
+def test_an_address_space_limit_stops_a_load_before_it_starts(tmp_path) -> None:
+    """A real kernel limit in a process of its own, as a stage kernel is (forked by the fork
+    server): the load is refused by the estimate, not failed half-way by the allocator."""
+    said = in_a_forked_process(tmp_path, _limited_load)["said"]
+    assert said.startswith("REFUSED") and "RLIMIT_AS" in said, said
 
 
 # ---- the estimate against the measured peak -----------------------------------------------------
 
-MEASURE = textwrap.dedent("""
-    import gc, json, sys, torch
-    from helpers import models
-    from helpers.config import RunConfig
-    from helpers.device import memory
-    from helpers.stages import kit
-    model, profile, dtype, positions = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def _measure(out: str, model: str, profile: str, dtype: str, positions: int) -> None:
+    """In a process of its own: the side's load and one prefill; the RSS before and the peak."""
+    import gc
+
     cfg = RunConfig.from_params(model=model, profile=profile)
     side = kit.reference_side(getattr(torch, dtype))
     models.get(model).import_code(profile)
@@ -211,28 +242,27 @@ MEASURE = textwrap.dedent("""
     loaded = kit.load(cfg, side)
     ids = torch.randint(0, 1000, (1, positions))
     with torch.no_grad():  # one prefill: the KV cache of `positions`, the kept logits
-        out = loaded.lm(input_ids=ids, use_cache=True, logits_to_keep=64)
-        kept = (out.logits.float(), out.logits.double())
-    print(json.dumps({"before": before, "peak": memory.vm_hwm()}))
-""")
+        out_ = loaded.lm(input_ids=ids, use_cache=True, logits_to_keep=64)
+        kept = (out_.logits.float(), out_.logits.double())
+    peak = memory.vm_hwm()
+    del kept
+    Path(out).write_text(json.dumps({"before": before, "peak": peak}))
 
 
-def measured_peak(model: str, profile: str, dtype: str, positions: int) -> int:
-    """Peak RSS growth of a fresh process that loads the side and runs one prefill, bytes."""
-    out = subprocess.run([sys.executable, "-c", MEASURE, model, profile, dtype, str(positions)],
-                         capture_output=True, text=True, timeout=1500)
-    assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+def measured_peak(tmp_path: Path, model: str, profile: str, dtype: str, positions: int) -> int:
+    """Peak RSS growth of a process of its own, forked from the fork server as a stage kernel
+    is, that loads the side and runs one prefill, bytes."""
+    got = in_a_forked_process(tmp_path, _measure, model, profile, dtype, positions)
     return got["peak"] - got["before"]
 
 
 @pytest.mark.skipif(memory.vm_hwm() is None, reason="the peak is read from Linux's VmHWM")
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", ["tiny", pytest.param("full-shape", marks=pytest.mark.slow)])
-def test_the_estimate_covers_the_measured_peak(profile: str) -> None:
+def test_the_estimate_covers_the_measured_peak(profile: str, tmp_path) -> None:
     est = footprint.estimate(GPA, profile, "reference", "cpu", "float32", free={},
                              positions=1024, prefill=1024)
-    peak = measured_peak("gpa", profile, "float32", 1024)
+    peak = measured_peak(tmp_path, "gpa", profile, "float32", 1024)
     # close below what a load takes at most (footprint.HEADROOM, 10 % of the free memory, is
     # kept back for that), and not so far above that a run which fits is refused (at tiny the
     # 1024-position score matrix, tens of MiB, outweighs the model: 64 MiB allowed there)
