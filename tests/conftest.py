@@ -26,20 +26,29 @@ def _shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     return folder
 
 
+@contextmanager
+def env_at(name: str, folder: Path) -> Iterator[Path]:
+    """Environment variable `name` set to `folder` while the block runs (kernels and processes
+    started meanwhile inherit it), then as it was."""
+    old = os.environ.get(name)
+    os.environ[name] = str(folder)
+    try:
+        yield folder
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The tests' own tiny-model cache, built once per session and shared by every module and
     every worker (helpers.models.cache builds a model once when two processes ask at once; the
     env var is read at every call; kernels and workers inherit it). A test that changes a
     recipe's tiny shape uses a seed of its own, so the cache rebuilds only that model."""
-    root = _shared_dir(tmp_path_factory, "model-cache")
-    old = os.environ.get(cache.ENV)
-    os.environ[cache.ENV] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop(cache.ENV, None)
-    else:
-        os.environ[cache.ENV] = old
+    with env_at(cache.ENV, _shared_dir(tmp_path_factory, "model-cache")) as root:
+        yield root
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,14 +59,8 @@ def figure_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     the suite's time depend on what ran before it."""
     from helpers import players
 
-    root = _shared_dir(tmp_path_factory, "figure-cache")
-    old = os.environ.get(players.FIGURE_CACHE_ENV)
-    os.environ[players.FIGURE_CACHE_ENV] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop(players.FIGURE_CACHE_ENV, None)
-    else:
-        os.environ[players.FIGURE_CACHE_ENV] = old
+    with env_at(players.FIGURE_CACHE_ENV, _shared_dir(tmp_path_factory, "figure-cache")) as root:
+        yield root
 
 
 @contextmanager
@@ -66,15 +69,8 @@ def reference_cache_at(root: Path) -> Iterator[Path]:
     and workers inherit it."""
     from helpers import outputs
 
-    old = os.environ.get(outputs.CACHE_ENV)
-    os.environ[outputs.CACHE_ENV] = str(root)
-    try:
+    with env_at(outputs.CACHE_ENV, root):
         yield root
-    finally:
-        if old is None:
-            os.environ.pop(outputs.CACHE_ENV, None)
-        else:
-            os.environ[outputs.CACHE_ENV] = old
 
 
 @pytest.fixture(scope="module", autouse=True)
