@@ -6,7 +6,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -186,6 +189,52 @@ def test_a_notebook_run_outside_a_report_forks_from_the_server_this_process_keep
     assert parent_of_its_kernel() == server.process.pid
     monkeypatch.setattr(forkserver, "_origin", lambda flags: ("changed",))
     assert parent_of_its_kernel() == os.getpid()  # a stale server is not used
+    assert _kernel_children() == []
+
+
+class _Dropping:
+    """A fork server that accepts each request and closes it unanswered, as one dying does."""
+
+    modules: set[str] = set()
+
+    def __init__(self, sock: Path) -> None:
+        self.sock = sock
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(sock))
+        self.listener.listen(4)
+        self.listener.settimeout(0.1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._drop, daemon=True)
+        self.thread.start()
+
+    def _drop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+                conn.close()
+            except TimeoutError:
+                pass
+
+    def wait_ready(self, **_: object) -> Path:
+        return self.sock
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.listener.close()
+
+
+def test_take_starts_a_kernel_of_its_own_when_the_server_drops_the_request(tmp_path):
+    folder = Path(tempfile.mkdtemp(dir=forkserver.socket_base()))
+    with kernels.KernelPool(warmup=()) as pool:
+        pool.server = _Dropping(folder / "fork")
+        km = pool.take(tmp_path)
+        try:
+            assert km.fork_socket is None and km.is_alive()
+            assert _run(km, "import os; print(os.getcwd())") == str(tmp_path.resolve())
+        finally:
+            kernels.shutdown(km)
+    shutil.rmtree(folder, ignore_errors=True)
     assert _kernel_children() == []
 
 

@@ -343,7 +343,12 @@ class KernelPool:
         # keeps (current), else started on its own
         server = self.server or forkserver.kept_if_current(_python_flags())
         sock = server.wait_ready(timeout=TAKE_SERVER_WAIT) if server is not None else None
-        km = start_kernel(cwd, self._prefix(), warmup=(), fork_socket=sock)
+        try:
+            km = start_kernel(cwd, self._prefix(), warmup=(), fork_socket=sock)
+        except Exception:  # the server died meanwhile: the notebook still gets its kernel
+            if sock is None:
+                raise
+            km = start_kernel(cwd, self._prefix(), warmup=())
         self._taken.append(km)
         return km
 
